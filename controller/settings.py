@@ -1,0 +1,235 @@
+"""Settings: one frozen, typed definition read from a TOML file, then ``OVERCAST_*`` variables,
+then command-line flags (each overriding the one before). Nothing else reads ``os.environ``."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from controller.errors import Invalid
+
+
+class Secret(str):
+    """A string that never shows itself in ``repr`` or logs."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+def _default_data_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/overcast"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "overcast")
+
+
+def default_config_file() -> str:
+    return os.environ.get("OVERCAST_CONFIG", "/etc/overcast/controller.toml")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # where state lives: the store, the CA, the secret key, the admin socket
+    data_dir: str = field(default_factory=_default_data_dir)
+    # listen addresses, HOST:PORT
+    http: str = "127.0.0.1:7080"
+    grpc: str = "127.0.0.1:7443"
+    # the URL agents, browsers and the CLI use to reach this controller; derived when empty
+    external_url: str = ""
+    # "auto": TLS unless the HTTP address is loopback; "on"; "off" (only behind a proxy or on loopback)
+    tls: str = "auto"
+    tls_cert: str = ""
+    tls_key: str = ""
+    # a reverse proxy terminates TLS and sets X-Forwarded-For/-Proto
+    behind_proxy: bool = False
+    # at start, fetch <external_url>/api/v2/health and refuse to run if it is not us
+    check_external_url: bool = True
+    # base64 of 32 bytes; when empty, <data_dir>/secret.key (made on first start, 0600)
+    secret_key: Secret = Secret("")
+    max_body_bytes: int = 1024 * 1024
+    session_ttl: int = 14 * 24 * 3600
+    token_ttl: int = 90 * 24 * 3600
+    token_max_ttl: int = 365 * 24 * 3600
+    login_max_failures: int = 5
+    login_lockout: int = 300
+    log_level: str = "info"
+    log_json: bool = False
+
+    # derived
+    @property
+    def http_host(self) -> str:
+        return split_hostport(self.http, "http")[0]
+
+    @property
+    def http_port(self) -> int:
+        return split_hostport(self.http, "http")[1]
+
+    @property
+    def grpc_host(self) -> str:
+        return split_hostport(self.grpc, "grpc")[0]
+
+    @property
+    def grpc_port(self) -> int:
+        return split_hostport(self.grpc, "grpc")[1]
+
+    @property
+    def tls_enabled(self) -> bool:
+        if self.tls == "on":
+            return True
+        if self.tls == "off":
+            return False
+        return not _is_loopback(self.http_host)
+
+    @property
+    def public_url(self) -> str:
+        if self.external_url:
+            return self.external_url.rstrip("/")
+        host = self.http_host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.getfqdn()
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if self.tls_enabled else "http"
+        return f"{scheme}://{host}:{self.http_port}"
+
+    @property
+    def admin_socket(self) -> str:
+        return str(Path(self.data_dir) / "admin.sock")
+
+    def validate(self) -> None:
+        """Check what can be checked without the network; raise Invalid naming the setting."""
+        split_hostport(self.http, "http")
+        split_hostport(self.grpc, "grpc")
+        if self.tls not in ("auto", "on", "off"):
+            raise Invalid("tls must be auto, on or off", field="tls")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise Invalid("tls_cert and tls_key go together", field="tls_cert")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise Invalid(f"{name} {path} does not exist", field=name)
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise Invalid("log_level must be debug, info, warning or error", field="log_level")
+        if self.max_body_bytes < 1024:
+            raise Invalid("max_body_bytes must be at least 1024", field="max_body_bytes")
+        self._validate_external_url()
+
+    def _validate_external_url(self) -> None:
+        url = self.public_url
+        parts = urlsplit(url)
+        hint = "set external_url (OVERCAST_EXTERNAL_URL) to the https://host[:port] users reach"
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise Invalid(f"external_url {url!r} is not an http(s)://host[:port] URL; {hint}",
+                          field="external_url")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise Invalid(f"external_url {url!r} must not have a path, query or fragment",
+                          field="external_url")
+        try:
+            parts.port
+        except ValueError:
+            raise Invalid(f"external_url {url!r} has a bad port", field="external_url") from None
+        if self.behind_proxy:
+            return
+        if parts.scheme == "https" and not self.tls_enabled:
+            raise Invalid(
+                f"external_url {url} is https but TLS is off here; turn tls on, or set "
+                "behind_proxy = true if a reverse proxy terminates TLS", field="external_url")
+        if parts.scheme == "http" and self.tls_enabled:
+            raise Invalid(f"external_url {url} is plain http but this controller serves TLS",
+                          field="external_url")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise Invalid(
+                f"external_url {url} would send passwords and tokens in clear over the network; "
+                "use https, or set behind_proxy = true behind a TLS-terminating proxy",
+                field="external_url")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if port != self.http_port:
+            raise Invalid(
+                f"external_url {url} names port {port} but HTTP listens on {self.http_port}; "
+                "set behind_proxy = true if a proxy forwards it", field="external_url")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def split_hostport(value: str, name: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise Invalid(f"{name} must be HOST:PORT, got {value!r}", field=name)
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _convert(name: str, typ: Any, value: Any, source: str) -> Any:
+    tname = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    try:
+        if tname == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if tname == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if tname == "Secret":
+            return Secret(str(value))
+        if not isinstance(value, str | int):
+            raise ValueError(value)
+        return str(value)
+    except ValueError:
+        raise Invalid(f"{source}: {name} must be a {tname}, got {value!r}", field=name) from None
+
+
+def load(
+    config_file: str | None = None,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Settings from ``config_file`` (when it exists; an explicitly named one must), then the
+    environment, then ``overrides`` (flags). Unknown keys are errors, not silently ignored."""
+    env = dict(os.environ if env is None else env)
+    known = {f.name: f for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    explicit = config_file is not None or "OVERCAST_CONFIG" in env
+    path = Path(config_file or env.get("OVERCAST_CONFIG") or default_config_file())
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise Invalid(f"{path}: not valid TOML: {exc}", field="config") from None
+        for k, v in data.items():
+            if k not in known:
+                raise Invalid(f"{path}: unknown setting {k!r}", field=k)
+            values[k] = _convert(k, known[k].type, v, str(path))
+    elif explicit:
+        raise Invalid(f"config file {path} does not exist", field="config")
+    for k, f in known.items():
+        ev = env.get("OVERCAST_" + k.upper())
+        if ev is not None and ev != "":
+            values[k] = _convert(k, f.type, ev, "OVERCAST_" + k.upper())
+    for k, v in (overrides or {}).items():
+        if v is None:
+            continue
+        if k not in known:
+            raise Invalid(f"unknown setting {k!r}", field=k)
+        values[k] = _convert(k, known[k].type, v, "--" + k.replace("_", "-"))
+    settings = Settings(**values)
+    if settings.data_dir:
+        settings = dataclasses.replace(settings, data_dir=str(Path(settings.data_dir).absolute()))
+    return settings

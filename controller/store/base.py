@@ -1,0 +1,83 @@
+"""The store interface every backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from controller.errors import OvercastError
+
+
+class StoreLocked(OvercastError):
+    """Another process holds the store open for writing."""
+
+    code = "store_locked"
+
+
+@dataclass
+class Batch:
+    """Puts and deletes applied all together or not at all by :meth:`Store.write`.
+
+    ``expect`` holds compare-and-set conditions: key -> value it must have (None: absent) at
+    write time, else the whole batch is refused with :class:`controller.errors.Conflict`.
+    """
+
+    puts: dict[str, bytes] = field(default_factory=dict)
+    deletes: set[str] = field(default_factory=set)
+    expect: dict[str, bytes | None] = field(default_factory=dict)
+
+    def put(self, key: str, value: bytes) -> None:
+        self.deletes.discard(key)
+        self.puts[key] = value
+
+    def delete(self, key: str) -> None:
+        self.puts.pop(key, None)
+        self.deletes.add(key)
+
+    def __bool__(self) -> bool:
+        return bool(self.puts or self.deletes)
+
+
+class Store(Protocol):
+    """A sorted key-value store. Calls block only briefly (memtable writes, cached reads);
+    callers on the event loop may call them directly. ``close`` is the owner's job."""
+
+    read_only: bool
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]: ...
+
+    def put(self, key: str, value: bytes) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def write(self, batch: Batch) -> None:
+        """Apply ``batch`` atomically; raise Conflict if an ``expect`` does not hold."""
+        ...
+
+    def scan(
+        self,
+        prefix: str,
+        *,
+        start: str | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+        keys_only: bool = False,
+    ) -> Iterator[tuple[str, bytes]]:
+        """Items whose key starts with ``prefix`` in key order (``start``: first key, inclusive;
+        with ``reverse``, the last key, inclusive). ``keys_only`` yields empty values."""
+        ...
+
+    def count(self, prefix: str) -> int: ...
+
+    def checkpoint(self, target_dir: str) -> None:
+        """A consistent copy of the whole store in ``target_dir`` (which must not exist)."""
+        ...
+
+    def catch_up(self) -> None:
+        """For a read-only/secondary open: see what the writer wrote since. No-op otherwise."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,215 @@
+"""RocksDB backend through rocksdict: the only module that imports rocksdict."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from rocksdict import (
+    AccessType,
+    Checkpoint,
+    DBCompressionType,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteOptions,
+)
+
+from controller.errors import Conflict
+from controller.store.base import Batch, StoreLocked
+
+
+def _options() -> Options:
+    # raw_mode: keys and values are plain bytes (no pickling). A raw DB reopened without
+    # raw_mode silently answers None to every get, so every open goes through here.
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.set_compression_type(DBCompressionType.lz4())
+    opts.set_max_background_jobs(2)
+    return opts
+
+
+def _upper_bound(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix``."""
+    b = bytearray(prefix)
+    while b:
+        if b[-1] < 0xFF:
+            b[-1] += 1
+            return bytes(b)
+        b.pop()
+    return None
+
+
+class RocksStore:
+    """One RocksDB under ``path``. ``mode`` is "rw" (the one writer), "ro" (a snapshot at open)
+    or "secondary" (follows the writer through :meth:`catch_up`)."""
+
+    def __init__(self, path: str | os.PathLike[str], mode: str = "rw") -> None:
+        self.path = Path(path)
+        self.read_only = mode != "rw"
+        self._lock = threading.Lock()  # serialises batches: compare-and-set, counts
+        self._counts: dict[str, int] = {}
+        self._secondary_dir: tempfile.TemporaryDirectory[str] | None = None
+        try:
+            if mode == "rw":
+                self.path.mkdir(parents=True, exist_ok=True)
+                os.chmod(self.path, 0o700)
+                self._db = Rdict(str(self.path), options=_options())
+            elif mode == "ro":
+                self._db = Rdict(
+                    str(self.path), options=_options(), access_type=AccessType.read_only()
+                )
+            elif mode == "secondary":
+                self._secondary_dir = tempfile.TemporaryDirectory(prefix="overcast-secondary-")
+                self._db = Rdict(
+                    str(self.path),
+                    options=_options(),
+                    access_type=AccessType.secondary(self._secondary_dir.name),
+                )
+                self._db.try_catch_up_with_primary()
+            else:
+                raise ValueError(f"unknown store mode {mode!r}")
+        except Exception as exc:  # rocksdict raises plain Exception with RocksDB's text
+            if "lock" in str(exc).lower():
+                raise StoreLocked(
+                    f"the store at {self.path} is open for writing by another process"
+                ) from exc
+            raise
+        self._wopts = WriteOptions()
+
+    # reads
+    def get(self, key: str) -> bytes | None:
+        value = self._db.get(key.encode())
+        return value if value is None else bytes(value)
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        return list(self._db.get([k.encode() for k in keys]))
+
+    def scan(
+        self,
+        prefix: str,
+        *,
+        start: str | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+        keys_only: bool = False,
+    ) -> Iterator[tuple[str, bytes]]:
+        p = prefix.encode()
+        # Iterator bounds in ReadOptions are not raw-encoded by rocksdict: check the prefix here.
+        it = self._db.iter()
+        if reverse:
+            if start is not None:
+                it.seek_for_prev(start.encode())
+            else:
+                upper = _upper_bound(p)
+                if upper is None:
+                    it.seek_to_last()
+                else:
+                    it.seek_for_prev(upper)
+                    if it.valid() and it.key() == upper:
+                        it.prev()
+        else:
+            it.seek(start.encode() if start is not None and start.encode() > p else p)
+        n = 0
+        while it.valid():
+            if limit is not None and n >= limit:
+                return
+            key = it.key()
+            if not key.startswith(p):
+                return
+            yield key.decode(), (b"" if keys_only else it.value())
+            n += 1
+            if reverse:
+                it.prev()
+            else:
+                it.next()
+
+    def count(self, prefix: str) -> int:
+        # Counting 100,000 keys takes ~35 ms; list endpoints need the total on every page, so
+        # a prefix's count is scanned once and then kept exact by every write (a writer-only
+        # cache: a read-only open rescans each time because another process writes).
+        with self._lock:
+            cached = self._counts.get(prefix)
+            if cached is not None:
+                return cached
+            n = sum(1 for _ in self.scan(prefix, keys_only=True))
+            if not self.read_only:
+                self._counts[prefix] = n
+            return n
+
+    def _count_changes(self, puts: list[str], deletes: list[str]) -> dict[str, int]:
+        """Per cached prefix, how many keys the write adds (+) or removes (-). Under _lock."""
+        if not self._counts:
+            return {}
+        delta: dict[str, int] = {}
+        prefixes = list(self._counts)
+        for keys, sign in ((puts, 1), (deletes, -1)):
+            for k in keys:
+                hits = [p for p in prefixes if k.startswith(p)]
+                if not hits:
+                    continue
+                exists = self._db.get(k.encode()) is not None
+                if exists == (sign > 0):
+                    continue  # an update of an existing key, or a delete of a missing one
+                for p in hits:
+                    delta[p] = delta.get(p, 0) + sign
+        return delta
+
+    def _apply_counts(self, delta: dict[str, int]) -> None:
+        for p, d in delta.items():
+            self._counts[p] += d
+
+    # writes
+    def put(self, key: str, value: bytes) -> None:
+        self.write(Batch(puts={key: value}))
+
+    def delete(self, key: str) -> None:
+        self.write(Batch(deletes={key}))
+
+    def write(self, batch: Batch) -> None:
+        self._check_writable()
+        wb = WriteBatch(raw_mode=True)
+        for k, v in batch.puts.items():
+            wb.put(k.encode(), v)
+        for k in batch.deletes:
+            wb.delete(k.encode())
+        with self._lock:
+            for k, expected in batch.expect.items():
+                if self.get(k) != expected:
+                    raise Conflict(
+                        "the resource was changed meanwhile; try again",
+                        {"kind": k.split("/")[0]},
+                    )
+            delta = self._count_changes(list(batch.puts), list(batch.deletes))
+            self._db.write(wb, self._wopts)
+            self._apply_counts(delta)
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise StoreLocked("this store was opened read-only")
+
+    # maintenance
+    def checkpoint(self, target_dir: str) -> None:
+        Checkpoint(self._db).create_checkpoint(target_dir)
+
+    def catch_up(self) -> None:
+        if self._secondary_dir is not None:
+            self._db.try_catch_up_with_primary()
+
+    def flush(self) -> None:
+        self._db.flush()
+
+    def close(self) -> None:
+        self._db.close()
+        if self._secondary_dir is not None:
+            self._secondary_dir.cleanup()
+            self._secondary_dir = None
+
+
+def open_store(path: str | os.PathLike[str], mode: str = "rw") -> RocksStore:
+    return RocksStore(path, mode)
