@@ -132,7 +132,7 @@ class Settings:
             raise Invalid(f"external_url {url!r} must not have a path, query or fragment",
                           field="external_url")
         try:
-            parts.port
+            _ = parts.port
         except ValueError:
             raise Invalid(f"external_url {url!r} has a bad port", field="external_url") from None
         if self.behind_proxy:

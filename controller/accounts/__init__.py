@@ -1,0 +1,1 @@
+"""Users, organisations, members, sessions and API tokens."""

@@ -1,0 +1,180 @@
+"""The controller process: one asyncio loop serving HTTP (REST + WebSocket, aiohttp), gRPC
+(grpc.aio) and the admin socket; clean shutdown on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import ssl
+import urllib.error
+import urllib.request
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import grpc
+from aiohttp import web
+
+from controller import keys
+from controller.accounts import routes as account_routes
+from controller.admin import build_admin_app
+from controller.audit import routes as audit_routes
+from controller.errors import Invalid, OvercastError
+from controller.events import routes as event_routes
+from controller.grpcapi.servicer import add_to_server
+from controller.http import openapi, system
+from controller.http.api import Route, wrap
+from controller.http.errors import errors_middleware
+from controller.machines import routes as machine_routes
+from controller.pki import Pki, ensure_pki
+from controller.services import Services, build_services
+from controller.settings import Settings
+from controller.store import StoreLocked, open_store
+from overcast import __version__
+
+log = logging.getLogger(__name__)
+
+
+def all_routes() -> list[Route]:
+    tables = (system.routes, account_routes.routes, account_routes.org_routes,
+              account_routes.user_routes, machine_routes.routes, audit_routes.routes,
+              event_routes.routes)
+    return [r for t in tables for r in t.routes]
+
+
+def _add_routes(app: web.Application, routes: Iterable[Route]) -> None:
+    for r in routes:
+        app.router.add_route(r.method, r.path, wrap(r))
+
+
+def build_app(settings: Settings, services: Services, pki: Pki | None) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=settings.max_body_bytes)
+    app[keys.SETTINGS] = settings
+    app[keys.SERVICES] = services
+    if pki is not None:
+        app[keys.PKI] = pki
+    app[keys.INSTANCE] = uuid.uuid4().hex
+    app[keys.WEBSOCKETS] = weakref.WeakSet()
+    routes = all_routes()
+    _add_routes(app, routes)
+    app[keys.OPENAPI] = openapi.build(routes, __version__, settings.public_url)
+    app.on_startup.append(_bind_bus)
+    app.on_shutdown.append(_close_websockets)
+    app.cleanup_ctx.append(_grpc_server(pki))
+    return app
+
+
+async def _bind_bus(app: web.Application) -> None:
+    app[keys.SERVICES].bus.bind(asyncio.get_running_loop())
+
+
+async def _close_websockets(app: web.Application) -> None:
+    for ws in list(app[keys.WEBSOCKETS]):
+        await ws.close(code=1001, message=b"server shutting down")
+
+
+def _grpc_server(pki: Pki | None):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[keys.SETTINGS]
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        add_to_server(server, app[keys.SERVICES])
+        addr = f"{settings.grpc_host}:{settings.grpc_port}"
+        if settings.tls_enabled and pki is not None:
+            creds = grpc.ssl_server_credentials(
+                [(pki.server_key.read_bytes(), pki.server_cert.read_bytes())])
+            port = server.add_secure_port(addr, creds)
+        else:
+            port = server.add_insecure_port(addr)
+        if port == 0:
+            raise OvercastError(f"cannot listen for gRPC on {addr}")
+        await server.start()
+        log.info("gRPC listening on %s%s", addr, " (TLS)" if settings.tls_enabled else "")
+        yield
+        await server.stop(grace=2)
+
+    return ctx
+
+
+def open_data_dir(settings: Settings) -> Services:
+    d = Path(settings.data_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    try:
+        store = open_store(d / "store")
+    except StoreLocked:
+        raise OvercastError(f"another controller is running on {d} (its store is locked)") from None
+    return build_services(settings, store)
+
+
+def _check_external_url(settings: Settings, instance: str, pki: Pki | None) -> None:
+    """Fetch <external_url>/api/v2/health and insist that this very process answers."""
+    url = settings.public_url + "/api/v2/health"
+    ctx = None
+    if url.startswith("https") and pki is not None:
+        ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+    hint = ("set external_url (OVERCAST_EXTERNAL_URL) to the address users and agents reach, "
+            "or check_external_url = false if this host cannot reach itself that way")
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=ctx) as resp:  # noqa: S310
+            body = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise Invalid(f"external_url check: {url} did not answer ({reason}); {hint}",
+                      field="external_url") from None
+    if body.get("instance") != instance:
+        raise Invalid(f"external_url check: {url} is answered by another server, not this "
+                      f"controller; {hint}", field="external_url")
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT."""
+    settings.validate()
+    services = open_data_dir(settings)
+    hosts = [h for h in {urlsplit(settings.public_url).hostname or "", settings.http_host} if h and h not in ("0.0.0.0", "::")]
+    pki = ensure_pki(settings.data_dir, hosts, settings.tls_cert, settings.tls_key)
+    app = build_app(settings, services, pki)
+    admin = build_admin_app(app)
+    runner = web.AppRunner(app, access_log=logging.getLogger("overcast.access"),
+                           handle_signals=False, shutdown_timeout=5)
+    admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runner.setup()
+        await admin_runner.setup()
+        ssl_ctx = pki.server_ssl_context() if settings.tls_enabled else None
+        site = web.TCPSite(runner, settings.http_host, settings.http_port, ssl_context=ssl_ctx,
+                           reuse_address=True)
+        await site.start()
+        sock = settings.admin_socket
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sock)
+        old = os.umask(0o177)
+        try:
+            await web.UnixSite(admin_runner, sock).start()
+        finally:
+            os.umask(old)
+        if settings.check_external_url:
+            await asyncio.to_thread(_check_external_url, settings, app[keys.INSTANCE], pki)
+        log.info("Overcast %s serving %s (HTTP on %s, gRPC on %s)", __version__,
+                 settings.public_url, settings.http, settings.grpc)
+        print(f"overcast controller ready: {settings.public_url} (gRPC {settings.grpc}; "
+              f"CA fingerprint sha256:{pki.ca_fingerprint})", flush=True)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await admin_runner.cleanup()
+        await runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(settings.admin_socket)
+        services.store.close()

@@ -1,0 +1,108 @@
+"""Hash-chained audit entries. Entry N stores ``prev`` (entry N-1's hash) and ``hash`` =
+SHA-256 over ``prev`` and the canonical JSON of the entry's other fields, so changing,
+removing or reordering any entry breaks the chain from there on (:func:`verify`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from controller.store.base import Batch, Store
+
+GENESIS = "0" * 64
+HEAD_KEY = "meta/audit/head"
+
+
+def entry_key(seq: int) -> str:
+    return f"audit/{seq:016d}"
+
+
+def org_index_key(org: str, seq: int) -> str:
+    return f"auditorg/{org}/{seq:016d}"
+
+
+def canonical(entry: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def compute_hash(prev: str, entry: dict[str, Any]) -> str:
+    return hashlib.sha256(prev.encode() + b"\n" + canonical(entry)).hexdigest()
+
+
+@dataclass
+class Head:
+    seq: int = 0
+    hash: str = GENESIS
+
+
+class Chain:
+    """Appends entries to a batch and advances the head once the batch is written. The
+    caller (the writer) serialises appends."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        raw = store.get(HEAD_KEY)
+        if raw is None:
+            self.head = Head()
+        else:
+            h = json.loads(raw)
+            self.head = Head(int(h["seq"]), str(h["hash"]))
+
+    def append(self, batch: Batch, entry: dict[str, Any]) -> tuple[dict[str, Any], Head]:
+        seq = self.head.seq + 1
+        entry = dict(entry, id=f"{seq:016d}", seq=seq, prev=self.head.hash)
+        entry["hash"] = compute_hash(self.head.hash, entry)
+        new_head = Head(seq, entry["hash"])
+        batch.put(entry_key(seq), json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode())
+        org = entry.get("org") or "_"
+        batch.put(org_index_key(org, seq), b"")
+        batch.put(HEAD_KEY, json.dumps({"seq": seq, "hash": new_head.hash}).encode())
+        return entry, new_head
+
+    def advance(self, head: Head) -> None:
+        self.head = head
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    entries: int
+    broken_at: int | None = None
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "entries": self.entries, "broken_at": self.broken_at, "reason": self.reason}
+
+
+def verify(store: Store) -> VerifyResult:
+    """Walk the whole chain; report the first entry where it breaks, and why."""
+    prev = GENESIS
+    expected_seq = 1
+    n = 0
+    for key, raw in store.scan("audit/"):
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            return VerifyResult(False, n, expected_seq, f"{key} is not valid JSON")
+        seq = entry.get("seq")
+        if seq != expected_seq or key != entry_key(expected_seq):
+            return VerifyResult(False, n, expected_seq,
+                                f"entry {expected_seq} is missing (found {key})")
+        if entry.get("prev") != prev:
+            return VerifyResult(False, n, seq, f"entry {seq} does not link to entry {seq - 1}")
+        if compute_hash(prev, entry) != entry.get("hash"):
+            return VerifyResult(False, n, seq, f"entry {seq} was altered (its hash does not match)")
+        prev = entry["hash"]
+        expected_seq += 1
+        n += 1
+    raw_head = store.get(HEAD_KEY)
+    if raw_head is not None:
+        head = json.loads(raw_head)
+        if int(head["seq"]) != n or head["hash"] != prev:
+            return VerifyResult(False, n, n + 1 if int(head["seq"]) > n else int(head["seq"]),
+                                f"the log ends at entry {n} but its head records entry {head['seq']}: "
+                                "entries were removed from the end")
+    return VerifyResult(True, n)

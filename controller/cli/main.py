@@ -1,0 +1,452 @@
+"""``overcast``: the controller, admin commands, and a client of the REST API.
+
+Exit codes: 0 success, 1 the request was refused or failed, 2 wrong usage, 3 not logged in /
+authentication refused, 4 not found, 5 controller unreachable or server error."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import re
+import socket
+import sys
+import time
+from typing import Any
+
+from controller.cli import output
+from controller.cli.client import (
+    AUTH,
+    FAILED,
+    OK,
+    UNREACHABLE,
+    USAGE,
+    CliError,
+    Client,
+    Login,
+    fetch_ca,
+    warn,
+)
+
+_DURATION = re.compile(r"^(\d+)([smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration(text: str) -> int:
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 3600, 90m, 12h or 30d")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+# ---- admin commands (act on the data directory; through the running controller if any) ----
+
+def _settings(args: argparse.Namespace) -> Any:
+    from controller import settings as settings_mod
+
+    return settings_mod.load(args.config, overrides={
+        "data_dir": getattr(args, "data_dir", None), "http": getattr(args, "http", None),
+        "grpc": getattr(args, "grpc", None), "external_url": getattr(args, "external_url", None),
+        "tls": getattr(args, "tls", None)})
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from controller import log as log_mod
+    from controller.app import serve
+
+    settings = _settings(args)
+    log_mod.setup(settings.log_level, settings.log_json)
+    asyncio.run(serve(settings))
+    return OK
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        pw = sys.stdin.readline().rstrip("\n")
+        if not pw:
+            raise CliError("no password on standard input", USAGE)
+        return pw
+    if not sys.stdin.isatty():
+        raise CliError("give the password with --password-stdin (standard input is not a terminal)", USAGE)
+    pw = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != pw:
+        raise CliError("the passwords differ", USAGE)
+    return pw
+
+
+def _offline_services(settings: Any, mode: str = "rw") -> Any:
+    from pathlib import Path
+
+    from controller.services import build_services
+    from controller.store import open_store
+
+    d = Path(settings.data_dir)
+    if mode == "rw":
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    elif not (d / "store").exists():
+        raise CliError(f"no Overcast data in {d}", FAILED)
+    return build_services(settings, open_store(d / "store", mode), migrate=mode == "rw")
+
+
+def cmd_adduser(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from controller.admin import admin_actor, call
+
+    settings = _settings(args)
+    password = _read_password(args)
+    body = {"email": args.email, "password": password, "admin": args.admin, "org": args.org}
+    result = call(settings.admin_socket, "POST", "/admin/users", body)
+    if result is None:  # no controller running: open the store ourselves
+        services = _offline_services(settings)
+        try:
+            user, org = asyncio.run(services.accounts.create_user(
+                admin_actor(), args.email, password, is_admin=args.admin, org_name=args.org))
+        finally:
+            services.store.close()
+        result = {"user": user, "org": {"id": org["id"], "name": org["name"]}}
+    if args.json:
+        output.emit_json(result)
+    else:
+        u = result["user"]
+        print(f"created {'admin ' if u.get('is_admin') else ''}user {u['email']} ({u['id']}) "
+              f"in organisation {result['org']['name']}")
+    return OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from controller.admin import call
+
+    settings = _settings(args)
+    result = call(settings.admin_socket, "GET", "/admin/audit/verify")
+    if result is None:
+        services = _offline_services(settings, "ro")
+        try:
+            result = services.audit.verify().to_dict()
+        finally:
+            services.store.close()
+    if args.json:
+        output.emit_json(result)
+    elif result["ok"]:
+        print(f"audit log intact: {result['entries']} entries verified")
+    else:
+        print(f"audit log BROKEN at entry {result['broken_at']}: {result['reason']} "
+              f"({result['entries']} entries before it verify)")
+    return OK if result["ok"] else FAILED
+
+
+# ---- client commands ----------------------------------------------------------------------
+
+def _client() -> tuple[Client, Login]:
+    login = Login.load()
+    return Client(login.url, login.token, login.ca_file), login
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    url = args.url.rstrip("/")
+    if not re.match(r"^https?://[^/]+$", url):
+        raise CliError("URL must be http(s)://host[:port]", USAGE)
+    ca_file = str(fetch_ca(url, args.ca_fingerprint)) if args.ca_fingerprint else ""
+    if args.token:
+        client = Client(url, args.token, ca_file)
+        info = client.request("GET", "/api/v2/auth")["data"]
+        login = Login(url, args.token, "", info["user"]["email"], ca_file)
+    else:
+        email = args.email or input("E-mail: ").strip()
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        elif sys.stdin.isatty():
+            password = getpass.getpass("Password: ")
+        else:
+            raise CliError("give the password with --password-stdin, or a token with --token", USAGE)
+        client = Client(url, "", ca_file)
+        body = {"email": email, "password": password}
+        if args.org:
+            body["org"] = args.org
+        info = client.request("POST", "/api/v2/auth/sessions", body)["data"]
+        client.csrf = info["csrf_token"]
+        name = args.token_name or f"cli {getpass.getuser()}@{socket.gethostname()} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        tok = client.request("POST", "/api/v2/auth/tokens", {"name": name, "ttl": args.ttl} if args.ttl else {"name": name})
+        client.request("DELETE", "/api/v2/auth/sessions")  # the token replaces the session
+        login = Login(url, tok["token"], tok["id"], info["user"]["email"], ca_file)
+    path = login.save()
+    org = (info.get("org") or {}).get("name", "")
+    print(f"logged in to {url} as {login.email}{' in ' + org if org else ''} (saved in {path})")
+    return OK
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    from controller.cli.client import config_dir
+
+    client, login = _client()
+    if login.token_id:
+        try:
+            client.request("DELETE", f"/api/v2/auth/tokens/{login.token_id}")
+        except CliError as exc:
+            warn(f"could not revoke the token: {exc.message}")
+    (config_dir() / "cli.json").unlink(missing_ok=True)
+    print(f"logged out of {login.url}")
+    return OK
+
+
+def cmd_whoami(args: argparse.Namespace) -> int:
+    client, _ = _client()
+    info = client.request("GET", "/api/v2/auth")["data"]
+    if args.json:
+        output.emit_json(info)
+        return OK
+    u, org = info["user"], info.get("org") or {}
+    print(f"{u['email']}{' (platform admin)' if u.get('is_admin') else ''}")
+    print(f"organisation: {org.get('name', '-')} ({info.get('role') or 'no role'})")
+    print(f"signed in with: {info['auth']}   url: {client.url}")
+    return OK
+
+
+def _list_params(args: argparse.Namespace) -> dict[str, Any]:
+    return {"search": args.search, "sort": args.sort, "limit": args.limit, "start": args.start}
+
+
+def cmd_machines(args: argparse.Namespace) -> int:
+    client, _ = _client()
+    if args.id:
+        m = client.request("GET", f"/api/v2/machines/{args.id}")["data"]
+        if args.json:
+            output.emit_json(m)
+        else:
+            output.fields(m, ["id", "name", "state", "cloud", "hostname", "public_ips",
+                              "private_ips", "tags", "size", "image", "location", "os_type",
+                              "created", "last_seen", "unreachable_since"])
+        return OK
+    resp = client.request("GET", "/api/v2/machines", params=_list_params(args))
+    if args.json:
+        output.emit_json(resp["data"])
+        return OK
+    output.table(resp["data"], ["id", "name", "state", "cloud", "public_ips", "tags"],
+                 empty="no machines")
+    meta = resp["meta"]
+    if meta["total"] > meta["returned"]:
+        warn(f"showing {meta['returned']} of {meta['total']} from {meta['start']}; "
+             "use --start/--limit for more")
+    return OK
+
+
+def _log_row(e: dict[str, Any]) -> dict[str, Any]:
+    actor = e.get("actor", {})
+    target = e.get("target", {})
+    return {"time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"])),
+            "who": actor.get("email") or actor.get("kind", ""),
+            "action": e["action"], "outcome": e["outcome"],
+            "target": f"{target.get('kind', '')}:{target.get('id', '')}" if target.get("id") else target.get("kind", ""),
+            "from": (e.get("source") or {}).get("ip", ""), "seq": e.get("seq")}
+
+
+LOG_COLUMNS = ["seq", "time", "who", "action", "outcome", "target", "from"]
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    client, _ = _client()
+    params = {"search": args.search, "limit": args.limit, "action": args.action,
+              "user": args.user, "since": args.since, "until": args.until, "outcome": args.outcome}
+    resp = client.request("GET", "/api/v2/logs", params=params)
+    entries = list(reversed(resp["data"]))  # oldest first, like a log
+    _print_logs(entries, args.json, header=True)
+    if not args.follow:
+        return OK
+    last = max((e["seq"] for e in entries), default=None)
+    if last is None:
+        last = int(client.request("GET", "/api/v2/logs", params={"limit": 1}).get("data", [{}])[0].get("seq", 0) or 0) if resp["data"] else 0
+    try:
+        while True:
+            time.sleep(args.interval)
+            params2 = dict(params, after=last, limit=1000)
+            params2.pop("since", None)
+            new = client.request("GET", "/api/v2/logs", params=params2)["data"]
+            if new:
+                _print_logs(new, args.json, header=False)
+                last = max(e["seq"] for e in new)
+    except KeyboardInterrupt:
+        return OK
+
+
+def _print_logs(entries: list[dict[str, Any]], as_json: bool, header: bool) -> None:
+    if as_json:
+        for e in entries:  # one JSON object per line: friendly to jq and to --follow
+            print(output.json.dumps(e, default=str), flush=True)
+        return
+    rows = [_log_row(e) for e in entries]
+    if header:
+        output.table(rows, LOG_COLUMNS, empty="no audit entries")
+    else:
+        for r in rows:
+            print("  ".join(str(r[c]) for c in LOG_COLUMNS), flush=True)
+    sys.stdout.flush()
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    client, _ = _client()
+    body: dict[str, Any] = {"name": args.name}
+    if args.ttl is not None:
+        body["ttl"] = args.ttl
+    tok = client.request("POST", "/api/v2/auth/tokens", body)
+    if args.json:
+        output.emit_json(tok)
+    else:
+        print(tok["token"])
+        warn(f"token {tok['name']!r} ({tok['id']}) expires {tok['expires'] or 'never'}; "
+             "it is shown only this once")
+    return OK
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    client, _ = _client()
+    data = client.request("GET", "/api/v2/auth/tokens", params={"limit": 1000})["data"]
+    if args.json:
+        output.emit_json(data)
+    else:
+        output.table(data, ["id", "name", "created_by", "created", "expires", "last_used", "revoked"],
+                     empty="no tokens")
+    return OK
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    client, _ = _client()
+    for tid in args.ids:
+        tok = client.request("DELETE", f"/api/v2/auth/tokens/{tid}")
+        if args.json:
+            output.emit_json(tok)
+        else:
+            print(f"revoked {tok['id']} ({tok['name']})")
+    return OK
+
+
+# ---- parser -----------------------------------------------------------------------------
+
+def _admin_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="settings file (TOML); default /etc/overcast/controller.toml if present")
+    p.add_argument("--data-dir", help="data directory (overrides the settings)")
+
+
+def _list_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--search", help="filter, e.g. 'state:running AND tags.env:prod'")
+    p.add_argument("--sort", help="fields, '-' for descending, e.g. -created,name")
+    p.add_argument("--limit", type=int, help="how many (default 100)")
+    p.add_argument("--start", help="offset or id to start from")
+
+
+def parser() -> argparse.ArgumentParser:
+    from overcast import __version__
+
+    ap = argparse.ArgumentParser(
+        prog="overcast", description="Overcast: one place for every cloud, server and agent.",
+        epilog="Exit codes: 0 ok, 1 refused/failed, 2 usage, 3 authentication, 4 not found, "
+               "5 unreachable/server error. Client commands read the login saved by "
+               "'overcast login' (or OVERCAST_URL and OVERCAST_TOKEN).")
+    ap.add_argument("--version", action="version", version=f"overcast {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("controller", help="run the controller")
+    _admin_opts(p)
+    p.add_argument("--http", help="HTTP listen address HOST:PORT (default 127.0.0.1:7080)")
+    p.add_argument("--grpc", help="gRPC listen address HOST:PORT (default 127.0.0.1:7443)")
+    p.add_argument("--external-url", help="the URL users and agents reach this controller at")
+    p.add_argument("--tls", choices=["auto", "on", "off"], help="serve TLS (auto: unless on loopback)")
+    p.set_defaults(func=cmd_controller)
+
+    p = sub.add_parser("adduser", help="create a user (and their organisation)")
+    p.add_argument("email")
+    p.add_argument("--admin", action="store_true", help="platform administrator")
+    p.add_argument("--org", help="organisation to join (created, with the user as owner, if new)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.add_argument("--json", action="store_true", help="print the new user as JSON")
+    _admin_opts(p)
+    p.set_defaults(func=cmd_adduser)
+
+    p = sub.add_parser("audit", help="audit log administration")
+    asub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+    v = asub.add_parser("verify", help="check the audit hash chain; says where it breaks")
+    v.add_argument("--json", action="store_true")
+    _admin_opts(v)
+    v.set_defaults(func=cmd_audit_verify)
+
+    p = sub.add_parser("login", help="log in to a controller and save an API token")
+    p.add_argument("url", help="the controller's URL, e.g. https://overcast.example.com")
+    p.add_argument("--email", help="your e-mail (asked when missing)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    g.add_argument("--token", help="use this API token instead of a password")
+    p.add_argument("--org", help="organisation to act in (default: your first)")
+    p.add_argument("--ca-fingerprint", help="SHA-256 of the controller's CA, as printed at its start")
+    p.add_argument("--token-name", help="name of the token the login creates")
+    p.add_argument("--ttl", type=duration, help="token lifetime, e.g. 30d (default: the controller's)")
+    p.set_defaults(func=cmd_login)
+
+    p = sub.add_parser("logout", help="revoke the saved token and forget the login")
+    p.set_defaults(func=cmd_logout)
+
+    p = sub.add_parser("whoami", help="who you are logged in as")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_whoami)
+
+    p = sub.add_parser("machines", help="list machines, or show one")
+    p.add_argument("id", nargs="?", help="a machine id: show it")
+    p.add_argument("--json", action="store_true")
+    _list_opts(p)
+    p.set_defaults(func=cmd_machines)
+
+    p = sub.add_parser("logs", help="the audit log of your organisation")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
+    p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--search")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--action", help="e.g. token.create, or token for all token actions")
+    p.add_argument("--user", help="user id or e-mail")
+    p.add_argument("--outcome", choices=["success", "denied", "failed"])
+    p.add_argument("--since", help="ISO 8601 time")
+    p.add_argument("--until", help="ISO 8601 time")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("token", help="API tokens")
+    tsub = p.add_subparsers(dest="token_command", metavar="SUBCOMMAND", required=True)
+    c = tsub.add_parser("create", help="create a token and print it (once)")
+    c.add_argument("name")
+    c.add_argument("--ttl", type=duration, help="lifetime, e.g. 3600, 12h, 30d")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_token_create)
+    c = tsub.add_parser("list", help="list tokens")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_token_list)
+    c = tsub.add_parser("revoke", help="revoke tokens")
+    c.add_argument("ids", nargs="+", metavar="ID")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_token_revoke)
+
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "func", None):
+        ap.print_help()
+        return USAGE
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"overcast: {exc.message}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # controller-side errors raised in admin commands
+        from controller.errors import OvercastError
+
+        if isinstance(exc, OvercastError):
+            field = exc.details.get("field")
+            print(f"overcast: {exc.message}{f' (field: {field})' if field else ''}", file=sys.stderr)
+            return {401: AUTH, 403: AUTH, 404: 4}.get(exc.status, FAILED if exc.status < 500 else UNREACHABLE)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""GET /api/v2/events: a WebSocket streaming the caller's organisation's live events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import WSMsgType, web
+
+from controller import keys
+from controller.errors import Forbidden
+from controller.http.api import SESSION_COOKIE, Ctx, RouteTable, bearer
+
+routes = RouteTable("events")
+
+
+def _check_origin(ctx: Ctx) -> None:
+    """Cookie-authenticated WebSockets must come from our own pages (cross-site WebSocket
+    hijacking): a browser always sends Origin, and it must be the external URL's."""
+    if bearer(ctx.request) is not None or SESSION_COOKIE not in ctx.request.cookies:
+        return
+    origin = ctx.request.headers.get("Origin")
+    if origin is None:
+        return  # not a browser
+    ours = urlsplit(ctx.services.settings.public_url)
+    theirs = urlsplit(origin)
+    if (theirs.scheme, theirs.netloc) != (ours.scheme, ours.netloc):
+        raise Forbidden(f"WebSocket from origin {origin} refused")
+
+
+@routes.route("GET", "/api/v2/events", op="watch_events", params=("kinds",), websocket=True,
+              summary="WebSocket of live events (created, changed, deleted, progress, audit)")
+async def watch_events(ctx: Ctx) -> Any:
+    _check_origin(ctx)
+    p = ctx.principal
+    kinds = [k for k in ctx.param("kinds").split(",") if k]
+    allorgs = ctx.flag("allorgs") and p.is_admin
+    ws = web.WebSocketResponse(heartbeat=25, max_msg_size=64 * 1024)
+    await ws.prepare(ctx.request)
+    ctx.request.app[keys.WEBSOCKETS].add(ws)
+    sub = ctx.services.bus.subscribe(None if allorgs else p.org_id, kinds)
+    await ws.send_str(json.dumps({"type": "ready", "org": p.org_id, "kinds": kinds}))
+
+    async def drain_client() -> None:
+        async for msg in ws:  # we read only to notice close frames
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+                break
+
+    import asyncio
+
+    reader = asyncio.create_task(drain_client())
+    try:
+        async for ev in sub:
+            if ws.closed:
+                break
+            await ws.send_str(json.dumps(ev.to_dict(), default=str))
+            if ev.type == "overflow":
+                break
+    finally:
+        sub.close()
+        reader.cancel()
+        await ws.close()
+    return ws

@@ -1,0 +1,93 @@
+"""The one place that changes state: a :class:`Change` is written to the store together with
+its audit entry in one atomic batch, and its events are published only once it is stored, so
+the state, the audit log and the live stream never disagree."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.audit.chain import Chain
+from controller.events.bus import EventBus
+from controller.events.model import Actor, Event
+from controller.store.base import Batch, Store
+
+# Fields that never enter the audit log or an event, whatever a caller puts in ``details``.
+_SECRET_WORDS = ("password", "secret", "token", "private", "key", "credential", "apikey")
+
+
+def scrub(details: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in details.items():
+        lk = k.lower()
+        if any(w in lk for w in _SECRET_WORDS) and lk not in ("token_id", "key_id", "token_name"):
+            out[k] = "***"
+        elif isinstance(v, dict):
+            out[k] = scrub(v)
+        else:
+            out[k] = v
+    return out
+
+
+@dataclass
+class Change:
+    """What one action changes. An action that changes nothing (a failed login, a refused
+    token) is a Change with no puts or deletes: it is still audited."""
+
+    action: str  # "<kind>.<verb>", e.g. "token.create", "session.create"
+    org: str = ""
+    target_kind: str = ""
+    target_id: str = ""
+    outcome: str = "success"  # success, denied, failed
+    details: dict[str, Any] = field(default_factory=dict)
+    batch: Batch = field(default_factory=Batch)
+    events: list[Event] = field(default_factory=list)
+
+    def put(self, key: str, value: bytes) -> Change:
+        self.batch.put(key, value)
+        return self
+
+    def delete(self, key: str) -> Change:
+        self.batch.delete(key)
+        return self
+
+    def expect(self, key: str, value: bytes | None) -> Change:
+        self.batch.expect[key] = value
+        return self
+
+    def event(self, type_: str, kind: str, id_: str, data: dict[str, Any] | None = None) -> Change:
+        self.events.append(Event(type_, kind, id_, self.org, time.time(), data or {}))
+        return self
+
+
+class Writer:
+    def __init__(self, store: Store, bus: EventBus | None = None) -> None:
+        self.store = store
+        self.bus = bus
+        self.chain = Chain(store)
+        self._lock = threading.Lock()
+
+    def commit(self, actor: Actor, change: Change) -> dict[str, Any]:
+        """Store the change and its audit entry atomically, then publish. Raises what the
+        store raises (Conflict when an ``expect`` fails): then nothing was stored."""
+        entry = {
+            "time": time.time(),
+            "org": change.org or actor.org,
+            "actor": actor.to_dict(),
+            "action": change.action,
+            "target": {"kind": change.target_kind, "id": change.target_id},
+            "outcome": change.outcome,
+            "source": {"ip": actor.ip, "via": actor.via},
+            "details": scrub(change.details),
+        }
+        with self._lock:
+            batch = Batch(dict(change.batch.puts), set(change.batch.deletes), dict(change.batch.expect))
+            stored, head = self.chain.append(batch, entry)
+            self.store.write(batch)
+            self.chain.advance(head)
+        if self.bus is not None:
+            audit_ev = Event("audit", "log", stored["id"], stored["org"], stored["time"], stored)
+            self.bus.publish([*change.events, audit_ev])
+        return stored

@@ -1,0 +1,1 @@
+"""What every HTTP route shares: route declaration, auth, body parsing, errors, OpenAPI."""

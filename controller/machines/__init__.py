@@ -1,0 +1,1 @@
+"""Machines: every computing resource Overcast knows, whatever cloud or agent it came from."""

@@ -1,0 +1,57 @@
+"""Reading machines. Machines are written by the cloud pollers and the agents (through the
+one writer); here they are listed and shown, per organisation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from controller.accounts.model import Principal
+from controller.errors import BadRequest, NotFound
+from controller.listing import Query, apply, page_info, project
+from controller.machines.model import MACHINE, key, view
+from controller.store.base import Store
+
+
+class MachineService:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def list(self, p: Principal, query: Query) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        prefix = f"machine/{p.org_id}/"
+        if query.search is not None or query.sort:
+            docs = (self._load(raw) for _, raw in self.store.scan(prefix))
+            return apply(docs, query)
+        # Fast path, no search and no sort: pages come in key order straight from the store,
+        # and the total is the store's (cached) count: ~constant time at 100,000 machines.
+        total = self.store.count(prefix)
+        if isinstance(query.start, int):
+            offset = query.start
+            first = None
+            if offset:
+                for i, (k, _) in enumerate(self.store.scan(prefix, keys_only=True)):
+                    if i == offset:
+                        first = k
+                        break
+                else:
+                    return [], page_info(total, 0, query, start=offset)
+        else:
+            first = prefix + query.start
+            if "/" in query.start or self.store.get(first) is None:
+                raise BadRequest(f"start: no machine has the id {query.start!r}", field="start")
+            offset = sum(1 for _ in self.store.scan(prefix, keys_only=True, start=prefix, limit=None)
+                         if _[0] < first)
+        data = [project(self._load(raw), query.only)
+                for _, raw in self.store.scan(prefix, start=first, limit=query.limit)]
+        return data, page_info(total, len(data), query, start=offset)
+
+    @staticmethod
+    def _load(raw: bytes) -> dict[str, Any]:
+        doc, _ = MACHINE.upgrade(json.loads(raw))
+        return view(doc)
+
+    def get(self, p: Principal, machine_id: str) -> dict[str, Any]:
+        raw = self.store.get(key(p.org_id, machine_id)) if p.org_id and "/" not in machine_id else None
+        if raw is None:
+            raise NotFound("no such machine", {"id": machine_id})
+        return self._load(raw)

@@ -1,0 +1,50 @@
+"""The domain services of one controller, built once from the settings and the store and
+shared by REST, WebSocket, gRPC and the offline admin commands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controller.accounts.model import KINDS as ACCOUNT_KINDS
+from controller.accounts.service import AccountService
+from controller.audit.service import AuditService
+from controller.events.bus import EventBus
+from controller.events.writer import Writer
+from controller.machines.model import MACHINE
+from controller.machines.service import MachineService
+from controller.secrets import SecretBox, load_key
+from controller.settings import Settings
+from controller.store.base import Store
+from controller.store.docs import DocKind, migrate_store
+
+# every stored document kind, for migrations on start
+DOC_KINDS: tuple[DocKind, ...] = (*ACCOUNT_KINDS, MACHINE)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    bus: EventBus
+    writer: Writer
+    secrets: SecretBox
+    accounts: AccountService
+    audit: AuditService
+    machines: MachineService
+
+
+def build_services(settings: Settings, store: Store, migrate: bool = True) -> Services:
+    if migrate and not store.read_only:
+        migrate_store(store, DOC_KINDS)
+    bus = EventBus()
+    writer = Writer(store, bus)
+    return Services(
+        settings=settings,
+        store=store,
+        bus=bus,
+        writer=writer,
+        secrets=SecretBox(load_key(settings.data_dir, settings.secret_key)),
+        accounts=AccountService(settings, store, writer),
+        audit=AuditService(store),
+        machines=MachineService(store),
+    )
