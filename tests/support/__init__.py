@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: a real controller process and small HTTP clients."""
