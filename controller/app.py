@@ -13,9 +13,9 @@ import ssl
 import urllib.error
 import urllib.request
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
@@ -60,7 +60,8 @@ def build_app(settings: Settings, services: Services, pki: Pki | None) -> web.Ap
     if pki is not None:
         app[keys.PKI] = pki
     app[keys.INSTANCE] = uuid.uuid4().hex
-    app[keys.WEBSOCKETS] = weakref.WeakSet()
+    sockets: set[Any] = set()
+    app[keys.WEBSOCKETS] = sockets
     routes = all_routes()
     _add_routes(app, routes)
     app[keys.OPENAPI] = openapi.build(routes, __version__, settings.public_url)
@@ -75,7 +76,8 @@ async def _bind_bus(app: web.Application) -> None:
 
 
 async def _close_websockets(app: web.Application) -> None:
-    for ws in list(app[keys.WEBSOCKETS]):
+    sockets: set[Any] = app[keys.WEBSOCKETS]
+    for ws in list(sockets):
         await ws.close(code=1001, message=b"server shutting down")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from aiohttp import web
@@ -16,4 +15,4 @@ SERVICES = web.AppKey("services", Services)
 PKI = web.AppKey("pki", Pki)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 INSTANCE = web.AppKey("instance", str)
-WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet[web.WebSocketResponse])
+WEBSOCKETS = web.AppKey("websockets", set[Any])  # open WebSocketResponses, closed on shutdown

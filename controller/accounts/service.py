@@ -143,7 +143,7 @@ class AccountService:
         if self.store.get(f"useremail/{email}") is not None:
             raise Conflict("a user with that e-mail exists", {"field": "email"})
         pw_hash = await asyncio.to_thread(self.hasher.hash, password)
-        user = {
+        user: dict[str, Any] = {
             "id": new_id(), "email": email, "username": email.split("@")[0],
             "first_name": first_name, "last_name": last_name, "is_admin": bool(is_admin),
             "registration_date": iso(), "last_login": "", "_pw": pw_hash,

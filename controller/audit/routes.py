@@ -19,7 +19,7 @@ async def list_logs(ctx: Ctx) -> Any:
         if not after_s.isdigit():
             raise BadRequest("after must be an entry's sequence number", field="after")
         after = int(after_s)
-    data, meta = ctx.services.audit.list(
+    data, meta = ctx.services.audit.entries(
         ctx.principal, ctx.query(), since=ctx.param("since"), until=ctx.param("until"),
         user=ctx.param("user"), action=ctx.param("action"), outcome=ctx.param("outcome"),
         after=after, allorgs=ctx.flag("allorgs"))

@@ -22,7 +22,7 @@ class AuditService:
     def verify(self) -> VerifyResult:
         return verify(self.store)
 
-    def list(
+    def entries(
         self,
         p: Principal,
         query: Query,
@@ -51,7 +51,7 @@ class AuditService:
                          for k, _ in self.store.scan(prefix, reverse=after is None, start=start,
                                                      keys_only=True))
 
-        def entries() -> Any:
+        def loaded() -> Any:
             batch: list[str] = []
             n = 0
             for k in keys_iter:
@@ -75,7 +75,7 @@ class AuditService:
                 return False
             return not (outcome and e["outcome"] != outcome)
 
-        return apply((e for e in entries() if keep(e)), query, text_fields=("action", "id"))
+        return apply((e for e in loaded() if keep(e)), query, text_fields=("action", "id"))
 
     def _load(self, keys: list[str]) -> list[dict[str, Any]]:
         out = []

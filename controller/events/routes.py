@@ -59,6 +59,7 @@ async def watch_events(ctx: Ctx) -> Any:
                 break
     finally:
         sub.close()
+        ctx.request.app[keys.WEBSOCKETS].discard(ws)
         reader.cancel()
         await ws.close()
     return ws

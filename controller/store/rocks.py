@@ -7,6 +7,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 from rocksdict import (
     AccessType,
@@ -88,7 +89,7 @@ class RocksStore:
     def get_many(self, keys: list[str]) -> list[bytes | None]:
         if not keys:
             return []
-        return list(self._db.get([k.encode() for k in keys]))
+        return cast(list[bytes | None], self._db.get([k.encode() for k in keys]))
 
     def scan(
         self,

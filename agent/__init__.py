@@ -1,0 +1,1 @@
+"""The Overcast agent (agents issue)."""

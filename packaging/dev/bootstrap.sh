@@ -1,0 +1,48 @@
+#!/bin/sh
+# Set up what running and testing Overcast needs on Debian/Ubuntu, idempotently and quickly:
+# Debian packages (only the missing ones), the virtualenv, and the Python packages (only when
+# pyproject.toml changed since the last install). Usage: bootstrap.sh [run|test|bench]
+set -eu
+what="${1:-run}"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+venv="$root/.venv"
+py="${PYTHON:-python3}"
+
+need_apt=""
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+want() { have_pkg "$1" || need_apt="$need_apt $1"; }
+
+if command -v dpkg-query >/dev/null 2>&1; then
+    # a venv needs ensurepip, which Debian ships apart, unless this Python brings its own
+    "$py" -c "import ensurepip" 2>/dev/null || want python3-venv
+    case "$what" in
+        bench) want wrk ;;
+    esac
+    if [ -n "$need_apt" ]; then
+        if [ "$(id -u)" != 0 ]; then
+            echo "bootstrap: please install:$need_apt (as root: apt-get install$need_apt)" >&2
+            exit 1
+        fi
+        echo "bootstrap: installing Debian packages:$need_apt"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        # shellcheck disable=SC2086
+        apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 $need_apt >/dev/null
+    fi
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "bootstrap: creating $venv"
+    "$py" -m venv "$venv"
+fi
+
+extras="controller"
+[ "$what" = run ] || extras="controller,test"
+stamp="$venv/.overcast-installed-$extras"
+sum="$(cat "$root/pyproject.toml" | cksum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ]; then
+    echo "bootstrap: installing overcast[$extras] into $venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$root[$extras]"
+    echo "$sum" > "$stamp"
+fi

@@ -1,0 +1,104 @@
+"""The RocksDB store behind its interface: ordering, prefixes, batches, compare-and-set,
+counts, and the one-writer rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.errors import Conflict
+from controller.store import Batch, StoreLocked, open_store
+
+
+@pytest.fixture
+def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = open_store(tmp_path / "db")
+    yield s
+    s.close()
+
+
+def test_get_put_delete(store) -> None:  # type: ignore[no-untyped-def]
+    assert store.get("a/1") is None
+    store.put("a/1", b"one")
+    assert store.get("a/1") == b"one"
+    store.delete("a/1")
+    assert store.get("a/1") is None
+    assert store.get_many(["a/1", "a/2"]) == [None, None]
+
+
+def test_scan_stays_inside_prefix_in_both_directions(store) -> None:  # type: ignore[no-untyped-def]
+    for k in ("a", "a/1", "a/2", "a/3", "a0", "b/1", "a/\xff"):
+        store.put(k, k.encode())
+    assert [k for k, _ in store.scan("a/")] == ["a/1", "a/2", "a/3", "a/\xff"]
+    assert [k for k, _ in store.scan("a/", reverse=True)] == ["a/\xff", "a/3", "a/2", "a/1"]
+    assert [k for k, _ in store.scan("a/", start="a/2", limit=2)] == ["a/2", "a/3"]
+    assert [k for k, _ in store.scan("a/", start="a/2", reverse=True)] == ["a/2", "a/1"]
+    assert all(v == b"" for _, v in store.scan("a/", keys_only=True))
+    assert list(store.scan("zzz/")) == []
+
+
+def test_batch_is_atomic_and_cas_refuses_whole_batch(store) -> None:  # type: ignore[no-untyped-def]
+    store.put("x/1", b"old")
+    b = Batch()
+    b.put("x/2", b"new")
+    b.expect["x/1"] = b"something else"
+    with pytest.raises(Conflict):
+        store.write(b)
+    assert store.get("x/2") is None  # nothing of the refused batch was written
+    b = Batch()
+    b.put("x/2", b"new")
+    b.delete("x/1")
+    b.expect["x/1"] = b"old"
+    b.expect["x/3"] = None
+    store.write(b)
+    assert store.get("x/1") is None and store.get("x/2") == b"new"
+
+
+def test_count_stays_exact_through_writes(store) -> None:  # type: ignore[no-untyped-def]
+    for i in range(10):
+        store.put(f"m/o/{i}", b"v")
+    assert store.count("m/o/") == 10  # scanned once, then cached
+    store.put("m/o/3", b"updated")  # an update does not change the count
+    store.put("m/o/new", b"v")
+    store.delete("m/o/0")
+    store.delete("m/o/missing")
+    b = Batch()
+    b.put("m/o/a", b"v")
+    b.put("m/o/b", b"v")
+    b.delete("m/o/1")
+    store.write(b)
+    assert store.count("m/o/") == sum(1 for _ in store.scan("m/o/")) == 11
+
+
+def test_second_writer_is_refused_but_readers_see_data(tmp_path: Path) -> None:
+    s = open_store(tmp_path / "db")
+    s.put("k/1", b"v1")
+    with pytest.raises(StoreLocked, match="another process"):
+        open_store(tmp_path / "db")
+    sec = open_store(tmp_path / "db", "secondary")
+    assert sec.get("k/1") == b"v1"
+    s.put("k/2", b"v2")
+    sec.catch_up()
+    assert sec.get("k/2") == b"v2"
+    with pytest.raises(StoreLocked):
+        sec.put("k/3", b"no")
+    sec.close()
+    s.close()
+    ro = open_store(tmp_path / "db", "ro")
+    assert [k for k, _ in ro.scan("k/")] == ["k/1", "k/2"]
+    ro.close()
+
+
+def test_data_survives_reopen_and_checkpoint(tmp_path: Path) -> None:
+    s = open_store(tmp_path / "db")
+    s.put("k/1", b"v1")
+    s.checkpoint(str(tmp_path / "copy"))
+    s.put("k/2", b"v2")
+    s.close()
+    s = open_store(tmp_path / "db")
+    assert s.get("k/2") == b"v2"
+    s.close()
+    c = open_store(tmp_path / "copy")
+    assert c.get("k/1") == b"v1" and c.get("k/2") is None
+    c.close()

@@ -1,0 +1,1 @@
+"""WireGuard tunnels (tunnels issue)."""
