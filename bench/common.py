@@ -45,18 +45,13 @@ def machine_facts() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    try:
-        import rocksdict
+    from importlib import metadata
 
-        facts["rocksdict"] = getattr(rocksdict, "__version__", "?")
-    except ImportError:
-        pass
-    try:
-        import aiohttp
-
-        facts["aiohttp"] = aiohttp.__version__
-    except ImportError:
-        pass
+    for dist in ("rocksdict", "aiohttp"):
+        try:
+            facts[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
     return facts
 
 

@@ -101,7 +101,15 @@ class Settings:
 
     @property
     def admin_socket(self) -> str:
-        return str(Path(self.data_dir) / "admin.sock")
+        path = str(Path(self.data_dir) / "admin.sock")
+        if len(path.encode()) < 100:
+            return path
+        # Unix socket paths are limited to ~107 bytes: a deep data directory gets a socket
+        # named after it in the runtime directory instead (same for server and CLI).
+        import hashlib
+
+        digest = hashlib.sha256(self.data_dir.encode()).hexdigest()[:16]
+        return f"/tmp/overcast-admin-{digest}.sock"
 
     def validate(self) -> None:
         """Check what can be checked without the network; raise Invalid naming the setting."""

@@ -49,16 +49,23 @@ async def watch_events(ctx: Ctx) -> Any:
 
     import asyncio
 
-    reader = asyncio.create_task(drain_client())
-    try:
+    async def send_events() -> None:
         async for ev in sub:
             if ws.closed:
                 break
             await ws.send_str(json.dumps(ev.to_dict(), default=str))
             if ev.type == "overflow":
                 break
+
+    # whichever ends first ends the connection: a client that closes (or a server shutdown
+    # closing it) must not leave this handler waiting for an event that may never come
+    reader = asyncio.create_task(drain_client())
+    sender = asyncio.create_task(send_events())
+    try:
+        await asyncio.wait((reader, sender), return_when=asyncio.FIRST_COMPLETED)
     finally:
         sub.close()
+        sender.cancel()
         ctx.request.app[keys.WEBSOCKETS].discard(ws)
         reader.cancel()
         await ws.close()

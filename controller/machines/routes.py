@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from controller.http.api import LIST_PARAMS, Ctx, RouteTable, envelope
-from controller.listing import project
+from controller.listing import parse_search, project
 
 routes = RouteTable("machines")
 
@@ -13,7 +14,16 @@ routes = RouteTable("machines")
 @routes.route("GET", "/api/v2/machines", op="list_machines", summary="List machines",
               params=(*LIST_PARAMS, "cloud"))
 async def list_machines(ctx: Ctx) -> Any:
-    return envelope(*ctx.services.machines.list(ctx.principal, ctx.query()))
+    query = ctx.query()
+    cloud = ctx.param("cloud")
+    if cloud:
+        # Mist's `cloud` filter (an id or name) is a search term ANDed with the search
+        escaped = cloud.replace("\\", "\\\\").replace('"', '\\"')
+        search = f'cloud:"{escaped}"'
+        if ctx.param("search"):
+            search = f"({ctx.param('search')}) AND {search}"
+        query = replace(query, search=parse_search(search))
+    return envelope(*ctx.services.machines.list(ctx.principal, query))
 
 
 @routes.route("GET", "/api/v2/machines/{machine}", op="get_machine", summary="Show a machine",
