@@ -76,6 +76,9 @@ def call(sock_path: str, method: str, path: str, body: dict[str, Any] | None = N
         data = json.loads(resp.read() or b"{}")
     except (FileNotFoundError, ConnectionRefusedError):
         return None
+    except PermissionError:
+        raise OvercastError(f"no permission to use {sock_path}: run this as the user that runs "
+                            "the controller (or root)") from None
     finally:
         conn.close()
     if resp.status >= 400:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -86,18 +87,24 @@ def _grpc_server(pki: Pki | None):  # type: ignore[no-untyped-def]
         settings = app[keys.SETTINGS]
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         add_to_server(server, app[keys.SERVICES])
-        addr = f"{settings.grpc_host}:{settings.grpc_port}"
+        host = settings.grpc_host
+        addr = f"[{host}]:{settings.grpc_port}" if ":" in host else f"{host}:{settings.grpc_port}"
         if settings.tls_enabled and pki is not None:
             creds = grpc.ssl_server_credentials(
                 [(pki.server_key.read_bytes(), pki.server_cert.read_bytes())])
-            port = server.add_secure_port(addr, creds)
+            add = functools.partial(server.add_secure_port, addr, creds)
         else:
-            port = server.add_insecure_port(addr)
+            add = functools.partial(server.add_insecure_port, addr)
+        try:
+            port = add()
+        except RuntimeError:  # grpc raises this (not a 0 port) when the address is taken
+            port = 0
         if port == 0:
             raise OvercastError(f"cannot listen for gRPC on {addr}")
         await server.start()
         log.info("gRPC listening on %s%s", addr, " (TLS)" if settings.tls_enabled else "")
         yield
+        app[keys.SERVICES].bus.close()  # end WatchEvents streams, else they hold the stop up
         await server.stop(grace=2)
 
     return ctx
@@ -155,7 +162,11 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         ssl_ctx = pki.server_ssl_context() if settings.tls_enabled else None
         site = web.TCPSite(runner, settings.http_host, settings.http_port, ssl_context=ssl_ctx,
                            reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise OvercastError(f"cannot listen for HTTP on {settings.http}: "
+                                f"{exc.strerror or exc}") from None
         sock = settings.admin_socket
         with contextlib.suppress(FileNotFoundError):
             os.unlink(sock)

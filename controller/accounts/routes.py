@@ -190,9 +190,9 @@ USER_BODY = obj(("email", "password"), email=string(3, 254), password=string(1, 
 async def create_user(ctx: Ctx) -> Any:
     p = ctx.principal
     if not p.is_admin:
-        from controller.errors import Forbidden
-
-        raise Forbidden("only platform administrators create users")
+        raise ctx.services.accounts.refuse(ctx.actor, "user.create",
+                                           "only platform administrators create users",
+                                           target_kind="user")
     b = ctx.body
     user, org = await ctx.services.accounts.create_user(
         ctx.actor, b["email"], b["password"], is_admin=b.get("admin", False), org_name=b.get("org"),

@@ -200,10 +200,15 @@ class AccountService:
         """Check the password and open a session; returns (cookie secret, principal).
         Failures are audited and throttled per e-mail and per address."""
         email_l = str(email).strip().lower()
-        self.throttle.check("e:" + email_l, "ip:" + ip)
+        anon = Actor(kind="anonymous", email=email_l[:254], ip=ip, via=via)
+        try:
+            self.throttle.check("e:" + email_l, "ip:" + ip)
+        except RateLimited:
+            self.writer.commit(anon, Change("session.create", outcome="denied", target_kind="user",
+                                            details={"reason": "too many failed logins"}))
+            raise
         user = self.user_by_email(email_l)
         ok = await asyncio.to_thread(self._verify, user["_pw"] if user else None, password)
-        anon = Actor(kind="anonymous", email=email_l[:254], ip=ip, via=via)
         if not ok or user is None or user.get("disabled"):
             self.throttle.fail("e:" + email_l, "ip:" + ip)
             self.writer.commit(anon, Change("session.create", outcome="denied",
@@ -332,11 +337,14 @@ class AccountService:
         if ref is None:
             raise Unauthenticated("the token is not valid")
         tok = self._doc(TOKEN, f"token/{ref.decode()}")
-        if tok is None or tok.get("revoked"):
+        if tok is None:
             raise Unauthenticated("the token was revoked")
         now = time.time()
-        if tok["_expires_at"] and tok["_expires_at"] < now:
-            raise Unauthenticated("the token has expired")
+        if tok.get("revoked") or (tok["_expires_at"] and tok["_expires_at"] < now):
+            exc = Unauthenticated("the token was revoked" if tok.get("revoked") else "the token has expired")
+            # kept off the response, for the audit entry: the token's organisation sees it
+            exc.org, exc.credential_id, exc.user_id = tok["org"], tok["id"], tok["user"]  # type: ignore[attr-defined]
+            raise exc
         p = self._principal(tok["user"], tok["org"], "token", tok["id"])
         last = self._last_used.get(tok["id"], 0.0)
         if now - last > _LAST_USED_EVERY:
@@ -373,11 +381,22 @@ class AccountService:
         self.writer.commit(actor, change)
         return public(tok)
 
-    def audit_refused(self, ip: str, via: str, reason: str, kind: str) -> None:
-        """A refused credential is an audit entry (no state change)."""
-        self.writer.commit(Actor(kind="anonymous", ip=ip, via=via),
-                           Change("auth.refused", outcome="denied", target_kind=kind,
-                                  details={"reason": reason}))
+    def refuse(self, actor: Actor, action: str, message: str, org: str = "", target_kind: str = "",
+               target_id: str = "") -> Forbidden:
+        """A change refused for the caller's role is an audit entry; returns the error to raise."""
+        self.writer.commit(actor, Change(action, org=org, outcome="denied", target_kind=target_kind,
+                                         target_id=target_id, details={"reason": message}))
+        return Forbidden(message)
+
+    def audit_refused(self, ip: str, via: str, exc: Unauthenticated, kind: str) -> None:
+        """A refused credential is an audit entry (no state change); one that is known but
+        revoked or expired is entered in its organisation's log, naming it."""
+        org = getattr(exc, "org", "")
+        self.writer.commit(Actor(kind="anonymous", ip=ip, via=via, org=org,
+                                 id=getattr(exc, "user_id", "")),
+                           Change("auth.refused", org=org, outcome="denied", target_kind=kind,
+                                  target_id=getattr(exc, "credential_id", ""),
+                                  details={"reason": exc.message}))
 
     # ---- organisations and members -----------------------------------------------------
     def _org_for(self, p: Principal, org_ref: str) -> tuple[dict[str, Any], str]:
@@ -429,7 +448,8 @@ class AccountService:
     def update_org(self, p: Principal, actor: Actor, org_ref: str, fields: dict[str, Any]) -> dict[str, Any]:
         org, role = self._org_for(p, org_ref)
         if role != "owner" and not p.is_admin:
-            raise Forbidden("only owners can change the organisation")
+            raise self.refuse(actor, "org.update", "only owners can change the organisation",
+                              org["id"], "org", org["id"])
         change = Change("org.update", org=org["id"], target_kind="org", target_id=org["id"],
                         details=dict(fields))
         new = dict(org)
@@ -477,7 +497,7 @@ class AccountService:
     def add_member(self, p: Principal, actor: Actor, org_ref: str, email: str, role: str) -> dict[str, Any]:
         org, my_role = self._org_for(p, org_ref)
         if my_role != "owner" and not p.is_admin:
-            raise Forbidden("only owners can add members")
+            raise self.refuse(actor, "member.add", "only owners can add members", org["id"], "org", org["id"])
         if role not in ROLES:
             raise Invalid(f"role must be one of {', '.join(ROLES)}", field="role")
         user = self.user_by_email(str(email))
@@ -501,7 +521,8 @@ class AccountService:
         if user is None or m is None:
             raise NotFound("no such member")
         if my_role != "owner" and not p.is_admin and user["id"] != p.user_id:
-            raise Forbidden("only owners can remove other members")
+            raise self.refuse(actor, "member.remove", "only owners can remove other members",
+                              org["id"], "user", user["id"])
         if m["role"] == "owner":
             owners = [1 for _, r in self.store.scan(f"member/{org['id']}/") if json.loads(r)["role"] == "owner"]
             if len(owners) <= 1:

@@ -101,8 +101,17 @@ def verify(store: Store) -> VerifyResult:
     raw_head = store.get(HEAD_KEY)
     if raw_head is not None:
         head = json.loads(raw_head)
-        if int(head["seq"]) != n or head["hash"] != prev:
-            return VerifyResult(False, n, n + 1 if int(head["seq"]) > n else int(head["seq"]),
-                                f"the log ends at entry {n} but its head records entry {head['seq']}: "
+        head_seq = int(head["seq"])
+        if head_seq > n:
+            return VerifyResult(False, n, n + 1,
+                                f"the log ends at entry {n} but its head records entry {head_seq}: "
                                 "entries were removed from the end")
+        if head_seq < n:
+            return VerifyResult(False, head_seq, head_seq + 1,
+                                f"the head records entry {head_seq} but the log goes on to entry "
+                                f"{n}: entries were added after it")
+        if head["hash"] != prev:
+            return VerifyResult(False, n - 1, n,
+                                f"entry {n} was altered or replaced (its hash is not the one the "
+                                "head records)")
     return VerifyResult(True, n)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import re
+import secrets
 import socket
 import sys
 import time
@@ -55,9 +56,17 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from controller import log as log_mod
     from controller.app import serve
 
+    from controller.errors import OvercastError
+
     settings = _settings(args)
     log_mod.setup(settings.log_level, settings.log_json)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except OvercastError as exc:  # a start-up problem: the settings or the machine, never a crash
+        field = exc.details.get("field")
+        print(f"overcast: cannot start: {exc.message}{f' (setting: {field})' if field else ''}",
+              file=sys.stderr)
+        return FAILED
     return OK
 
 
@@ -166,7 +175,9 @@ def cmd_login(args: argparse.Namespace) -> int:
             body["org"] = args.org
         info = client.request("POST", "/api/v2/auth/sessions", body)["data"]
         client.csrf = info["csrf_token"]
-        name = args.token_name or f"cli {getpass.getuser()}@{socket.gethostname()} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        # unique even for two logins within a second (a token name is unique per user)
+        name = args.token_name or (f"cli {getpass.getuser()}@{socket.gethostname()} "
+                                   f"{time.strftime('%Y-%m-%d %H:%M:%S')} {secrets.token_hex(3)}")
         tok = client.request("POST", "/api/v2/auth/tokens", {"name": name, "ttl": args.ttl} if args.ttl else {"name": name})
         client.request("DELETE", "/api/v2/auth/sessions")  # the token replaces the session
         login = Login(url, tok["token"], tok["id"], info["user"]["email"], ca_file)
@@ -425,9 +436,32 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+# options whose values may start with "-" (a descending sort: --sort -created); argparse
+# would take such a value for an option, so it is joined to its option first: --sort=-created
+_DASH_VALUE_OPTIONS = ("--sort",)
+
+
+def _join_dash_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            out.extend(argv[i:])
+            break
+        if (a in _DASH_VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-")
+                and not argv[i + 1].startswith("--")):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
-    args = ap.parse_args(argv)
+    args = ap.parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "func", None):
         ap.print_help()
         return USAGE

@@ -13,6 +13,7 @@ from controller.events.model import Event
 log = logging.getLogger(__name__)
 
 OVERFLOW = Event(type="overflow", kind="", id="", org="", time=0.0)
+_END = Event(type="end", kind="", id="", org="", time=0.0)  # never sent: ends the iteration
 
 
 class Subscription:
@@ -44,9 +45,21 @@ class Subscription:
         self.closed = True
         self._bus.unsubscribe(self)
 
+    def end(self) -> None:
+        """Close, and end the reader's iteration now (the controller is stopping)."""
+        self.close()
+        while True:
+            try:
+                self.queue.put_nowait(_END)
+                return
+            except asyncio.QueueFull:
+                self.queue.get_nowait()
+
     async def __aiter__(self) -> AsyncIterator[Event]:
         while True:
             ev = await self.queue.get()
+            if ev is _END:
+                return
             yield ev
             if ev is OVERFLOW:
                 return
@@ -68,6 +81,11 @@ class EventBus:
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
+
+    def close(self) -> None:
+        """End every subscriber's stream (on shutdown, so none holds the stop up)."""
+        for sub in list(self._subs):
+            sub.end()
 
     @property
     def subscribers(self) -> int:

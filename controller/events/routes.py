@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from controller import keys
-from controller.errors import Forbidden
+from controller.errors import Forbidden, Unauthenticated
 from controller.http.api import SESSION_COOKIE, Ctx, RouteTable, bearer
 
 routes = RouteTable("events")
@@ -27,6 +28,26 @@ def _check_origin(ctx: Ctx) -> None:
     theirs = urlsplit(origin)
     if (theirs.scheme, theirs.netloc) != (ours.scheme, ours.netloc):
         raise Forbidden(f"WebSocket from origin {origin} refused")
+
+
+def _credential_check(ctx: Ctx) -> Callable[[], bool]:
+    """Whether the token or session the socket was opened with still holds; checked before
+    each event, so revoking a token or signing out ends the streams it opened."""
+    accounts = ctx.services.accounts
+    token = bearer(ctx.request)
+    cookie = ctx.request.cookies.get(SESSION_COOKIE, "")
+
+    def check() -> bool:
+        try:
+            if token is not None:
+                accounts.resolve_token(token)
+            else:
+                accounts.resolve_session(cookie)
+        except Unauthenticated:
+            return False
+        return True
+
+    return check
 
 
 @routes.route("GET", "/api/v2/events", op="watch_events", params=("kinds",), websocket=True,
@@ -49,9 +70,15 @@ async def watch_events(ctx: Ctx) -> Any:
 
     import asyncio
 
+    still_valid = _credential_check(ctx)
+
     async def send_events() -> None:
         async for ev in sub:
             if ws.closed:
+                break
+            if not still_valid():  # revoked token, ended session: nothing more reaches it
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION,
+                               message=b"the credential was revoked or has expired")
                 break
             await ws.send_str(json.dumps(ev.to_dict(), default=str))
             if ev.type == "overflow":
@@ -63,6 +90,8 @@ async def watch_events(ctx: Ctx) -> Any:
     sender = asyncio.create_task(send_events())
     try:
         await asyncio.wait((reader, sender), return_when=asyncio.FIRST_COMPLETED)
+        if sender.done():
+            sender.result()  # a failed send raises here, as it did inline
     finally:
         sub.close()
         sender.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from google.protobuf.struct_pb2 import Struct
@@ -64,17 +65,17 @@ class ManagementServicer(pb_grpc.ManagementServicer):
         self.services = services
 
     def _auth(self, context: grpc.aio.ServicerContext) -> Principal:
-        md = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
-        header = md.get("authorization")
-        peer = context.peer() or ""
-        ip = peer.split(":")[1] if peer.count(":") >= 2 else peer
+        header = _authorization(context)
+        peer = unquote(context.peer() or "")  # grpc percent-encodes the brackets of IPv6
+        # "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000": the address between the scheme and the port
+        ip = peer.split(":", 1)[1].rsplit(":", 1)[0].strip("[]") if peer.count(":") >= 2 else peer
         if not header:
             raise Unauthenticated("send 'authorization: Bearer <token>' metadata")
         token = header[7:].strip() if header[:7].lower() == "bearer " else header.strip()
         try:
             return self.services.accounts.resolve_token(token)
         except Unauthenticated as exc:
-            self.services.accounts.audit_refused(ip, "grpc", exc.message, "token")
+            self.services.accounts.audit_refused(ip, "grpc", exc, "token")
             raise
 
     @mapped
@@ -107,10 +108,15 @@ class ManagementServicer(pb_grpc.ManagementServicer):
     async def WatchEvents(self, request: pb.WatchEventsRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Event]:
         p = self._auth(context)
+        header = _authorization(context)
+        token = header[7:].strip() if header[:7].lower() == "bearer " else header.strip()
         sub = self.services.bus.subscribe(p.org_id, list(request.kinds))
         try:
             yield pb.Event(type="ready", org=p.org_id)
             async for ev in sub:
+                # a token revoked meanwhile ends the stream (UNAUTHENTICATED): nothing more
+                # reaches whoever holds it
+                self.services.accounts.resolve_token(token)
                 msg = pb.Event(type=ev.type, kind=ev.kind, id=ev.id, org=ev.org)
                 ts = _ts(ev.time)
                 if ts is not None:
@@ -120,6 +126,11 @@ class ManagementServicer(pb_grpc.ManagementServicer):
                 yield msg
         finally:
             sub.close()
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str:
+    md = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+    return str(md.get("authorization") or "")
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

@@ -126,7 +126,7 @@ def client_ip(request: web.Request) -> str:
     if settings.behind_proxy:
         fwd = request.headers.get("X-Forwarded-For", "")
         if fwd:
-            return fwd.split(",")[0].strip()[:64]
+            return fwd.split(",")[-1].strip()[:64]  # the proxy's own entry; the left is the client's word
     return request.remote or ""
 
 
@@ -150,7 +150,7 @@ def authenticate(request: web.Request, services: Services, *, via: str = "rest")
         try:
             return services.accounts.resolve_token(token)
         except Unauthenticated as exc:
-            services.accounts.audit_refused(ip, via, exc.message, "token")
+            services.accounts.audit_refused(ip, via, exc, "token")
             raise
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
@@ -159,7 +159,7 @@ def authenticate(request: web.Request, services: Services, *, via: str = "rest")
     try:
         p = services.accounts.resolve_session(cookie)
     except Unauthenticated as exc:
-        services.accounts.audit_refused(ip, via, exc.message, "session")
+        services.accounts.audit_refused(ip, via, exc, "session")
         raise
     if request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
@@ -193,8 +193,11 @@ async def read_json(request: web.Request, schema: Schema | None) -> Any:
     else:
         try:
             data = json.loads(raw)
+            json.dumps(data, ensure_ascii=False).encode()  # a lone surrogate ("\ud800") cannot be stored
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest("the body is not valid JSON: nested too deeply") from None
     return validate(data, schema)
 
 

@@ -226,3 +226,48 @@ async def test_revoked_token_cannot_connect(controller: Controller) -> None:
     status, body = await _handshake(controller, {"Authorization": f"Bearer {secret}"})
     assert status == 401
     assert "revoked" in body["error"]["message"]
+
+
+async def read_to_end(ws: aiohttp.ClientWebSocketResponse, stop_at: str) -> tuple[Events, Any]:
+    """Events until the server closes the socket (or, if it wrongly goes on, the event
+    ``stop_at``), and the close code."""
+    got: Events = []
+    code = None
+    while not any(e["id"] == stop_at for e in got):
+        msg = await asyncio.wait_for(ws.receive(), 10)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            assert msg.type == aiohttp.WSMsgType.CLOSE, msg
+            code = msg.data
+            break
+        got.append(json.loads(msg.data))
+    return got, code
+
+
+async def test_stream_ends_when_its_token_is_revoked(controller: Controller) -> None:
+    """A leaked token revoked by its owner stops receiving events at once."""
+    h = await asyncio.to_thread(controller.session)
+    r = await asyncio.to_thread(h.post, "/api/v2/auth/tokens", {"name": f"ws leaked {time.time()}"})
+    secret, tid = r.body["token"], r.body["id"]
+    async with aiohttp.ClientSession() as s:
+        ws, _ = await connect(s, controller, Authorization=f"Bearer {secret}")
+        watcher, _ = await connect(s, controller, Cookie=cookie_header(h))
+        assert (await asyncio.to_thread(h.delete, f"/api/v2/auth/tokens/{tid}")).status == 200
+        after = await new_token(controller, h, "made after the revocation")
+        await read_until(watcher, lambda evs: any(e["id"] == after for e in evs))
+        got, code = await read_to_end(ws, after)
+        assert not any(e["id"] == after for e in got), "events reached a revoked token"
+        assert code == 1008  # policy violation: reconnecting with the same token will not do
+        await watcher.close()
+
+
+async def test_stream_ends_when_its_session_ends(controller: Controller) -> None:
+    h = await asyncio.to_thread(controller.session)
+    other = await asyncio.to_thread(controller.session)
+    async with aiohttp.ClientSession() as s:
+        ws, _ = await connect(s, controller, Cookie=cookie_header(h))
+        r = await asyncio.to_thread(h.delete, "/api/v2/auth/sessions")  # sign out
+        assert r.status == 204
+        after = await new_token(controller, other, "made after sign-out")
+        got, code = await read_to_end(ws, after)
+        assert not any(e["id"] == after for e in got), "events reached a signed-out session"
+        assert code == 1008

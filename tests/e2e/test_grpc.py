@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -291,3 +292,55 @@ async def test_watch_events_kinds_filter(ctl: Controller, token: str) -> None:
         assert {e.kind for e in evs} == {"token"}, [(e.type, e.kind) for e in evs]
         assert [e.type for e in evs if e.id == tid] == ["created", "changed"]
         call.cancel()
+
+
+# ---- IPv6 ---------------------------------------------------------------------------------
+
+def _free_port6() -> int | None:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            return int(s.getsockname()[1])
+    except OSError:
+        return None
+
+
+def test_grpc_on_ipv6_loopback(tmp_path: Path) -> None:
+    port = _free_port6()
+    if port is None:
+        pytest.skip("no IPv6 loopback here")
+    c = Controller(tmp_path, {"OVERCAST_GRPC": f"[::1]:{port}"})
+    c.adduser(ADMIN_EMAIL, ADMIN_PASSWORD, "--admin", "--org", "Acme")
+    c.start()
+    try:
+        token = c.token()
+        with grpc.insecure_channel(f"[::1]:{port}") as ch:
+            s = pb_grpc.ManagementStub(ch)
+            assert s.Whoami(pb.WhoamiRequest(), metadata=md(token), timeout=10).user.email == ADMIN_EMAIL
+            assert code_of(s.Whoami, pb.WhoamiRequest(),
+                           metadata=md("oc_wrong"))[0] == grpc.StatusCode.UNAUTHENTICATED
+        refused = [e for e in denied_logs(c, token) if e["action"] == "auth.refused"]
+        assert refused and refused[0]["source"] == {"via": "grpc", "ip": "::1"}
+    finally:
+        c.stop()
+
+
+async def test_watch_events_ends_when_its_token_is_revoked(ctl: Controller) -> None:
+    h = await asyncio.to_thread(ctl.session)
+    r = await asyncio.to_thread(h.post, "/api/v2/auth/tokens", {"name": f"leaked {time.time()}"})
+    secret, tid = r.body["token"], r.body["id"]
+    async with grpc.aio.insecure_channel(ctl.grpc_addr) as ch:
+        call = pb_grpc.ManagementStub(ch).WatchEvents(pb.WatchEventsRequest(), metadata=md(secret))
+        assert (await call.read()).type == "ready"
+        assert (await asyncio.to_thread(h.delete, f"/api/v2/auth/tokens/{tid}")).status == 200
+        r = await asyncio.to_thread(h.post, "/api/v2/auth/tokens", {"name": f"after {time.time()}"})
+        after = r.body["id"]
+        got: list[pb.Event] = []
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            while not any(e.id == after for e in got):
+                ev = await asyncio.wait_for(call.read(), 10)
+                assert ev is not grpc.aio.EOF
+                got.append(ev)
+        assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "revoked" in (ei.value.details() or "")
+        assert not any(e.id == after for e in got), "events reached a revoked token"

@@ -158,13 +158,14 @@ class Controller:
 
     def start(self, timeout: float = 30) -> Controller:
         self.log = open(self.log_path, "a")  # noqa: SIM115
+        offset = self.log_path.stat().st_size  # a restart appends: look only at the new part
         self.proc = subprocess.Popen([*OVERCAST, "controller"], env=self.env(), cwd=str(ROOT),
                                      stdout=self.log, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"controller exited {self.proc.returncode}:\n{self.log_path.read_text()}")
-            if "overcast controller ready" in self.log_path.read_text():
+            if "overcast controller ready" in self.log_path.read_text()[offset:]:
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"controller not ready in {timeout}s:\n{self.log_path.read_text()}")
