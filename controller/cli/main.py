@@ -55,7 +55,6 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
     from controller import log as log_mod
     from controller.app import serve
-
     from controller.errors import OvercastError
 
     settings = _settings(args)

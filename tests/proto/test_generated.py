@@ -58,6 +58,7 @@ def test_generation_is_deterministic(tmp_path: Path) -> None:
 
 def test_management_modules_import_and_round_trip() -> None:
     from google.protobuf import struct_pb2, timestamp_pb2
+
     from overcast.api.v1 import management_pb2, management_pb2_grpc
 
     created = timestamp_pb2.Timestamp(seconds=1_700_000_000, nanos=5)
