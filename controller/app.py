@@ -25,6 +25,8 @@ from aiohttp import web
 from controller import keys
 from controller.accounts import routes as account_routes
 from controller.admin import build_admin_app
+from controller.agents import routes as agent_routes
+from controller.agents.server import agents_server
 from controller.audit import routes as audit_routes
 from controller.errors import Invalid, OvercastError
 from controller.events import routes as event_routes
@@ -33,6 +35,7 @@ from controller.http import openapi, system
 from controller.http.api import Route, wrap
 from controller.http.errors import errors_middleware
 from controller.machines import routes as machine_routes
+from controller.monitor import routes as monitor_routes
 from controller.pki import Pki, ensure_pki
 from controller.services import Services, build_services
 from controller.settings import Settings
@@ -45,7 +48,7 @@ log = logging.getLogger(__name__)
 def all_routes() -> list[Route]:
     tables = (system.routes, account_routes.routes, account_routes.org_routes,
               account_routes.user_routes, machine_routes.routes, audit_routes.routes,
-              event_routes.routes)
+              event_routes.routes, agent_routes.routes, monitor_routes.routes)
     return [r for t in tables for r in t.routes]
 
 
@@ -69,6 +72,8 @@ def build_app(settings: Settings, services: Services, pki: Pki | None) -> web.Ap
     app.on_startup.append(_bind_bus)
     app.on_shutdown.append(_close_websockets)
     app.cleanup_ctx.append(_grpc_server(pki))
+    if pki is not None:
+        app.cleanup_ctx.append(agents_server(pki))
     return app
 
 

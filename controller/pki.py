@@ -140,3 +140,60 @@ def _server_cert_fits(path: Path, hosts: list[str]) -> bool:
     names = {str(n) for n in san.get_values_for_type(x509.DNSName)}
     names |= {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
     return all(h in names or str(h) in names for h in hosts)
+
+
+class CsrError(ValueError):
+    """The certificate signing request is unusable (says why)."""
+
+
+def sign_agent_csr(pki: Pki, csr_pem: bytes, agent_id: str, ttl_seconds: int,
+                   expect_cn: str | None = None) -> tuple[bytes, dt.datetime, int]:
+    """Sign an agent's CSR: the certificate's subject is ``agent_id`` whatever the CSR asked,
+    client-auth only. With ``expect_cn`` (renewals), a CSR naming anything else is refused.
+    Returns (certificate PEM, not_after, serial)."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError:
+        raise CsrError("the CSR is not a PEM certificate signing request") from None
+    if not csr.is_signature_valid:
+        raise CsrError("the CSR's signature does not verify")
+    key = csr.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.key_size < 256:
+            raise CsrError("EC keys must be at least 256 bits")
+    else:
+        from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+        if isinstance(key, rsa.RSAPublicKey):
+            if key.key_size < 2048:
+                raise CsrError("RSA keys must be at least 2048 bits")
+        elif not isinstance(key, ed25519.Ed25519PublicKey):
+            raise CsrError("unsupported key type: use EC P-256, Ed25519 or RSA ≥ 2048")
+    if expect_cn is not None:
+        cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        asked = str(cns[0].value) if cns else ""
+        if asked != expect_cn:
+            raise CsrError(f"the CSR is for {asked!r}, not for this agent")
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    now = dt.datetime.now(dt.UTC)
+    not_after = now + dt.timedelta(seconds=ttl_seconds)
+    serial = x509.random_serial_number()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, agent_id),
+                                 x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "agent")]))
+        .issuer_name(ca.subject).public_key(key)
+        .serial_number(serial)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), not_after, serial
+
+
+def cert_serial(cert_pem: bytes) -> int:
+    return int(x509.load_pem_x509_certificate(cert_pem).serial_number)

@@ -7,18 +7,23 @@ from dataclasses import dataclass
 
 from controller.accounts.model import KINDS as ACCOUNT_KINDS
 from controller.accounts.service import AccountService
+from controller.agents.ingest import Ingestor
+from controller.agents.model import KINDS as AGENT_KINDS
+from controller.agents.registry import Registry
+from controller.agents.service import AgentService
 from controller.audit.service import AuditService
 from controller.events.bus import EventBus
 from controller.events.writer import Writer
 from controller.machines.model import MACHINE
 from controller.machines.service import MachineService
+from controller.monitor.tsdb import TSDB
 from controller.secrets import SecretBox, load_key
 from controller.settings import Settings
 from controller.store.base import Store
 from controller.store.docs import DocKind, migrate_store
 
 # every stored document kind, for migrations on start
-DOC_KINDS: tuple[DocKind, ...] = (*ACCOUNT_KINDS, MACHINE)
+DOC_KINDS: tuple[DocKind, ...] = (*ACCOUNT_KINDS, *AGENT_KINDS, MACHINE)
 
 
 @dataclass
@@ -31,6 +36,10 @@ class Services:
     accounts: AccountService
     audit: AuditService
     machines: MachineService
+    agents: AgentService
+    tsdb: TSDB
+    ingestor: Ingestor
+    registry: Registry
 
 
 def build_services(settings: Settings, store: Store, migrate: bool = True) -> Services:
@@ -38,6 +47,7 @@ def build_services(settings: Settings, store: Store, migrate: bool = True) -> Se
         migrate_store(store, DOC_KINDS)
     bus = EventBus()
     writer = Writer(store, bus)
+    tsdb = TSDB(store)
     return Services(
         settings=settings,
         store=store,
@@ -47,4 +57,8 @@ def build_services(settings: Settings, store: Store, migrate: bool = True) -> Se
         accounts=AccountService(settings, store, writer),
         audit=AuditService(store),
         machines=MachineService(store),
+        agents=AgentService(settings, store, writer),
+        tsdb=tsdb,
+        ingestor=Ingestor(store, tsdb),
+        registry=Registry(),
     )

@@ -61,6 +61,16 @@ class Settings:
     login_lockout: int = 300
     log_level: str = "info"
     log_json: bool = False
+    # agents: their mTLS gRPC listener, and the host:port agents dial (derived when empty)
+    agents: str = "127.0.0.1:7444"
+    agents_endpoint: str = ""
+    agent_cert_ttl: int = 7 * 24 * 3600
+    join_token_ttl: int = 3600
+    join_token_max_ttl: int = 30 * 24 * 3600
+    metric_interval: int = 10
+    metric_retention: int = 7 * 24 * 3600
+    # an agent silent this long (no stream) is unreachable; keepalives detect dead peers sooner
+    agent_grace: int = 30
 
     # derived
     @property
@@ -78,6 +88,24 @@ class Settings:
     @property
     def grpc_port(self) -> int:
         return split_hostport(self.grpc, "grpc")[1]
+
+    @property
+    def agents_host(self) -> str:
+        return split_hostport(self.agents, "agents")[0]
+
+    @property
+    def agents_port(self) -> int:
+        return split_hostport(self.agents, "agents")[1]
+
+    @property
+    def agents_public_endpoint(self) -> str:
+        """host:port agents dial: the setting, else the external URL's host and our port."""
+        if self.agents_endpoint:
+            return self.agents_endpoint
+        host = urlsplit(self.public_url).hostname or "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{self.agents_port}"
 
     @property
     def tls_enabled(self) -> bool:
@@ -115,6 +143,12 @@ class Settings:
         """Check what can be checked without the network; raise Invalid naming the setting."""
         split_hostport(self.http, "http")
         split_hostport(self.grpc, "grpc")
+        split_hostport(self.agents, "agents")
+        if self.agents_endpoint:
+            split_hostport(self.agents_endpoint, "agents_endpoint")
+        for name in ("agent_cert_ttl", "join_token_ttl", "metric_interval", "metric_retention", "agent_grace"):
+            if getattr(self, name) < 1:
+                raise Invalid(f"{name} must be at least 1", field=name)
         if self.tls not in ("auto", "on", "off"):
             raise Invalid("tls must be auto, on or off", field="tls")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -9,7 +9,7 @@ from typing import Any
 
 from controller.accounts.model import Principal
 from controller.errors import BadRequest, NotFound
-from controller.listing import Query, apply, page_info, project
+from controller.listing import Query, Search, apply, page_info, project
 from controller.machines.model import MACHINE, key, view
 from controller.store.base import Store
 
@@ -50,6 +50,11 @@ class MachineService:
         data = [project(self._load(raw), query.only)
                 for _, raw in self.store.scan(prefix, start=first, limit=query.limit)]
         return data, page_info(total, len(data), query, start=offset)
+
+    def matching_ids(self, p: Principal, search: Search) -> set[str]:
+        """Ids of every machine of the caller's organisation that ``search`` matches."""
+        return {m["id"] for m in (self._load(raw) for _, raw in self.store.scan(f"machine/{p.org_id}/"))
+                if search.matches(m)}
 
     @staticmethod
     def _load(raw: bytes) -> dict[str, Any]:

@@ -53,8 +53,14 @@ class Store(Protocol):
 
     def delete(self, key: str) -> None: ...
 
-    def write(self, batch: Batch) -> None:
-        """Apply ``batch`` atomically; raise Conflict if an ``expect`` does not hold."""
+    def write(self, batch: Batch, sync: bool = False) -> None:
+        """Apply ``batch`` atomically; raise Conflict if an ``expect`` does not hold. Every
+        write survives the process being killed; ``sync`` also waits for the disk (power
+        loss), for what is acknowledged to others as stored."""
+        ...
+
+    def delete_range(self, start: str, end: str) -> None:
+        """Delete every key from ``start`` (inclusive) to ``end`` (exclusive)."""
         ...
 
     def scan(

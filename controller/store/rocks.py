@@ -80,6 +80,8 @@ class RocksStore:
                 ) from exc
             raise
         self._wopts = WriteOptions()
+        self._sync_wopts = WriteOptions()
+        self._sync_wopts.sync = True
 
     # reads
     def get(self, key: str) -> bytes | None:
@@ -149,8 +151,13 @@ class RocksStore:
             return {}
         delta: dict[str, int] = {}
         prefixes = list(self._counts)
+        # only keys whose first part starts some cached prefix can change a count: a bulk
+        # write of time-series samples pays one set lookup per key, not a scan of prefixes
+        roots = {p.split("/", 1)[0] for p in prefixes}
         for keys, sign in ((puts, 1), (deletes, -1)):
             for k in keys:
+                if k.split("/", 1)[0] not in roots and "" not in roots:
+                    continue
                 hits = [p for p in prefixes if k.startswith(p)]
                 if not hits:
                     continue
@@ -172,7 +179,7 @@ class RocksStore:
     def delete(self, key: str) -> None:
         self.write(Batch(deletes={key}))
 
-    def write(self, batch: Batch) -> None:
+    def write(self, batch: Batch, sync: bool = False) -> None:
         self._check_writable()
         wb = WriteBatch(raw_mode=True)
         for k, v in batch.puts.items():
@@ -187,8 +194,15 @@ class RocksStore:
                         {"kind": k.split("/")[0]},
                     )
             delta = self._count_changes(list(batch.puts), list(batch.deletes))
-            self._db.write(wb, self._wopts)
+            self._db.write(wb, self._sync_wopts if sync else self._wopts)
             self._apply_counts(delta)
+
+    def delete_range(self, start: str, end: str) -> None:
+        self._check_writable()
+        with self._lock:
+            if any(start <= p < end or p.startswith(start) for p in self._counts):
+                self._counts.clear()  # rare (retention): recount on next use
+            self._db.delete_range(start.encode(), end.encode(), self._wopts)
 
     def _check_writable(self) -> None:
         if self.read_only:

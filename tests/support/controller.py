@@ -129,6 +129,7 @@ class Controller:
         self.tmp = tmp
         self.http_port = free_port()
         self.grpc_port = free_port()
+        self.agents_port = free_port()
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[str] | None = None
         self.log_path = tmp / "controller.log"
@@ -145,6 +146,7 @@ class Controller:
         return env_for(self.data_dir, {
             "OVERCAST_HTTP": f"127.0.0.1:{self.http_port}",
             "OVERCAST_GRPC": f"127.0.0.1:{self.grpc_port}",
+            "OVERCAST_AGENTS": f"127.0.0.1:{self.agents_port}",
             "OVERCAST_LOGIN_MAX_FAILURES": "5",
             **self.extra_env,
         })

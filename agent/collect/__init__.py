@@ -1,0 +1,1 @@
+"""What the agent measures on its host: metric samples and the inventory."""

@@ -1,0 +1,83 @@
+"""REST routes of agents and join tokens (our own resources, Mist-v2 conventions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller import keys
+from controller.agents.model import PROTOCOL_VERSION
+from controller.agents.service import parse_tags
+from controller.errors import Invalid
+from controller.http.api import LIST_PARAMS, Ctx, Reply, RouteTable, envelope, one
+from controller.http.schema import integer, obj, string
+from controller.listing import apply
+
+routes = RouteTable("agents")
+
+JOIN_BODY = obj((), ttl=integer(1, description="seconds; default: the join_token_ttl setting"),
+                uses=integer(1, 100_000), tags={"oneOf": [{"type": "string"}, {"type": "object"}]},
+                name=string(0, 100))
+
+
+@routes.route("GET", "/api/v2/agents/bootstrap", op="agent_bootstrap", auth=False,
+              summary="Where agents connect (gRPC endpoint) and the CA fingerprint to pin")
+async def bootstrap(ctx: Ctx) -> Any:
+    s = ctx.services.settings
+    pki = ctx.request.app.get(keys.PKI)
+    return {"grpc": s.agents_public_endpoint, "protocol_version": PROTOCOL_VERSION,
+            "ca_fingerprint": f"sha256:{pki.ca_fingerprint}" if pki else ""}
+
+
+@routes.route("GET", "/api/v2/agents/tokens", op="list_join_tokens", summary="List join tokens",
+              params=LIST_PARAMS)
+async def list_join_tokens(ctx: Ctx) -> Any:
+    return envelope(*apply(ctx.services.agents.list_join_tokens(ctx.principal), ctx.query()))
+
+
+@routes.route("POST", "/api/v2/agents/tokens", op="create_join_token", body=JOIN_BODY,
+              summary="Create a join token (shown once, with the agent install command)")
+async def create_join_token(ctx: Ctx) -> Any:
+    b = ctx.body
+    tags = b.get("tags", {})
+    if isinstance(tags, str):
+        tags = parse_tags(tags)
+    elif isinstance(tags, dict):
+        if not all(isinstance(v, str) for v in tags.values()):
+            raise Invalid("tag values must be strings", field="tags")
+        parse_tags(",".join(f"{k}={v}" for k, v in tags.items()))
+    else:
+        raise Invalid("tags must be 'k=v,...' or an object", field="tags")
+    secret, tok = ctx.services.agents.create_join_token(
+        ctx.principal, ctx.actor, b.get("ttl"), b.get("uses", 1), tags, b.get("name", ""))
+    return Reply(tok, status=201)
+
+
+@routes.route("DELETE", "/api/v2/agents/tokens/{token}", op="delete_join_token",
+              summary="Delete a join token")
+async def delete_join_token(ctx: Ctx) -> Any:
+    ctx.services.agents.delete_join_token(ctx.principal, ctx.actor, ctx.match("token"))
+    return Reply(status=204)
+
+
+@routes.route("GET", "/api/v2/agents", op="list_agents", summary="List agents", params=LIST_PARAMS)
+async def list_agents(ctx: Ctx) -> Any:
+    agents = ctx.services.agents.list(ctx.principal)
+    live = ctx.services.registry.connected_ids()
+    for a in agents:
+        a["connected"] = a["id"] in live
+    return envelope(*apply(agents, ctx.query()))
+
+
+@routes.route("GET", "/api/v2/agents/{agent}", op="get_agent", summary="Show an agent")
+async def get_agent(ctx: Ctx) -> Any:
+    a = ctx.services.agents.get(ctx.principal, ctx.match("agent"))
+    a["connected"] = ctx.services.registry.get(a["id"]) is not None
+    return one(a)
+
+
+@routes.route("DELETE", "/api/v2/agents/{agent}", op="revoke_agent",
+              summary="Revoke an agent: its stream ends now and its certificate is refused")
+async def revoke_agent(ctx: Ctx) -> Any:
+    a = ctx.services.agents.revoke(ctx.principal, ctx.actor, ctx.match("agent"))
+    ctx.services.registry.end(a["id"], "the agent was revoked")
+    return one(a)

@@ -1,0 +1,89 @@
+"""The agents' gRPC listener (always TLS; client certificates from our CA) and the background
+work that goes with it: metric ingest, retention, and marking agents that did not come back
+after a restart unreachable. One aiohttp cleanup context owns all of it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from controller import keys
+from controller.agents.servicer import add_to_server
+from controller.errors import OvercastError
+from controller.pki import Pki
+
+log = logging.getLogger(__name__)
+
+# Dead peers are found within ~30 s on both sides: a ping every 10 s unanswered for 10 s ends
+# the stream. Agents may ping every 10 s even without calls in flight.
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def agents_server(pki: Pki) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[keys.SETTINGS]
+        services = app[keys.SERVICES]
+        services.agents.pki = pki
+        server = grpc.aio.server(options=KEEPALIVE_OPTIONS)
+        add_to_server(server, services)
+        creds = grpc.ssl_server_credentials(
+            [(pki.server_key.read_bytes(), pki.server_cert.read_bytes())],
+            root_certificates=pki.ca_pem, require_client_auth=False)
+        host = settings.agents_host
+        addr = f"[{host}]:{settings.agents_port}" if ":" in host else f"{host}:{settings.agents_port}"
+        try:
+            port = server.add_secure_port(addr, creds)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise OvercastError(f"cannot listen for agents on {addr}")
+        await server.start()
+        log.info("agents connect to %s (listening on %s, mTLS)", settings.agents_public_endpoint, addr)
+        tasks = [asyncio.create_task(services.ingestor.run(), name="ingest"),
+                 asyncio.create_task(_retention(services, settings.metric_retention), name="retention"),
+                 asyncio.create_task(_stale_after_grace(services, settings.agent_grace), name="stale")]
+        yield
+        services.registry.end_all("the controller is shutting down")
+        await server.stop(grace=2)
+        await services.ingestor.flush()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    return ctx
+
+
+async def _retention(services: Any, retention: int) -> None:
+    while True:
+        try:
+            cutoff = int((time.time() - retention) * 1000)
+            n = await asyncio.to_thread(services.tsdb.expire, cutoff)
+            log.debug("retention: trimmed %d series", n)
+        except Exception:
+            log.exception("retention run failed")
+        await asyncio.sleep(3600)
+
+
+async def _stale_after_grace(services: Any, grace: int) -> None:
+    await asyncio.sleep(grace)
+    n = services.agents.mark_stale_unreachable(services.registry.connected_ids())
+    if n:
+        log.info("%d agents did not reconnect within %d s: marked unreachable", n, grace)

@@ -1,0 +1,346 @@
+"""Agent logic: join tokens, enrolment (CSR signed by the controller's CA), identity from the
+certificate, connection state, inventory, renewal and revocation. Never imports grpc or
+aiohttp; every state change goes through the writer (audited, published)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+import uuid
+from typing import Any
+
+from controller.accounts.model import Principal
+from controller.agents.model import (
+    AGENT,
+    CLOUD,
+    JOIN_PREFIX,
+    JOIN_TOKEN,
+    PROTOCOL_VERSION,
+    agent_key,
+    machine_facts,
+)
+from controller.errors import Forbidden, Invalid, NotFound, OvercastError, Unauthenticated
+from controller.events.model import Actor
+from controller.events.writer import Change, Writer
+from controller.machines.model import MACHINE
+from controller.machines.model import key as machine_key
+from controller.pki import CsrError, Pki, cert_serial, sign_agent_csr
+from controller.settings import Settings
+from controller.store.base import Store
+from controller.store.docs import dump, load, public
+from controller.timeutil import iso
+
+TAG_KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-/")
+_TOUCH_EVERY = 60.0
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def parse_tags(text: str) -> dict[str, str]:
+    """``k=v,k2=v2,flag`` as the CLI and the API take them."""
+    tags: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        k, _, v = part.partition("=")
+        k = k.strip()
+        if not k or not set(k) <= TAG_KEY_CHARS or len(k) > 64 or len(v) > 256:
+            raise Invalid(f"bad tag {part!r}: keys are letters, digits and _.-/", field="tags")
+        tags[k] = v.strip()
+    return tags
+
+
+class AgentError(Unauthenticated):
+    """An agent's credential or claim was refused (audited by the caller's edge)."""
+
+
+class AgentService:
+    def __init__(self, settings: Settings, store: Store, writer: Writer) -> None:
+        self.settings = settings
+        self.store = store
+        self.writer = writer
+        self.pki: Pki | None = None  # set by the process that serves agents
+        self._touched: dict[str, float] = {}
+
+    # ---- join tokens ---------------------------------------------------------------------
+    def create_join_token(self, p: Principal, actor: Actor, ttl: int | None, uses: int,
+                          tags: dict[str, str], name: str = "") -> tuple[str, dict[str, Any]]:
+        if not p.org_id:
+            raise Invalid("you belong to no organisation", field="org")
+        ttl = self.settings.join_token_ttl if ttl is None else ttl
+        if not 1 <= ttl <= self.settings.join_token_max_ttl:
+            raise Invalid(f"ttl must be 1 to {self.settings.join_token_max_ttl} seconds", field="ttl")
+        if not 1 <= uses <= 100_000:
+            raise Invalid("uses must be 1 to 100000", field="uses")
+        secret = JOIN_PREFIX + secrets.token_urlsafe(32)
+        now = time.time()
+        tok = {"id": uuid.uuid4().hex[:16], "org": p.org_id, "name": name, "created": iso(now),
+               "created_by": p.user.get("email", ""), "expires": iso(now + ttl),
+               "_expires_at": now + ttl, "uses": uses, "used": 0, "tags": tags, "agents": []}
+        change = Change("jointoken.create", org=p.org_id, target_kind="jointoken",
+                        target_id=tok["id"], details={"ttl": ttl, "uses": uses, "tags": tags})
+        change.put(f"jointoken/{p.org_id}/{tok['id']}", dump(JOIN_TOKEN, tok))
+        change.put(f"joinhash/{_hash(secret)}", f"{p.org_id}/{tok['id']}".encode())
+        change.event("created", "jointoken", tok["id"], {"uses": uses})
+        self.writer.commit(actor, change)
+        return secret, self._token_view(tok, secret)
+
+    def join_command(self, secret: str) -> str:
+        fp = self.pki.ca_fingerprint if self.pki else "<ca-fingerprint>"
+        return (f"overcast agent --controller {self.settings.public_url} --token {secret} "
+                f"--ca-fingerprint sha256:{fp}")
+
+    def _token_view(self, tok: dict[str, Any], secret: str | None = None) -> dict[str, Any]:
+        v = public(tok)
+        v["expired"] = tok["_expires_at"] < time.time()
+        v["exhausted"] = tok["used"] >= tok["uses"]
+        if secret:
+            v["token"] = secret
+            v["command"] = self.join_command(secret)
+        return v
+
+    def list_join_tokens(self, p: Principal) -> list[dict[str, Any]]:
+        return [self._token_view(load(JOIN_TOKEN, v)) for _, v in self.store.scan(f"jointoken/{p.org_id}/")]
+
+    def delete_join_token(self, p: Principal, actor: Actor, token_id: str) -> None:
+        key = f"jointoken/{p.org_id}/{token_id}"
+        raw = self.store.get(key) if "/" not in token_id else None
+        if raw is None:
+            raise NotFound("no such join token")
+        change = Change("jointoken.delete", org=p.org_id, target_kind="jointoken", target_id=token_id)
+        change.delete(key)
+        for k, v in self.store.scan("joinhash/"):
+            if v.decode() == f"{p.org_id}/{token_id}":
+                change.delete(k)
+        change.event("deleted", "jointoken", token_id)
+        self.writer.commit(actor, change)
+
+    # ---- enrolment -----------------------------------------------------------------------
+    def _refuse(self, ip: str, reason: str, org: str = "", target: str = "", kind: str = "jointoken",
+                action: str = "agent.enroll") -> AgentError:
+        self.writer.commit(Actor(kind="agent" if kind == "agent" else "anonymous", id=target if kind == "agent" else "",
+                                 ip=ip, via="agent", org=org),
+                           Change(action, org=org, outcome="denied", target_kind=kind,
+                                  target_id=target, details={"reason": reason}))
+        return AgentError(reason)
+
+    def enroll(self, ip: str, secret: str, csr_pem: bytes, hostname: str, agent_version: str,
+               protocol_version: int) -> dict[str, Any]:
+        """Check the join token, sign the CSR, create the agent and its machine."""
+        if self.pki is None:
+            raise OvercastError("this controller does not serve agents")
+        if protocol_version and protocol_version > PROTOCOL_VERSION:
+            raise Invalid(f"agent protocol {protocol_version} is newer than this controller's "
+                          f"{PROTOCOL_VERSION}: upgrade the controller", field="protocol_version")
+        ref = self.store.get(f"joinhash/{_hash(secret)}") if secret else None
+        raw = self.store.get(f"jointoken/{ref.decode()}") if ref else None
+        if raw is None:
+            raise self._refuse(ip, "the join token is not valid")
+        tok = load(JOIN_TOKEN, raw)
+        org = tok["org"]
+        if tok["_expires_at"] < time.time():
+            raise self._refuse(ip, "the join token has expired", org, tok["id"])
+        if tok["used"] >= tok["uses"]:
+            raise self._refuse(ip, "the join token has been used up", org, tok["id"])
+        hostname = (hostname or "agent").strip()[:253]
+        agent_id = uuid.uuid4().hex
+        try:
+            cert, not_after, serial = sign_agent_csr(self.pki, csr_pem, agent_id,
+                                                     self.settings.agent_cert_ttl)
+        except CsrError as exc:
+            raise self._refuse(ip, str(exc), org, tok["id"]) from None
+        now = time.time()
+        cloud_id = self._agents_cloud(org)
+        agent = {"id": agent_id, "org": org, "name": hostname, "created": iso(now),
+                 "join_token": tok["id"], "tags": tok["tags"], "cert_serial": str(serial),
+                 "prev_serial": "", "cert_not_after": not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                 "revoked": False, "version": agent_version, "address": ip}
+        machine = {"id": agent_id, "org": org, "name": hostname, "hostname": hostname,
+                   "cloud": cloud_id, "provider": "other", "state": "pending", "tags": tok["tags"],
+                   "created": iso(now), "created_by": tok.get("created_by", ""),
+                   "owned_by": tok.get("created_by", ""), "agent": agent_id, "monitoring": True}
+        tok2 = dict(tok, used=tok["used"] + 1, agents=[*tok.get("agents", [])[-99:], agent_id])
+        change = Change("agent.enroll", org=org, target_kind="agent", target_id=agent_id,
+                        details={"hostname": hostname, "join_token": tok["id"], "ip": ip})
+        change.put(f"jointoken/{org}/{tok['id']}", dump(JOIN_TOKEN, tok2)).expect(
+            f"jointoken/{org}/{tok['id']}", raw)
+        change.put(agent_key(org, agent_id), dump(AGENT, agent))
+        change.put(f"agentid/{agent_id}", org.encode())
+        change.put(machine_key(org, agent_id), dump(MACHINE, machine))
+        if self.store.get(f"cloud/{org}/{cloud_id}") is None:
+            change.put(f"cloud/{org}/{cloud_id}", dump(CLOUD, {
+                "id": cloud_id, "name": "Agents", "provider": "other", "created": iso(now),
+                "description": "Hosts that run the Overcast agent"}))
+        change.event("created", "agent", agent_id, {"name": hostname})
+        change.event("created", "machine", agent_id, {"name": hostname, "state": "pending"})
+        self.writer.commit(Actor(kind="agent", id=agent_id, ip=ip, via="agent", org=org), change)
+        return {"agent_id": agent_id, "certificate_pem": cert, "ca_pem": self.pki.ca_pem,
+                "not_after": not_after, "org": org}
+
+    @staticmethod
+    def _agents_cloud(org: str) -> str:
+        # one "Agents" cloud per organisation, with an id derived from it (stable, no lookup)
+        return hashlib.sha256(f"agents-cloud/{org}".encode()).hexdigest()[:32]
+
+    # ---- identity and connection state -----------------------------------------------------
+    def identify(self, agent_id: str, serial: int, ip: str) -> dict[str, Any]:
+        """The agent whose certificate (id, serial) connects; refused when unknown or revoked."""
+        org_raw = self.store.get(f"agentid/{agent_id}") if agent_id and "/" not in agent_id else None
+        raw = self.store.get(agent_key(org_raw.decode(), agent_id)) if org_raw else None
+        if raw is None:
+            raise self._refuse(ip, "unknown agent certificate", target=agent_id, kind="agent",
+                               action="agent.connect")
+        agent = load(AGENT, raw)
+        if agent.get("revoked"):
+            raise self._refuse(ip, "the agent was revoked", agent["org"], agent_id, "agent",
+                               "agent.connect")
+        if str(serial) not in (agent["cert_serial"], agent.get("prev_serial")):
+            raise self._refuse(ip, "the certificate was replaced by a newer one", agent["org"],
+                               agent_id, "agent", "agent.connect")
+        return agent
+
+    def refuse_claim(self, agent: dict[str, Any], claimed: str, ip: str) -> AgentError:
+        """A message that claims another agent's id: refused and audited."""
+        return self._refuse(ip, f"message claims agent id {claimed[:64]!r}", agent["org"],
+                            agent["id"], "agent", "agent.impersonation")
+
+    def _machine(self, agent: dict[str, Any]) -> tuple[str, bytes | None, dict[str, Any]]:
+        key = machine_key(agent["org"], agent["id"])
+        raw = self.store.get(key)
+        return key, raw, (load(MACHINE, raw) if raw else {})
+
+    def connected(self, agent: dict[str, Any], ip: str, inventory: dict[str, Any],
+                  version: str, protocol_version: int) -> None:
+        key, raw, m = self._machine(agent)
+        now = time.time()
+        m.update(machine_facts(inventory))
+        m.update(state="running", last_seen=iso(now), unreachable_since="")
+        a = dict(agent, version=version, protocol_version=protocol_version, address=ip,
+                 connected=True, connected_since=iso(now), last_seen=iso(now))
+        change = Change("agent.connect", org=agent["org"], target_kind="agent", target_id=agent["id"],
+                        details={"ip": ip, "version": version})
+        change.put(key, dump(MACHINE, m)).put(agent_key(agent["org"], agent["id"]), dump(AGENT, a))
+        change.event("changed", "machine", agent["id"], {"state": "running"})
+        change.event("changed", "agent", agent["id"], {"connected": True})
+        self.writer.commit(Actor(kind="agent", id=agent["id"], ip=ip, via="agent", org=agent["org"]), change)
+        self._touched[agent["id"]] = now
+
+    def disconnected(self, agent_id: str, reason: str) -> None:
+        org_raw = self.store.get(f"agentid/{agent_id}")
+        if org_raw is None:
+            return
+        org = org_raw.decode()
+        raw = self.store.get(agent_key(org, agent_id))
+        if raw is None:
+            return
+        agent = load(AGENT, raw)
+        key, mraw, m = self._machine(agent)
+        now = time.time()
+        change = Change("agent.disconnect", org=org, target_kind="agent", target_id=agent_id,
+                        details={"reason": reason})
+        change.put(agent_key(org, agent_id), dump(AGENT, dict(agent, connected=False, last_seen=iso(now))))
+        if m and m.get("state") != "unreachable":
+            m.update(state="unreachable", unreachable_since=iso(now), last_seen=iso(now))
+            change.put(key, dump(MACHINE, m))
+            change.event("changed", "machine", agent_id, {"state": "unreachable"})
+        change.event("changed", "agent", agent_id, {"connected": False})
+        self.writer.commit(Actor(kind="agent", id=agent_id, via="agent", org=org), change)
+        self._touched.pop(agent_id, None)
+
+    def mark_stale_unreachable(self, connected_ids: set[str]) -> int:
+        """After a restart: agents that were connected and did not come back within the grace
+        time are unreachable. Returns how many."""
+        n = 0
+        for _, raw in self.store.scan("agent/"):
+            a = json.loads(raw)
+            if a.get("connected") and a["id"] not in connected_ids:
+                self.disconnected(a["id"], "not reconnected after a controller restart")
+                n += 1
+        return n
+
+    def update_inventory(self, agent: dict[str, Any], inventory: dict[str, Any]) -> None:
+        key, raw, m = self._machine(agent)
+        m.update(machine_facts(inventory))
+        m["last_seen"] = iso()
+        change = Change("machine.inventory", org=agent["org"], target_kind="machine",
+                        target_id=agent["id"], details={"source": "agent"})
+        change.put(key, dump(MACHINE, m))
+        change.event("changed", "machine", agent["id"], {"inventory": True})
+        self.writer.commit(Actor(kind="agent", id=agent["id"], via="agent", org=agent["org"]), change)
+
+    def touch(self, agent: dict[str, Any]) -> None:
+        """last_seen bookkeeping (not an audited change), at most once a minute per agent."""
+        now = time.time()
+        if now - self._touched.get(agent["id"], 0.0) < _TOUCH_EVERY:
+            return
+        self._touched[agent["id"]] = now
+        key, raw, m = self._machine(agent)
+        if m:
+            self.store.put(key, dump(MACHINE, dict(m, last_seen=iso(now))))
+
+    def renew(self, agent: dict[str, Any], csr_pem: bytes, ip: str) -> tuple[bytes, Any]:
+        assert self.pki is not None
+        try:
+            cert, not_after, serial = sign_agent_csr(self.pki, csr_pem, agent["id"],
+                                                     self.settings.agent_cert_ttl, expect_cn=agent["id"])
+        except CsrError as exc:
+            raise self._refuse(ip, str(exc), agent["org"], agent["id"], "agent", "agent.renew") from None
+        raw = self.store.get(agent_key(agent["org"], agent["id"]))
+        cur = load(AGENT, raw) if raw else agent
+        new = dict(cur, prev_serial=cur["cert_serial"], cert_serial=str(serial),
+                   cert_not_after=not_after.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        change = Change("agent.renew", org=agent["org"], target_kind="agent", target_id=agent["id"],
+                        details={"not_after": new["cert_not_after"]})
+        change.put(agent_key(agent["org"], agent["id"]), dump(AGENT, new))
+        self.writer.commit(Actor(kind="agent", id=agent["id"], ip=ip, via="agent", org=agent["org"]), change)
+        return cert, not_after
+
+    # ---- users' views and actions --------------------------------------------------------
+    def _view(self, a: dict[str, Any]) -> dict[str, Any]:
+        v = {k: a.get(k) for k in ("id", "name", "org", "created", "tags", "version",
+                                    "protocol_version", "address", "cert_not_after", "revoked",
+                                    "connected", "connected_since", "last_seen")}
+        v["machine"] = a["id"]
+        v["outdated"] = bool(a.get("protocol_version")) and a["protocol_version"] < PROTOCOL_VERSION
+        return v
+
+    def list(self, p: Principal) -> list[dict[str, Any]]:
+        return [self._view(load(AGENT, v)) for _, v in self.store.scan(f"agent/{p.org_id}/")]
+
+    def get(self, p: Principal, agent_id: str) -> dict[str, Any]:
+        raw = self.store.get(agent_key(p.org_id, agent_id)) if p.org_id and "/" not in agent_id else None
+        if raw is None:
+            raise NotFound("no such agent", {"id": agent_id})
+        return self._view(load(AGENT, raw))
+
+    def revoke(self, p: Principal, actor: Actor, agent_id: str) -> dict[str, Any]:
+        if p.role != "owner" and not p.is_admin:
+            raise Forbidden("only owners revoke agents")
+        raw = self.store.get(agent_key(p.org_id, agent_id)) if p.org_id and "/" not in agent_id else None
+        if raw is None:
+            raise NotFound("no such agent", {"id": agent_id})
+        agent = load(AGENT, raw)
+        if agent.get("revoked"):
+            return self._view(agent)
+        now = time.time()
+        agent = dict(agent, revoked=True, revoked_at=iso(now), connected=False)
+        change = Change("agent.revoke", org=p.org_id, target_kind="agent", target_id=agent_id)
+        change.put(agent_key(p.org_id, agent_id), dump(AGENT, agent)).expect(agent_key(p.org_id, agent_id), raw)
+        key, mraw, m = self._machine(agent)
+        if m:
+            m.update(state="unreachable", unreachable_since=m.get("unreachable_since") or iso(now))
+            change.put(key, dump(MACHINE, m))
+            change.event("changed", "machine", agent_id, {"state": "unreachable"})
+        change.event("changed", "agent", agent_id, {"revoked": True})
+        self.writer.commit(actor, change)
+        return self._view(agent)
+
+    def acked_seq(self, agent_id: str) -> int:
+        raw = self.store.get(f"agentseq/{agent_id}")
+        return int(raw) if raw else 0
+
+
+def serial_of(cert_pem: bytes) -> int:
+    return cert_serial(cert_pem)

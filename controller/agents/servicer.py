@@ -1,0 +1,169 @@
+"""The agent gRPC service: Enroll (TLS, join token) and Connect (mutual TLS, one stream per
+agent). The identity comes from the client certificate only. Protobuf stops here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from controller.agents.model import PROTOCOL_VERSION
+from controller.agents.registry import Session
+from controller.agents.service import AgentError
+from controller.errors import OvercastError
+from controller.grpcapi.errors import status_for
+from controller.pki import cert_serial
+from controller.services import Services
+from overcast.agent.v1 import agent_pb2 as pb
+from overcast.agent.v1 import agent_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 30.0
+
+
+def _peer_ip(context: grpc.aio.ServicerContext) -> str:
+    from urllib.parse import unquote
+
+    peer = unquote(context.peer() or "")
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return rest.rsplit(":", 1)[0] if kind == "ipv4" else peer
+
+
+def _ts(dt: Any) -> Timestamp:
+    t = Timestamp()
+    t.FromDatetime(dt)
+    return t
+
+
+def inventory_dict(inv: pb.Inventory) -> dict[str, Any]:
+    d = MessageToDict(inv, preserving_proto_field_name=True)
+    for k in ("memory_bytes", "swap_bytes"):
+        if k in d:
+            d[k] = int(d[k])
+    for fs in d.get("filesystems", []):
+        if "total_bytes" in fs:
+            fs["total_bytes"] = int(fs["total_bytes"])
+    return d
+
+
+class AgentServicer(pb_grpc.AgentServiceServicer):
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def Enroll(self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext) -> pb.EnrollResponse:
+        ip = _peer_ip(context)
+        try:
+            r = await asyncio.to_thread(
+                self.services.agents.enroll, ip, request.join_token, request.csr_pem,
+                request.hostname, request.agent_version, request.protocol_version)
+        except OvercastError as exc:
+            await context.abort(status_for(exc), exc.message)
+        log.info("agent %s enrolled from %s", r["agent_id"], ip)
+        return pb.EnrollResponse(agent_id=r["agent_id"], certificate_pem=r["certificate_pem"],
+                                 ca_pem=r["ca_pem"], not_after=_ts(r["not_after"]), org=r["org"])
+
+    async def Connect(self, request_iterator: AsyncIterator[pb.AgentMessage],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ControllerMessage]:
+        svc = self.services.agents
+        ip = _peer_ip(context)
+        auth = context.auth_context()
+        pems = auth.get("x509_pem_cert") or []
+        cns = auth.get("x509_common_name") or []
+        if not pems or not cns:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "a client certificate issued by this controller is required; "
+                                "enrol first with a join token")
+        agent_id = cns[0].decode()
+        try:
+            agent = svc.identify(agent_id, cert_serial(pems[0]), ip)
+        except AgentError as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, exc.message)
+        try:
+            first = await asyncio.wait_for(request_iterator.__anext__(), HELLO_TIMEOUT)
+        except (TimeoutError, StopAsyncIteration):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
+        if first.WhichOneof("body") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
+        hello = first.hello
+        if hello.agent_id and hello.agent_id != agent_id:
+            refused = svc.refuse_claim(agent, hello.agent_id, ip)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused.message)
+        session = Session(agent_id, agent["org"], ip)
+        self.services.registry.add(session)
+        svc.connected(agent, ip, inventory_dict(hello.inventory), hello.agent_version,
+                      hello.protocol_version)
+        settings = self.services.settings
+        config = pb.Config(metric_interval_s=settings.metric_interval)
+        yield pb.ControllerMessage(welcome=pb.Welcome(
+            agent_id=agent_id, protocol_version=PROTOCOL_VERSION, config=config,
+            acked_seq=self.services.ingestor.acked(agent_id)))
+        reader = asyncio.create_task(self._read(agent, session, request_iterator))
+        ended = asyncio.create_task(session.ended.wait())
+        reason = "stream closed"
+        try:
+            while True:
+                get = asyncio.create_task(session.outbox.get())
+                done, _ = await asyncio.wait({get, reader, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if get in done:
+                    yield get.result()
+                    continue
+                get.cancel()
+                if ended in done:
+                    reason = session.reason
+                    break
+                if reader in done:
+                    err = reader.exception()
+                    reason = f"agent stream error: {err}" if err else "the agent closed the stream"
+                    break
+        finally:
+            reader.cancel()
+            ended.cancel()
+            if self.services.registry.remove(session):
+                svc.disconnected(agent_id, reason)
+        if session.ended.is_set() and "revoked" in session.reason:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, session.reason)
+        if isinstance(reader.exception() if reader.done() and not reader.cancelled() else None, AgentError):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+
+    async def _read(self, agent: dict[str, Any], session: Session,
+                    stream: AsyncIterator[pb.AgentMessage]) -> None:
+        svc = self.services.agents
+        ingestor = self.services.ingestor
+        labels_extra = {"machine_id": agent["id"]}
+        async for msg in stream:
+            kind = msg.WhichOneof("body")
+            svc.touch(agent)
+            if kind == "metrics":
+                b = msg.metrics
+                samples = [(s.metric, {**s.labels, **labels_extra}, s.value, s.time_ms)
+                           for s in b.samples if s.metric]
+                await ingestor.submit(agent["id"], agent["org"], b.seq, samples)
+                await session.outbox.put(pb.ControllerMessage(batch_ack=pb.BatchAck(seq=b.seq)))
+            elif kind == "inventory":
+                svc.update_inventory(agent, inventory_dict(msg.inventory))
+            elif kind == "renew":
+                try:
+                    cert, not_after = svc.renew(agent, msg.renew.csr_pem, session.ip)
+                except AgentError as exc:  # audited by the service
+                    log.warning("agent %s renewal refused: %s", agent["id"], exc.message)
+                    continue
+                await session.outbox.put(pb.ControllerMessage(renew=pb.RenewResponse(
+                    certificate_pem=cert, not_after=_ts(not_after))))
+            elif kind == "hello":
+                if msg.hello.agent_id and msg.hello.agent_id != agent["id"]:
+                    raise svc.refuse_claim(agent, msg.hello.agent_id, session.ip)
+            else:
+                # command results and shells arrive with the exec issue
+                log.debug("agent %s sent %s, not handled yet", agent["id"], kind)
+
+
+def add_to_server(server: grpc.aio.Server, services: Services) -> None:
+    pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(services), server)

@@ -1,0 +1,1 @@
+"""Time series: the embedded TSDB, the query language, and (later) rules."""
