@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from controller import keys
@@ -26,6 +27,24 @@ async def bootstrap(ctx: Ctx) -> Any:
     pki = ctx.request.app.get(keys.PKI)
     return {"grpc": s.agents_public_endpoint, "protocol_version": PROTOCOL_VERSION,
             "ca_fingerprint": f"sha256:{pki.ca_fingerprint}" if pki else ""}
+
+
+ENROLL_BODY = obj(("join_token", "csr_pem"), join_token=string(1, 200), csr_pem=string(1, 16_384),
+                  hostname=string(0, 253), agent_version=string(0, 64),
+                  protocol_version=integer(0, 1_000_000))
+
+
+@routes.route("POST", "/api/v2/agents/enroll", op="enroll_agent", auth=False, body=ENROLL_BODY,
+              summary="Enrol an agent: join token + CSR made on the host -> its certificate")
+async def enroll(ctx: Ctx) -> Any:
+    b = ctx.body
+    r = await asyncio.to_thread(
+        ctx.services.agents.enroll, ctx.ip, b["join_token"], b["csr_pem"].encode(),
+        b.get("hostname", ""), b.get("agent_version", ""), b.get("protocol_version", 0))
+    return Reply({"agent_id": r["agent_id"], "org": r["org"],
+                  "certificate_pem": r["certificate_pem"].decode(), "ca_pem": r["ca_pem"].decode(),
+                  "not_after": r["not_after"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+                  "grpc": ctx.services.settings.agents_public_endpoint}, status=201)
 
 
 @routes.route("GET", "/api/v2/agents/tokens", op="list_join_tokens", summary="List join tokens",

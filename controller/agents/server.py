@@ -1,4 +1,4 @@
-"""The agents' gRPC listener (always TLS; client certificates from our CA) and the background
+"""The agents' gRPC listener (mutual TLS: client certificates from our CA) and the background
 work that goes with it: metric ingest, retention, and marking agents that did not come back
 after a restart unreachable. One aiohttp cleanup context owns all of it."""
 
@@ -44,7 +44,7 @@ def agents_server(pki: Pki) -> Callable[[web.Application], AsyncIterator[None]]:
         add_to_server(server, services)
         creds = grpc.ssl_server_credentials(
             [(pki.server_key.read_bytes(), pki.server_cert.read_bytes())],
-            root_certificates=pki.ca_pem, require_client_auth=False)
+            root_certificates=pki.ca_pem, require_client_auth=True)
         host = settings.agents_host
         addr = f"[{host}]:{settings.agents_port}" if ":" in host else f"{host}:{settings.agents_port}"
         try:

@@ -150,7 +150,8 @@ class AgentService:
             cert, not_after, serial = sign_agent_csr(self.pki, csr_pem, agent_id,
                                                      self.settings.agent_cert_ttl)
         except CsrError as exc:
-            raise self._refuse(ip, str(exc), org, tok["id"]) from None
+            self._refuse(ip, str(exc), org, tok["id"])
+            raise Invalid(str(exc), field="csr_pem") from None
         now = time.time()
         cloud_id = self._agents_cloud(org)
         agent = {"id": agent_id, "org": org, "name": hostname, "created": iso(now),

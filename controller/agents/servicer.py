@@ -1,5 +1,5 @@
-"""The agent gRPC service: Enroll (TLS, join token) and Connect (mutual TLS, one stream per
-agent). The identity comes from the client certificate only. Protobuf stops here."""
+"""The agent gRPC service: Connect (mutual TLS, one stream per agent). The identity comes from
+the client certificate only. Protobuf stops here. Enrolment is REST: agents/routes.py."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from controller.agents.model import PROTOCOL_VERSION
 from controller.agents.registry import Session
 from controller.agents.service import AgentError
-from controller.errors import OvercastError
-from controller.grpcapi.errors import status_for
 from controller.pki import cert_serial
 from controller.services import Services
 from overcast.agent.v1 import agent_pb2 as pb
@@ -58,18 +56,6 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    async def Enroll(self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext) -> pb.EnrollResponse:
-        ip = _peer_ip(context)
-        try:
-            r = await asyncio.to_thread(
-                self.services.agents.enroll, ip, request.join_token, request.csr_pem,
-                request.hostname, request.agent_version, request.protocol_version)
-        except OvercastError as exc:
-            await context.abort(status_for(exc), exc.message)
-        log.info("agent %s enrolled from %s", r["agent_id"], ip)
-        return pb.EnrollResponse(agent_id=r["agent_id"], certificate_pem=r["certificate_pem"],
-                                 ca_pem=r["ca_pem"], not_after=_ts(r["not_after"]), org=r["org"])
-
     async def Connect(self, request_iterator: AsyncIterator[pb.AgentMessage],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ControllerMessage]:
         svc = self.services.agents
@@ -108,6 +94,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         reader = asyncio.create_task(self._read(agent, session, request_iterator))
         ended = asyncio.create_task(session.ended.wait())
         reason = "stream closed"
+        get: asyncio.Task[Any] | None = None
         try:
             while True:
                 get = asyncio.create_task(session.outbox.get())
@@ -124,8 +111,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     reason = f"agent stream error: {err}" if err else "the agent closed the stream"
                     break
         finally:
-            reader.cancel()
-            ended.cancel()
+            for t in (get, reader, ended):
+                if t is not None and not t.done():
+                    t.cancel()
             if self.services.registry.remove(session):
                 svc.disconnected(agent_id, reason)
         if session.ended.is_set() and "revoked" in session.reason:

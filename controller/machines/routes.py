@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import Any
 
@@ -23,7 +24,9 @@ async def list_machines(ctx: Ctx) -> Any:
         if ctx.param("search"):
             search = f"({ctx.param('search')}) AND {search}"
         query = replace(query, search=parse_search(search))
-    return envelope(*ctx.services.machines.list(ctx.principal, query))
+    # a search reads every machine of the organisation: off the event loop, so one large
+    # query never stalls other requests, streams and agents
+    return envelope(*await asyncio.to_thread(ctx.services.machines.list, ctx.principal, query))
 
 
 @routes.route("GET", "/api/v2/machines/{machine}", op="get_machine", summary="Show a machine",

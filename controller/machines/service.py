@@ -10,7 +10,7 @@ from typing import Any
 from controller.accounts.model import Principal
 from controller.errors import BadRequest, NotFound
 from controller.listing import Query, Search, apply, page_info, project
-from controller.machines.model import MACHINE, key, view
+from controller.machines.model import FIELDS, MACHINE, key, view
 from controller.store.base import Store
 
 
@@ -23,7 +23,7 @@ class MachineService:
         if query.search is not None or query.sort:
             needles = _needles(query)
             docs = (self._load(raw) for _, raw in self.store.scan(prefix)
-                    if not needles or all(n in raw.lower() for n in needles))
+                    if not needles or not raw.isascii() or all(n in raw.lower() for n in needles))
             return apply(docs, query)
         # Fast path, no search and no sort: pages come in key order straight from the store,
         # and the total is the store's (cached) count: ~constant time at 100,000 machines.
@@ -74,7 +74,20 @@ _PLAIN = re.compile(r"^[A-Za-z0-9_.:-]+$")
 def _needles(query: Query) -> list[bytes]:
     """Byte strings every matching document's JSON must contain: the plain ASCII values of the
     search's top-level ``key:value`` terms. Checking them on the raw bytes skips decoding most
-    documents that cannot match (a necessary condition only; ``matches`` decides)."""
+    documents that cannot match (a necessary condition only; ``matches`` decides). Documents
+    that are not pure ASCII are always decoded (case folding: "Straße" matches "STRASSE"),
+    and a value equal to a field's default is no needle (the field may be absent)."""
     if query.search is None:
         return []
-    return [v.lower().encode() for v in query.search.equalities().values() if _PLAIN.match(v)]
+    out = []
+    for k, v in query.search.equalities().items():
+        if not _PLAIN.match(v):
+            continue
+        if k in FIELDS and _default_text(FIELDS[k]) == v.lower():
+            continue  # a document without the field matches through its default value
+        out.append(v.lower().encode())
+    return out
+
+
+def _default_text(v: Any) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else str(v).lower()

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -73,6 +74,7 @@ class Http:
     bare: bool = False
     cookies: dict[str, str] = field(default_factory=dict)
     csrf: str | None = None
+    context: ssl.SSLContext | None = None  # for https: trust the controller's CA
 
     def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
                 headers: dict[str, str] | None = None) -> Response:
@@ -89,7 +91,7 @@ class Http:
         for k, v in (headers or {}).items():
             req.add_header(k, v)
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=30, context=self.context) as resp:
                 status, hdrs, payload = resp.status, dict(resp.headers), resp.read()
                 set_cookies = resp.headers.get_all("Set-Cookie") or []
         except urllib.error.HTTPError as exc:
@@ -124,8 +126,10 @@ class Http:
 class Controller:
     """One controller process. ``start`` waits until it is ready; ``stop`` sends SIGTERM."""
 
-    def __init__(self, tmp: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, extra_env: dict[str, str] | None = None,
+                 url: str | None = None) -> None:
         self.data_dir = tmp / "data"
+        self._url = url  # the external URL when not plain loopback HTTP
         self.tmp = tmp
         self.http_port = free_port()
         self.grpc_port = free_port()
@@ -136,7 +140,20 @@ class Controller:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return self._url or f"http://127.0.0.1:{self.http_port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.url.startswith("https"):
+            return None
+        return ssl.create_default_context(cafile=str(self.data_dir / "pki" / "ca.crt"))
+
+    @property
+    def ca_fingerprint(self) -> str:
+        import re
+
+        m = re.search(r"CA fingerprint (sha256:[0-9a-f]{64})", self.log_path.read_text())
+        assert m, "the controller prints its CA fingerprint when ready"
+        return m.group(1)
 
     @property
     def grpc_addr(self) -> str:
@@ -188,7 +205,7 @@ class Controller:
         self.stop(signal.SIGKILL)
 
     def http(self, token: str | None = None, bare: bool = False) -> Http:
-        return Http(self.url, token, bare)
+        return Http(self.url, token, bare, context=self.ssl_context())
 
     def adduser(self, email: str, password: str, *extra: str) -> dict[str, Any]:
         r = self.cli("adduser", email, "--password-stdin", "--json", *extra, input=password + "\n")

@@ -34,11 +34,6 @@ class AgentServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Enroll = channel.unary_unary(
-                '/overcast.agent.v1.AgentService/Enroll',
-                request_serializer=overcast_dot_agent_dot_v1_dot_agent__pb2.EnrollRequest.SerializeToString,
-                response_deserializer=overcast_dot_agent_dot_v1_dot_agent__pb2.EnrollResponse.FromString,
-                _registered_method=True)
         self.Connect = channel.stream_stream(
                 '/overcast.agent.v1.AgentService/Connect',
                 request_serializer=overcast_dot_agent_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
@@ -48,14 +43,6 @@ class AgentServiceStub:
 
 class AgentServiceServicer:
     """Missing associated documentation comment in .proto file."""
-
-    def Enroll(self, request, context):
-        """Join with a join token and a certificate signing request made on the host (the
-        private key never leaves it). Answered with the signed certificate.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
 
     def Connect(self, request_iterator, context):
         """The one long-lived stream of an enrolled agent (mutual TLS). The agent's first
@@ -68,11 +55,6 @@ class AgentServiceServicer:
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Enroll': grpc.unary_unary_rpc_method_handler(
-                    servicer.Enroll,
-                    request_deserializer=overcast_dot_agent_dot_v1_dot_agent__pb2.EnrollRequest.FromString,
-                    response_serializer=overcast_dot_agent_dot_v1_dot_agent__pb2.EnrollResponse.SerializeToString,
-            ),
             'Connect': grpc.stream_stream_rpc_method_handler(
                     servicer.Connect,
                     request_deserializer=overcast_dot_agent_dot_v1_dot_agent__pb2.AgentMessage.FromString,
@@ -88,33 +70,6 @@ def add_AgentServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AgentService:
     """Missing associated documentation comment in .proto file."""
-
-    @staticmethod
-    def Enroll(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/overcast.agent.v1.AgentService/Enroll',
-            overcast_dot_agent_dot_v1_dot_agent__pb2.EnrollRequest.SerializeToString,
-            overcast_dot_agent_dot_v1_dot_agent__pb2.EnrollResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
 
     @staticmethod
     def Connect(request_iterator,

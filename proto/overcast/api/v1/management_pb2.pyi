@@ -156,3 +156,48 @@ class Event(_message.Message):
     time: _timestamp_pb2.Timestamp
     data: _struct_pb2.Struct
     def __init__(self, type: _Optional[str] = ..., kind: _Optional[str] = ..., id: _Optional[str] = ..., org: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class GetDatapointsRequest(_message.Message):
+    __slots__ = ("query", "start", "end", "step", "time")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    start: str
+    end: str
+    step: str
+    time: str
+    def __init__(self, query: _Optional[str] = ..., start: _Optional[str] = ..., end: _Optional[str] = ..., step: _Optional[str] = ..., time: _Optional[str] = ...) -> None: ...
+
+class Point(_message.Message):
+    __slots__ = ("time", "value")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    value: float
+    def __init__(self, time: _Optional[float] = ..., value: _Optional[float] = ...) -> None: ...
+
+class TimeSeries(_message.Message):
+    __slots__ = ("labels", "points")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.ScalarMap[str, str]
+    points: _containers.RepeatedCompositeFieldContainer[Point]
+    def __init__(self, labels: _Optional[_Mapping[str, str]] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ...) -> None: ...
+
+class GetDatapointsResponse(_message.Message):
+    __slots__ = ("result_type", "series")
+    RESULT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    result_type: str
+    series: _containers.RepeatedCompositeFieldContainer[TimeSeries]
+    def __init__(self, result_type: _Optional[str] = ..., series: _Optional[_Iterable[_Union[TimeSeries, _Mapping]]] = ...) -> None: ...

@@ -51,6 +51,11 @@ class ManagementStub:
                 request_serializer=overcast_dot_api_dot_v1_dot_management__pb2.GetMachineRequest.SerializeToString,
                 response_deserializer=overcast_dot_api_dot_v1_dot_management__pb2.Machine.FromString,
                 _registered_method=True)
+        self.GetDatapoints = channel.unary_unary(
+                '/overcast.api.v1.Management/GetDatapoints',
+                request_serializer=overcast_dot_api_dot_v1_dot_management__pb2.GetDatapointsRequest.SerializeToString,
+                response_deserializer=overcast_dot_api_dot_v1_dot_management__pb2.GetDatapointsResponse.FromString,
+                _registered_method=True)
         self.WatchEvents = channel.unary_stream(
                 '/overcast.api.v1.Management/WatchEvents',
                 request_serializer=overcast_dot_api_dot_v1_dot_management__pb2.WatchEventsRequest.SerializeToString,
@@ -85,9 +90,17 @@ class ManagementServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def WatchEvents(self, request, context):
+    def GetDatapoints(self, request, context):
         """Server stream of events in the caller's org, from the moment of the call on.
+        Time series, as GET /api/v2/datapoints: an instant vector at `time`, or a range
+        matrix when start, end or step is given.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -109,6 +122,11 @@ def add_ManagementServicer_to_server(servicer, server):
                     servicer.GetMachine,
                     request_deserializer=overcast_dot_api_dot_v1_dot_management__pb2.GetMachineRequest.FromString,
                     response_serializer=overcast_dot_api_dot_v1_dot_management__pb2.Machine.SerializeToString,
+            ),
+            'GetDatapoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDatapoints,
+                    request_deserializer=overcast_dot_api_dot_v1_dot_management__pb2.GetDatapointsRequest.FromString,
+                    response_serializer=overcast_dot_api_dot_v1_dot_management__pb2.GetDatapointsResponse.SerializeToString,
             ),
             'WatchEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchEvents,
@@ -199,6 +217,33 @@ class Management:
             '/overcast.api.v1.Management/GetMachine',
             overcast_dot_api_dot_v1_dot_management__pb2.GetMachineRequest.SerializeToString,
             overcast_dot_api_dot_v1_dot_management__pb2.Machine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDatapoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overcast.api.v1.Management/GetDatapoints',
+            overcast_dot_api_dot_v1_dot_management__pb2.GetDatapointsRequest.SerializeToString,
+            overcast_dot_api_dot_v1_dot_management__pb2.GetDatapointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

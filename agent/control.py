@@ -1,0 +1,257 @@
+"""The agent's side of the stream: collect on a timer into the spool, keep one mutual-TLS
+stream to the controller, send hello, replay the spool in order, send new batches, apply
+acknowledgements and configuration, renew the certificate before it expires, and reconnect
+with exponential backoff and jitter when anything breaks.
+
+Blocking work (psutil, file I/O) runs in threads; everything else on one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import logging
+import random
+from typing import Any
+
+import grpc
+
+from agent import AGENT_VERSION
+from agent.collect.inventory import fingerprint, inventory
+from agent.collect.metrics import MetricsCollector
+from agent.enroll import PROTOCOL_VERSION
+from agent.spool import Spool
+from agent.state import AgentState, make_key_and_csr
+from overcast.agent.v1 import agent_pb2 as pb
+from overcast.agent.v1 import agent_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # we reconnect ourselves, with jitter: no hidden retries underneath
+    ("grpc.enable_retries", 0),
+    ("grpc.initial_reconnect_backoff_ms", 1000),
+]
+IN_FLIGHT = 32  # batches sent and not yet acknowledged
+BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
+
+
+class Revoked(Exception):
+    """The controller refuses this agent's identity: it will not change by retrying."""
+
+
+def backoff_delays(rng: random.Random | None = None) -> Any:
+    """Exponential backoff with full jitter: 10,000 agents reconnecting to a restarted
+    controller spread over the window instead of arriving together."""
+    r = rng or random.Random()
+    ceiling = BACKOFF_MIN
+    while True:
+        yield r.uniform(BACKOFF_MIN / 2, ceiling)
+        ceiling = min(BACKOFF_MAX, ceiling * 2)
+
+
+class Agent:
+    def __init__(self, state: AgentState, interval: float | None = None,
+                 spool_max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.state = state
+        self.interval = interval or 10.0
+        self._interval_fixed = interval is not None  # given locally: the controller's does not override
+        self.spool = Spool(state.spool_dir, spool_max_bytes)
+        self.collector = MetricsCollector()
+        self.connected = asyncio.Event()
+        self._new_batch = asyncio.Event()
+        self._inventory: pb.Inventory | None = None
+        self._inventory_fp = ""
+        self._inventory_changed = asyncio.Event()
+        self._renewing = False
+        self._pending_key: bytes | None = None
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Until stopped, or until the controller says this agent is revoked (raises Revoked)."""
+        collector = asyncio.create_task(self._collect_loop(), name="collect")
+        connector = asyncio.create_task(self._connect_loop(), name="connect")
+        stopped = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({connector, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if connector.done():
+                connector.result()  # raises Revoked
+        finally:
+            for t in (collector, connector, stopped):
+                t.cancel()
+            await asyncio.gather(collector, connector, stopped, return_exceptions=True)
+
+    # ---- collecting (works with or without the controller) ----------------------------
+    async def _collect_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                samples = await asyncio.to_thread(self.collector.collect)
+                await asyncio.to_thread(self.spool.append, samples)
+                self._new_batch.set()
+                inv = await asyncio.to_thread(inventory, AGENT_VERSION)
+                fp = fingerprint(inv)
+                if fp != self._inventory_fp:
+                    self._inventory, self._inventory_fp = inv, fp
+                    self._inventory_changed.set()
+            except Exception:
+                log.exception("collecting failed; trying again next round")
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+            except TimeoutError:
+                pass
+
+    # ---- the stream ----------------------------------------------------------------------
+    async def _connect_loop(self) -> None:
+        delays = backoff_delays()
+        while not self._stop.is_set():
+            try:
+                await self._session()
+                delays = backoff_delays()  # a session that ran resets the backoff
+            except Revoked:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                    raise Revoked(exc.details() or "refused") from None
+                log.warning("controller stream ended: %s %s", exc.code().name, exc.details())
+            except Exception as exc:
+                log.warning("controller stream failed: %s", exc)
+            self.connected.clear()
+            if self._stop.is_set():
+                return
+            delay = next(delays)
+            log.info("reconnecting in %.1f s", delay)
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+            except TimeoutError:
+                pass
+
+    def _channel(self) -> grpc.aio.Channel:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.state.ca_pem(), private_key=self.state.key_pem(),
+            certificate_chain=self.state.cert_pem())
+        return grpc.aio.secure_channel(self.state.grpc_endpoint, creds, options=KEEPALIVE)
+
+    async def _session(self) -> None:
+        if self._inventory is None:
+            self._inventory = await asyncio.to_thread(inventory, AGENT_VERSION)
+            self._inventory_fp = fingerprint(self._inventory)
+        async with self._channel() as channel:
+            call = pb_grpc.AgentServiceStub(channel).Connect()
+            stats = self.spool.stats()
+            await call.write(pb.AgentMessage(hello=pb.Hello(
+                agent_id=self.state.agent_id, protocol_version=PROTOCOL_VERSION,
+                agent_version=AGENT_VERSION, inventory=self._inventory,
+                spooled_batches=stats["batches"], dropped_batches=stats["dropped_total"])))
+            first = await call.read()
+            if first is grpc.aio.EOF or first.WhichOneof("body") != "welcome":
+                raise ConnectionError("the controller did not welcome us")
+            welcome = first.welcome
+            # the controller's acknowledgement wins: what it stored is never sent again
+            await asyncio.to_thread(self.spool.ack, welcome.acked_seq)
+            self._apply_config(welcome.config)
+            self.connected.set()
+            log.info("connected to %s as %s", self.state.grpc_endpoint, welcome.agent_id)
+            acked = asyncio.Event()
+            sender = asyncio.create_task(self._send(call, acked))
+            try:
+                while True:
+                    msg = await call.read()
+                    if msg is grpc.aio.EOF:
+                        break
+                    kind = msg.WhichOneof("body")
+                    if kind == "batch_ack":
+                        await asyncio.to_thread(self.spool.ack, msg.batch_ack.seq)
+                        acked.set()
+                    elif kind == "config":
+                        self._apply_config(msg.config)
+                    elif kind == "renew":
+                        await self._install_renewed(msg.renew.certificate_pem)
+                    else:
+                        log.debug("controller sent %s: not handled by this agent version", kind)
+                    if sender.done():
+                        sender.result()  # raise its error
+            finally:
+                sender.cancel()
+            if sender.done() and not sender.cancelled() and sender.exception():
+                raise sender.exception()  # type: ignore[misc]
+            code = await call.code()
+            if code != grpc.StatusCode.OK:
+                details = await call.details()
+                if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                    raise Revoked(details)
+                raise ConnectionError(f"{code.name}: {details}")
+
+    def _apply_config(self, config: pb.Config) -> None:
+        if self._interval_fixed:
+            return
+        if config.metric_interval_s and config.metric_interval_s != self.interval:
+            log.info("metric interval set to %d s by the controller", config.metric_interval_s)
+            self.interval = float(config.metric_interval_s)
+
+    def _next_batches(self, after: int) -> list[pb.MetricBatch]:
+        # read lazily: after a long outage the spool holds thousands of batches
+        return list(itertools.islice(self.spool.pending(after_seq=after), IN_FLIGHT))
+
+    async def _send(self, call: Any, acked: asyncio.Event) -> None:
+        """Replay the spool in order, then send each new batch, at most IN_FLIGHT unacked."""
+        last_sent = self.spool.stats()["acked_seq"]
+        while True:
+            sent_any = False
+            for batch in await asyncio.to_thread(self._next_batches, last_sent):
+                while batch.seq - self.spool.stats()["acked_seq"] > IN_FLIGHT:
+                    acked.clear()
+                    await acked.wait()
+                await call.write(pb.AgentMessage(metrics=batch))
+                last_sent = batch.seq
+                sent_any = True
+            if self._inventory_changed.is_set() and self._inventory is not None:
+                self._inventory_changed.clear()
+                await call.write(pb.AgentMessage(inventory=self._inventory))
+            await self._maybe_renew(call)
+            if not sent_any:
+                self._new_batch.clear()
+                waits = [asyncio.create_task(self._new_batch.wait()),
+                         asyncio.create_task(self._inventory_changed.wait())]
+                _, pending = await asyncio.wait(waits, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+                for t in pending:
+                    t.cancel()
+
+    # ---- certificate renewal -------------------------------------------------------------
+    async def _maybe_renew(self, call: Any) -> None:
+        """Ask for a new certificate (new key) once a third of the old one's life is left."""
+        if self._renewing:
+            return
+        not_after = self.state.cert_not_after()
+        if not_after is None:
+            return
+        left = (not_after - dt.datetime.now(dt.UTC)).total_seconds()
+        lifetime = self._lifetime()
+        if left > max(lifetime / 3, 60):
+            return
+        self._renewing = True
+        key_pem, csr_pem = await asyncio.to_thread(make_key_and_csr, self.state.agent_id)
+        self._pending_key = key_pem
+        await call.write(pb.AgentMessage(renew=pb.RenewRequest(csr_pem=csr_pem)))
+        log.info("certificate expires in %d s: renewal asked", int(left))
+
+    def _lifetime(self) -> float:
+        from cryptography import x509
+
+        c = x509.load_pem_x509_certificate(self.state.cert_pem())
+        return (c.not_valid_after_utc - c.not_valid_before_utc).total_seconds()
+
+    async def _install_renewed(self, cert_pem: bytes) -> None:
+        key = self._pending_key
+        if key is None:
+            return
+        await asyncio.to_thread(self.state.install_credentials, key, cert_pem)
+        self._pending_key = None
+        self._renewing = False
+        log.info("certificate renewed until %s", self.state.cert_not_after())
