@@ -166,3 +166,741 @@ def machine_doc(i: int, org: str, rng: Any) -> tuple[str, dict[str, Any]]:
         "monitoring": rng.random() < 0.3,
     }
     return mid, doc
+
+
+# ---- processes: limits and their figures ----------------------------------------------------
+
+def raise_nofile() -> tuple[int, int]:
+    """Raise this process's open-file limit to the hard one (children inherit it): thousands of
+    agent connections need as many descriptors. Returns (soft, hard) after."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def proc_figures(pid: int, uss: bool = False) -> dict[str, Any]:
+    """RSS (and USS, which reads smaps: slower), CPU seconds (user+system, all threads),
+    threads and open descriptors of a process, from psutil. Empty if it is gone."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            t = p.cpu_times()
+            out: dict[str, Any] = {"rss_mib": round(p.memory_info().rss / 2**20, 1),
+                                   "cpu_s": round(t.user + t.system, 3),
+                                   "threads": p.num_threads()}
+            try:
+                out["fds"] = p.num_fds()
+            except (psutil.Error, AttributeError):
+                pass
+        if uss:
+            out["uss_mib"] = round(p.memory_full_info().uss / 2**20, 1)
+        return out
+    except psutil.Error:
+        return {}
+
+
+class CpuMeter:
+    """CPU used by a process between two points, as a percentage of one core."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.reset()
+
+    def reset(self) -> None:
+        self.t0 = time.perf_counter()
+        self.c0 = proc_figures(self.pid).get("cpu_s", 0.0)
+
+    def read(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.t0
+        cpu = proc_figures(self.pid).get("cpu_s", 0.0) - self.c0
+        return {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
+                "cpu_pct_of_one_core": round(100 * cpu / wall, 1) if wall > 0 else 0.0}
+
+
+# ---- what a real agent sends ----------------------------------------------------------------
+
+def agent_sample_shapes(n: int = 100) -> list[tuple[str, dict[str, str]]]:
+    """``n`` (metric, labels) pairs shaped like one collection round of the real agent
+    (agent/collect/metrics.py, Telegraf names: 101 samples on the 2-core test machine):
+    cpu for cpu-total and 2 cores, mem, swap, system, processes, disk for two mounts, diskio,
+    net for three interfaces. More than 100 asked: more cores."""
+    shapes: list[tuple[str, dict[str, str]]] = []
+    cpu_fields = ("user", "system", "idle", "nice", "iowait", "irq", "softirq", "steal",
+                  "guest", "active")
+    cores = ["cpu-total"] + [f"cpu{i}" for i in range(max(2, (n - 70) // 10 + 1))]
+    for c in cores[:3]:
+        shapes += [(f"cpu_usage_{f}", {"cpu": c}) for f in cpu_fields]
+    shapes += [(f"mem_{f}", {}) for f in ("total", "available", "used", "free", "cached",
+                                          "buffers", "used_percent", "available_percent")]
+    shapes += [(f"swap_{f}", {}) for f in ("total", "used", "free", "used_percent")]
+    shapes += [(f"system_{f}", {}) for f in ("load1", "load5", "load15", "n_cpus", "n_users",
+                                             "uptime")]
+    shapes += [(f"processes_{f}", {}) for f in ("total", "running", "sleeping", "blocked",
+                                                "stopped", "zombies", "idle")]
+    for path, dev in (("/", "vda1"), ("/var", "vdb1")):
+        shapes += [(f"disk_{f}", {"path": path, "device": dev, "fstype": "ext4"})
+                   for f in ("total", "free", "used", "used_percent", "inodes_total",
+                             "inodes_free", "inodes_used")]
+    shapes += [(f"diskio_{f}", {"name": "vda"}) for f in ("reads", "writes", "read_bytes",
+                                                           "write_bytes", "read_time",
+                                                           "write_time", "io_time")]
+    net_fields = ("bytes_sent", "bytes_recv", "packets_sent", "packets_recv", "err_in",
+                  "err_out", "drop_in", "drop_out")
+    for iface in ("eth0", "eth1", "lo"):
+        shapes += [(f"net_{f}", {"interface": iface}) for f in net_fields]
+    for c in cores[3:]:
+        shapes += [(f"cpu_usage_{f}", {"cpu": c}) for f in cpu_fields]
+    return shapes[:n]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+class BatchEncoder:
+    """``AgentMessage{metrics: MetricBatch{seq, samples}}`` as wire bytes, built by hand from
+    pre-encoded (metric, labels) parts: a simulator sending thousands of batches a second
+    should spend its CPU on the connection, not on protobuf objects. ``check()`` compares the
+    bytes with what protobuf makes of the same batch."""
+
+    def __init__(self, shapes: list[tuple[str, dict[str, str]]]) -> None:
+        import random
+
+        self.shapes = shapes
+        self.prefixes: list[bytes] = []
+        for metric, labels in shapes:
+            m = metric.encode()
+            p = b"\x0a" + _varint(len(m)) + m
+            for k, v in labels.items():
+                kb, vb = k.encode(), v.encode()
+                entry = b"\x0a" + _varint(len(kb)) + kb + b"\x12" + _varint(len(vb)) + vb
+                p += b"\x12" + _varint(len(entry)) + entry
+            self.prefixes.append(p)
+        rng = random.Random(7)
+        import struct
+
+        self._dbl = [b"\x19" + struct.pack("<d", rng.uniform(0, 1e9)) for _ in range(997)]
+
+    def encode(self, seq: int, t_ms: int) -> bytes:
+        tail = b"\x20" + _varint(t_ms)
+        dbl = self._dbl
+        k = len(dbl)
+        parts = [b"\x08" + _varint(seq)]
+        for i, p in enumerate(self.prefixes):
+            body = p + dbl[(seq * 31 + i) % k] + tail
+            parts.append(b"\x12" + _varint(len(body)) + body)
+        inner = b"".join(parts)
+        return b"\x62" + _varint(len(inner)) + inner
+
+    def check(self) -> None:
+        from overcast.agent.v1 import agent_pb2 as pb
+
+        raw = self.encode(42, 1_800_000_000_123)
+        msg = pb.AgentMessage.FromString(raw)
+        assert msg.WhichOneof("body") == "metrics" and msg.metrics.seq == 42
+        assert len(msg.metrics.samples) == len(self.shapes)
+        for s, (metric, labels) in zip(msg.metrics.samples, self.shapes, strict=True):
+            assert s.metric == metric and dict(s.labels) == labels and s.time_ms == 1_800_000_000_123
+        again = pb.AgentMessage(metrics=pb.MetricBatch(seq=42, samples=[
+            pb.Sample(metric=s.metric, labels=dict(s.labels), value=s.value, time_ms=s.time_ms)
+            for s in msg.metrics.samples]))
+        assert pb.AgentMessage.FromString(again.SerializeToString()) == msg
+
+
+# ---- simulated agents: worker processes ------------------------------------------------------
+#
+# A worker is ``python -c "...common.simulator_main()" CONFIG_JSON``: one asyncio loop with many
+# simulated agents, each with its own EC P-256 key and certificate (enrolled through the real
+# REST route with a join token) and its own mTLS gRPC channel and Connect stream, speaking the
+# real protocol: Hello (with an inventory), Welcome, MetricBatch every ``interval`` seconds at
+# a random phase, at most IN_FLIGHT unacknowledged, replay of the unacknowledged after a
+# reconnect, and the real agent's reconnect backoff (agent.control.backoff_delays). The parent
+# (SimPool) drives workers with JSON lines on stdin; each answers one JSON line on stdout.
+
+SIM_METHOD = "/overcast.agent.v1.AgentService/Connect"
+
+
+def _sim_inventory_bytes(hostname: str) -> Any:
+    from agent import AGENT_VERSION
+    from agent.collect.inventory import inventory
+
+    inv = inventory(AGENT_VERSION)
+    inv.hostname = hostname
+    return inv
+
+
+class _SimAgent:
+    __slots__ = ("w", "i", "agent_id", "key", "cert", "seq", "acked", "sent", "pending",
+                 "wake", "up", "welcomed_once", "sessions", "failures", "down_at", "up_at",
+                 "attempts_since_down", "last_error", "task", "hello", "flood_base")  # noqa: E501
+
+    def __init__(self, w: Any, i: int, agent_id: str, key: bytes, cert: bytes) -> None:
+        import asyncio
+        import collections
+
+        self.w, self.i, self.agent_id, self.key, self.cert = w, i, agent_id, key, cert
+        self.seq = self.acked = self.sent = 0
+        self.pending: collections.deque[tuple[int, float]] = collections.deque()
+        self.wake = asyncio.Event()
+        self.up = False
+        self.welcomed_once = asyncio.Event()
+        self.sessions = self.failures = 0
+        self.down_at: float | None = None
+        self.up_at: float | None = None
+        self.attempts_since_down = 0
+        self.last_error = ""
+        self.task: Any = None
+        self.hello = b""
+        self.flood_base = 1_700_000_000_000 + i * 10_000_000
+
+    # the collector: called by the worker's ticker (or by the sender in flood mode)
+    def collect(self, now: float) -> None:
+        self.seq += 1
+        self.pending.append((self.seq, now))
+        if len(self.pending) > self.w.spool_max:
+            self.pending.popleft()  # the spool is full: the oldest batch is dropped
+            self.w.dropped += 1
+        self.wake.set()
+
+    async def run(self, first_gate: Any) -> None:
+        import asyncio
+
+        import grpc
+
+        from agent.control import backoff_delays
+
+        delays = backoff_delays(self.w.rng)
+        gate = first_gate
+        while not self.w.stopping:
+            try:
+                if gate is not None:  # the ramp: at most so many handshakes at once
+                    async with gate:
+                        ch, call = await self._open()
+                    gate = None
+                else:
+                    ch, call = await self._open()
+                await self._stream(ch, call)
+                delays = backoff_delays(self.w.rng)  # a session that ran resets the backoff
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                self.last_error = f"{exc.code().name}: {exc.details()}"
+                self.failures += 1
+            except Exception as exc:  # noqa: BLE001 - counted, then retried like the agent
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.failures += 1
+            self._went_down()
+            if self.w.stopping:
+                return
+            self.attempts_since_down += 1
+            await asyncio.sleep(next(delays))
+
+    def _went_down(self) -> None:
+        if self.up:
+            self.up = False
+            self.w.up_count -= 1
+            self.down_at = time.time()
+            self.up_at = None
+            self.attempts_since_down = 0
+
+    async def _stream(self, ch: Any, call: Any) -> None:
+        import asyncio
+
+        import grpc
+
+        try:
+            sender = asyncio.create_task(self._send(call))
+            try:
+                while True:
+                    msg = await call.read()
+                    if msg is grpc.aio.EOF:
+                        break
+                    if msg.WhichOneof("body") == "batch_ack":
+                        self._ack(msg.batch_ack.seq)
+                    if sender.done():
+                        sender.result()
+            finally:
+                sender.cancel()
+            code = await call.code()
+            if code != grpc.StatusCode.OK:
+                raise ConnectionError(f"{code.name}: {await call.details()}")
+            self.last_error = "stream ended by the controller (OK)"
+        finally:
+            await ch.close()
+
+    async def _open(self) -> tuple[Any, Any]:
+        import grpc
+
+        from agent.control import KEEPALIVE as keepalive
+        from overcast.agent.v1 import agent_pb2 as pb
+
+        w = self.w
+        creds = grpc.ssl_channel_credentials(root_certificates=w.ca_pem, private_key=self.key,
+                                             certificate_chain=self.cert)
+        ch = grpc.aio.secure_channel(w.endpoint, creds, options=keepalive)
+        try:
+            call = ch.stream_stream(SIM_METHOD, request_serializer=None,
+                                    response_deserializer=pb.ControllerMessage.FromString)()
+            if not self.hello:
+                self.hello = pb.AgentMessage(hello=pb.Hello(
+                    agent_id=self.agent_id, protocol_version=1, agent_version=w.inv.agent_version,
+                    inventory=w.inventory_for(self.i))).SerializeToString()
+            await call.write(self.hello)
+            first = await call.read()
+            if first is grpc.aio.EOF or first.WhichOneof("body") != "welcome":
+                code = await call.code()
+                raise ConnectionError(f"not welcomed: {code.name} {await call.details()}")
+        except BaseException:
+            await ch.close()
+            raise
+        acked = first.welcome.acked_seq
+        self._ack(acked, record=False)
+        self.sent = max(self.acked, acked)
+        self.sessions += 1
+        now = time.time()
+        if not self.up:
+            self.up = True
+            w.up_count += 1
+            self.up_at = now
+        self.welcomed_once.set()
+        return ch, call
+
+    def _ack(self, seq: int, record: bool = True) -> None:
+        if seq <= self.acked:
+            return
+        self.acked = seq
+        now = time.time()
+        p = self.pending
+        lat = self.w.lat if record and self.w.recording else None
+        n = 0
+        while p and p[0][0] <= seq:
+            _, t = p.popleft()
+            n += 1
+            if lat is not None:
+                lat.append(now - t)
+        self.w.acks += n  # batches acknowledged
+        self.wake.set()
+
+    def _t_ms(self, seq: int, t: float) -> int:
+        return self.flood_base + seq if self.w.flood else int(t * 1000)
+
+    async def _send(self, call: Any) -> None:
+        w = self.w
+        enc = w.encoder
+        while True:
+            while self.sent - self.acked < w.in_flight:
+                if w.flood and self.sent >= self.seq:
+                    self.collect(time.time())
+                p = self.pending
+                if not p or self.sent >= self.seq:
+                    break
+                s = max(self.sent + 1, p[0][0])
+                t = p[s - p[0][0]][1]
+                await call.write(enc.encode(s, self._t_ms(s, t)))
+                self.sent = s
+                w.sent += 1
+            self.wake.clear()
+            await self.wake.wait()
+
+
+class _SimWorker:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        import random
+
+        self.cfg = cfg
+        self.index = int(cfg["index"])
+        self.rng = random.Random(1000 + self.index)
+        self.interval = float(cfg.get("interval", 10.0))
+        self.in_flight = int(cfg.get("in_flight", 32))
+        self.spool_max = int(cfg.get("spool_max", 6000))
+        self.encoder = BatchEncoder(agent_sample_shapes(int(cfg.get("samples", 100))))
+        self.encoder.check()
+        self.inv = _sim_inventory_bytes("sim")
+        self.agents: list[_SimAgent] = []
+        self.creds: list[tuple[str, bytes, bytes]] = []
+        self.ca_pem = b""
+        self.endpoint = ""
+        self.stopping = False
+        self.flood = False
+        self.recording = False
+        self.lat: list[float] = []
+        self.up_count = 0
+        self.sent = self.acks = self.dropped = 0
+        self.mark_t = 0.0
+
+    def inventory_for(self, i: int) -> Any:
+        inv = type(self.inv)()
+        inv.CopyFrom(self.inv)
+        inv.hostname = f"sim-{self.index}-{i:05d}"
+        return inv
+
+    # ---- operations ---------------------------------------------------------------------
+    async def op_enroll(self, n: int, url: str, token: str) -> dict[str, Any]:
+        import asyncio
+
+        import aiohttp
+
+        from agent.state import make_key_and_csr
+
+        t0 = time.perf_counter()
+        keygen = 0.0
+        errors: list[str] = []
+        async with aiohttp.ClientSession() as s:
+            for k in range(n):
+                if self.stopping:
+                    break
+                i = len(self.creds)
+                a = time.perf_counter()
+                key, csr = make_key_and_csr(f"sim-{self.index}-{i:05d}")
+                keygen += time.perf_counter() - a
+                body = {"join_token": token, "csr_pem": csr.decode(), "protocol_version": 1,
+                        "hostname": f"sim-{self.index}-{i:05d}", "agent_version": "sim"}
+                for attempt in range(5):
+                    async with s.post(url + "/api/v2/agents/enroll", json=body) as r:
+                        data = await r.json()
+                        if r.status == 201:
+                            break
+                        if r.status == 409 and attempt < 4:
+                            await asyncio.sleep(0.05)
+                            continue
+                        errors.append(f"{r.status}: {str(data)[:200]}")
+                        break
+                if r.status != 201:
+                    if len(errors) > 20:
+                        break
+                    continue
+                self.ca_pem = data["ca_pem"].encode()
+                self.endpoint = data["grpc"]
+                self.creds.append((data["agent_id"], key, data["certificate_pem"].encode()))
+                if (k + 1) % 500 == 0:
+                    _sim_log(f"worker {self.index}: enrolled {k + 1}/{n}")
+        s_ = time.perf_counter() - t0
+        return {"enrolled": len(self.creds), "seconds": round(s_, 2),
+                "keygen_s": round(keygen, 2), "errors": errors[:5], "error_count": len(errors)}
+
+    async def op_connect(self, n: int, concurrency: int = 64, timeout: float = 300.0,
+                         endpoint: str = "") -> dict[str, Any]:
+        import asyncio
+
+        if endpoint:
+            self.endpoint = endpoint
+        t0 = time.perf_counter()
+        gate = asyncio.Semaphore(concurrency)
+        new = []
+        for i in range(len(self.agents), min(n, len(self.creds))):
+            aid, key, cert = self.creds[i]
+            a = _SimAgent(self, i, aid, key, cert)
+            self.agents.append(a)
+            a.task = asyncio.create_task(a.run(gate))
+            new.append(a)
+            self._schedule(a)
+        waits = [asyncio.create_task(a.welcomed_once.wait()) for a in new]
+        done, pending = await asyncio.wait(waits, timeout=timeout) if waits else (set(), set())
+        for t in pending:
+            t.cancel()
+        return {"agents": len(self.agents), "new": len(new), "welcomed": len(done),
+                "up": self.up_count, "seconds": round(time.perf_counter() - t0, 2),
+                "failures": sum(a.failures for a in new),
+                "errors": sorted({a.last_error for a in new if a.failures})[:5]}
+
+    def _schedule(self, a: _SimAgent) -> None:
+        import heapq
+
+        if self.interval > 0 and not self.flood:
+            heapq.heappush(self.heap, (time.time() + self.rng.uniform(0, self.interval), a.i))
+
+    async def ticker(self) -> None:
+        import asyncio
+        import heapq
+
+        self.heap: list[tuple[float, int]] = []
+        while not self.stopping:
+            now = time.time()
+            h = self.heap
+            while h and h[0][0] <= now:
+                due, i = heapq.heappop(h)
+                self.agents[i].collect(now)
+                heapq.heappush(h, (due + self.interval, i))
+            await asyncio.sleep(0.02)
+
+    def op_stats(self, reset: bool = True, record: bool = True) -> dict[str, Any]:
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        out = {"lat_ms": [round(x * 1000, 2) for x in self.lat], "up": self.up_count,
+               "agents": len(self.agents), "sent": self.sent, "acks": self.acks,
+               "dropped": self.dropped, "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
+               "maxrss_mib": round(ru.ru_maxrss / 1024, 1),
+               "failures": sum(a.failures for a in self.agents),
+               "unacked_batches": sum(len(a.pending) for a in self.agents)}
+        if reset:
+            self.lat = []
+            self.sent = self.acks = 0
+        self.recording = record
+        return out
+
+    def op_mark(self) -> dict[str, Any]:
+        self.mark_t = time.time()
+        for a in self.agents:
+            a.down_at = a.up_at = None
+            a.attempts_since_down = 0
+        return {"up": self.up_count}
+
+    def op_outages(self) -> dict[str, Any]:
+        rows = [(a.down_at, a.up_at, a.attempts_since_down) for a in self.agents
+                if a.down_at is not None]
+        return {"rows": rows, "up": self.up_count, "agents": len(self.agents),
+                "never_down": sum(1 for a in self.agents if a.down_at is None),
+                "errors": sorted({a.last_error for a in self.agents if a.last_error})[:8]}
+
+    async def op_flood(self, seconds: float) -> dict[str, Any]:
+        import asyncio
+
+        self.flood = True
+        self.op_stats(reset=True, record=True)
+        for a in self.agents:
+            a.wake.set()
+        await asyncio.sleep(seconds)
+        self.flood = False
+        return self.op_stats(reset=True, record=False)
+
+    async def op_quit(self) -> dict[str, Any]:
+        import asyncio
+
+        self.stopping = True
+        for a in self.agents:
+            if a.task is not None:
+                a.task.cancel()
+        await asyncio.gather(*(a.task for a in self.agents if a.task is not None),
+                             return_exceptions=True)
+        return {"quit": True}
+
+
+def _sim_log(msg: str) -> None:
+    print(f"[sim {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+async def _simulator(cfg: dict[str, Any]) -> int:
+    import asyncio
+
+    w = _SimWorker(cfg)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    tick = asyncio.create_task(w.ticker())
+    print(json.dumps({"ready": True, "index": w.index}), flush=True)
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                break  # the parent went away
+            cmd = json.loads(line)
+            op = cmd.pop("op")
+            cid = cmd.pop("id", None)
+            try:
+                if op == "enroll":
+                    res = await w.op_enroll(**cmd)
+                elif op == "connect":
+                    res = await w.op_connect(**cmd)
+                elif op == "stats":
+                    res = w.op_stats(**cmd)
+                elif op == "mark":
+                    res = w.op_mark()
+                elif op == "outages":
+                    res = w.op_outages()
+                elif op == "flood":
+                    res = await w.op_flood(**cmd)
+                elif op == "quit":
+                    res = await w.op_quit()
+                    print(json.dumps({"id": cid, "ok": True, **res}), flush=True)
+                    return 0
+                else:
+                    raise ValueError(f"unknown op {op}")
+                print(json.dumps({"id": cid, "ok": True, **res}), flush=True)
+            except Exception as exc:  # noqa: BLE001 - reported to the parent
+                import traceback
+
+                _sim_log(traceback.format_exc())
+                print(json.dumps({"id": cid, "ok": False, "error": f"{type(exc).__name__}: {exc}"}),
+                      flush=True)
+    finally:
+        w.stopping = True
+        tick.cancel()
+    return 0
+
+
+def simulator_main() -> int:
+    """Entry point of a worker process (see SimPool)."""
+    import asyncio
+
+    raise_nofile()
+    cfg = json.loads(sys.argv[1])
+    try:
+        return asyncio.run(_simulator(cfg))
+    except KeyboardInterrupt:
+        return 130
+
+
+class SimPool:
+    """Worker processes of simulated agents, driven with JSON lines; ``ask`` sends one
+    operation to every worker (the same or one each) and waits for all answers."""
+
+    def __init__(self, workers: int, cfg: dict[str, Any], log_dir: Path) -> None:
+        import queue
+        import subprocess
+        import threading
+
+        self.procs: list[Any] = []
+        self.queues: list[queue.Queue[Any]] = []
+        self.logs: list[Path] = []
+        self._n = 0
+        code = (f"import sys; sys.path.insert(0, {str(BENCH)!r}); import common; "
+                "sys.exit(common.simulator_main())")
+        for i in range(workers):
+            log_path = log_dir / f"sim-{i}.log"
+            self.logs.append(log_path)
+            p = subprocess.Popen([sys.executable, "-c", code, json.dumps({**cfg, "index": i})],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=open(log_path, "w"), text=True, cwd=str(ROOT))  # noqa: SIM115
+            q: queue.Queue[Any] = queue.Queue()
+            threading.Thread(target=self._pump, args=(p, q), daemon=True).start()
+            self.procs.append(p)
+            self.queues.append(q)
+        for i in range(workers):
+            self._get(i, 120)  # {"ready": true}
+
+    @staticmethod
+    def _pump(p: Any, q: Any) -> None:
+        for line in p.stdout:
+            try:
+                q.put(json.loads(line))
+            except ValueError:
+                q.put({"ok": False, "error": f"bad line {line[:200]!r}"})
+        q.put(None)
+
+    def _get(self, i: int, timeout: float) -> dict[str, Any]:
+        import queue
+
+        try:
+            msg = self.queues[i].get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"simulator {i} did not answer in {timeout:.0f} s "
+                               f"(log {self.logs[i]}: {self.tail(i)})") from None
+        if msg is None:
+            raise RuntimeError(f"simulator {i} exited {self.procs[i].poll()}: {self.tail(i)}")
+        return msg  # type: ignore[no-any-return]
+
+    def tail(self, i: int, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.logs[i].read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def ask(self, op: str, args: dict[str, Any] | list[dict[str, Any]] | None = None,
+            timeout: float = 600) -> list[dict[str, Any]]:
+        self._n += 1
+        per = args if isinstance(args, list) else [args or {}] * len(self.procs)
+        for p, a in zip(self.procs, per, strict=True):
+            assert p.stdin is not None
+            p.stdin.write(json.dumps({"op": op, "id": self._n, **a}) + "\n")
+            p.stdin.flush()
+        out = []
+        deadline = time.monotonic() + timeout
+        for i in range(len(self.procs)):
+            msg = self._get(i, max(1.0, deadline - time.monotonic()))
+            if not msg.get("ok"):
+                raise RuntimeError(f"simulator {i}: {op} failed: {msg.get('error')}")
+            out.append(msg)
+        return out
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def close(self, timeout: float = 60) -> None:
+        import subprocess
+
+        for p in self.procs:
+            if p.poll() is None and p.stdin is not None:
+                try:
+                    p.stdin.write(json.dumps({"op": "quit", "id": 0}) + "\n")
+                    p.stdin.flush()
+                    p.stdin.close()
+                except OSError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def merge_latencies(replies: list[dict[str, Any]]) -> dict[str, float]:
+    """Percentiles of the simulators' ack latencies (milliseconds in, milliseconds out)."""
+    lat = [x / 1000 for r in replies for x in r.get("lat_ms", [])]
+    return percentiles(lat)
+
+
+def make_join_tokens(c: Any, n: int, uses: int, ttl: int = 3600) -> list[str]:
+    """``n`` join tokens of ``uses`` each, made with an admin session (and its CSRF header)."""
+    h = c.session()
+    out = []
+    for i in range(n):
+        r = h.post("/api/v2/agents/tokens", {"uses": uses, "ttl": ttl, "name": f"bench-{i}"})
+        if r.status != 201:
+            raise RuntimeError(f"POST /api/v2/agents/tokens answered {r.status}: {r.body}")
+        out.append(str(r.body["token"]))
+    return out
+
+
+def smaps_breakdown(pid: int) -> dict[str, float]:
+    """Where a process's resident memory is (MiB), from /proc/PID/smaps: the brk heap (glibc's
+    main arena), anonymous mappings of 64 MiB and less (glibc's per-thread arenas reserve 64 MiB
+    each), other anonymous mappings (Python's object arenas, mmapped buffers, stacks), and
+    files (code, libraries). Stacks of threads other than the main one count as other."""
+    out = {"heap": 0.0, "thread_arenas": 0.0, "other_anon": 0.0, "files": 0.0, "stack": 0.0}
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return {}
+    kind = "other_anon"
+    for line in text.splitlines():
+        first = line.split(None, 1)[0]
+        if "-" in first and not first.endswith(":"):
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            size_kb = (hi - lo) // 1024
+            name = parts[5] if len(parts) > 5 else ""
+            if name == "[heap]":
+                kind = "heap"
+            elif name.startswith("[stack"):
+                kind = "stack"
+            elif name.startswith("/"):
+                kind = "files"
+            elif name == "":
+                # glibc's thread arenas: 64 MiB reservations aligned on 64 MiB (the part in
+                # use read-write, the rest PROT_NONE)
+                kind = "thread_arenas" if lo % (64 << 20) == 0 and size_kb <= 65_536 else "other_anon"
+            else:
+                kind = "other_anon"
+        elif first == "Rss:":
+            out[kind] += int(line.split()[1]) / 1024
+    return {k: round(v, 1) for k, v in out.items()}

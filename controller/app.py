@@ -24,7 +24,7 @@ from aiohttp import web
 
 from controller import keys
 from controller.accounts import routes as account_routes
-from controller.admin import build_admin_app
+from controller.admin import build_admin_app, prepare_socket_dir, remove_socket
 from controller.agents import routes as agent_routes
 from controller.agents.server import agents_server
 from controller.audit import routes as audit_routes
@@ -72,9 +72,36 @@ def build_app(settings: Settings, services: Services, pki: Pki | None) -> web.Ap
     app.on_startup.append(_bind_bus)
     app.on_shutdown.append(_close_websockets)
     app.cleanup_ctx.append(_grpc_server(pki))
+    app.cleanup_ctx.append(_maintenance)
     if pki is not None:
         app.cleanup_ctx.append(agents_server(pki))
     return app
+
+
+async def _maintenance(app: web.Application) -> AsyncIterator[None]:
+    """Bookkeeping on a timer: write the pending "N refusals left out" audit summaries every
+    minute, and delete expired sessions every hour."""
+    services = app[keys.SERVICES]
+
+    async def loop() -> None:
+        minute = 0
+        while True:
+            await asyncio.sleep(60)
+            minute += 1
+            try:
+                services.accounts.flush_suppressed()
+                if minute % 60 == 1:
+                    n = await asyncio.to_thread(services.accounts.sweep_expired)
+                    if n:
+                        log.info("deleted %d expired sessions", n)
+            except Exception:
+                log.exception("maintenance run failed")
+
+    task = asyncio.create_task(loop(), name="maintenance")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _bind_bus(app: web.Application) -> None:
@@ -94,7 +121,10 @@ def _grpc_server(pki: Pki | None):  # type: ignore[no-untyped-def]
         add_to_server(server, app[keys.SERVICES])
         host = settings.grpc_host
         addr = f"[{host}]:{settings.grpc_port}" if ":" in host else f"{host}:{settings.grpc_port}"
-        if settings.tls_enabled and pki is not None:
+        tls = settings.grpc_tls_enabled
+        if tls and pki is None:  # never plaintext where TLS was asked for
+            raise OvercastError(f"gRPC on {addr} needs TLS, but there is no certificate")
+        if tls and pki is not None:
             creds = grpc.ssl_server_credentials(
                 [(pki.server_key.read_bytes(), pki.server_cert.read_bytes())])
             add = functools.partial(server.add_secure_port, addr, creds)
@@ -107,7 +137,7 @@ def _grpc_server(pki: Pki | None):  # type: ignore[no-untyped-def]
         if port == 0:
             raise OvercastError(f"cannot listen for gRPC on {addr}")
         await server.start()
-        log.info("gRPC listening on %s%s", addr, " (TLS)" if settings.tls_enabled else "")
+        log.info("gRPC listening on %s%s", addr, " (TLS)" if tls else "")
         yield
         app[keys.SERVICES].bus.close()  # end WatchEvents streams, else they hold the stop up
         await server.stop(grace=2)
@@ -116,13 +146,31 @@ def _grpc_server(pki: Pki | None):  # type: ignore[no-untyped-def]
 
 
 def open_data_dir(settings: Settings) -> Services:
+    """The data directory (made 0700) and the store in it; OvercastError saying what is wrong
+    with the directory rather than a traceback."""
     d = Path(settings.data_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    os.chmod(d, 0o700)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        if not d.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(d))
+        os.chmod(d, 0o700)
+        if not os.access(d, os.R_OK | os.W_OK | os.X_OK):
+            raise PermissionError(13, "no permission to read and write it", str(d))
+    except FileExistsError:
+        raise OvercastError(f"data directory {d} is not a directory (setting: data_dir)") from None
+    except OSError as exc:
+        what = exc.strerror or str(exc)
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(d) else ""
+        raise OvercastError(f"data directory {d}: {what}{where} (setting: data_dir)") from None
     try:
         store = open_store(d / "store")
     except StoreLocked:
         raise OvercastError(f"another controller is running on {d} (its store is locked)") from None
+    except OvercastError:
+        raise
+    except Exception as exc:  # rocksdict raises plain Exception (and OSError) with RocksDB's text
+        what = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        raise OvercastError(f"cannot open the store in {d / 'store'}: {what}") from None
     return build_services(settings, store)
 
 
@@ -150,8 +198,28 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT."""
     settings.validate()
     services = open_data_dir(settings)
-    hosts = [h for h in {urlsplit(settings.public_url).hostname or "", settings.http_host} if h and h not in ("0.0.0.0", "::")]
-    pki = ensure_pki(settings.data_dir, hosts, settings.tls_cert, settings.tls_key)
+    hosts = [h for h in {urlsplit(settings.public_url).hostname or "", settings.http_host,
+                         settings.grpc_host} if h and h not in ("0.0.0.0", "::")]
+    try:
+        try:
+            pki = ensure_pki(settings.data_dir, hosts, settings.tls_cert, settings.tls_key)
+        except (OSError, ValueError) as exc:
+            raise OvercastError(f"cannot set up the certificates in {settings.data_dir}/pki: "
+                                f"{getattr(exc, 'strerror', None) or exc}") from None
+        try:  # load the certificate and its key now: a malformed pair names the setting
+            pki.server_ssl_context()
+        except (OSError, ValueError) as exc:
+            if settings.tls_cert:
+                raise Invalid(f"tls_cert {settings.tls_cert} and tls_key {settings.tls_key} are "
+                              f"not a usable PEM certificate and matching key ({exc})",
+                              field="tls_cert") from None
+            raise OvercastError(f"the server certificate in {settings.data_dir}/pki does not "
+                                f"load ({exc}); remove server.crt and server.key to make new "
+                                "ones") from None
+        prepare_socket_dir(settings)
+    except BaseException:
+        services.store.close()
+        raise
     app = build_app(settings, services, pki)
     admin = build_admin_app(app)
     runner = web.AppRunner(app, access_log=logging.getLogger("overcast.access"),
@@ -174,7 +242,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
                                 f"{exc.strerror or exc}") from None
         sock = settings.admin_socket
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(sock)
+            os.unlink(sock)  # left by a controller that was killed
         old = os.umask(0o177)
         try:
             await web.UnixSite(admin_runner, sock).start()
@@ -193,6 +261,5 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     finally:
         await admin_runner.cleanup()
         await runner.cleanup()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(settings.admin_socket)
+        remove_socket(settings)
         services.store.close()

@@ -43,7 +43,8 @@ class Settings:
     grpc: str = "127.0.0.1:7443"
     # the URL agents, browsers and the CLI use to reach this controller; derived when empty
     external_url: str = ""
-    # "auto": TLS unless the HTTP address is loopback; "on"; "off" (only behind a proxy or on loopback)
+    # "auto": HTTP serves TLS unless its address is loopback, gRPC unless its own is; "on";
+    # "off" (only behind a proxy or on loopback; refused when gRPC is not on loopback)
     tls: str = "auto"
     tls_cert: str = ""
     tls_key: str = ""
@@ -128,16 +129,39 @@ class Settings:
         return f"{scheme}://{host}:{self.http_port}"
 
     @property
+    def grpc_tls_enabled(self) -> bool:
+        """gRPC carries bearer tokens: TLS when "on", or "auto" and not on loopback. Decided by
+        the gRPC address itself, not by the HTTP one (``validate`` refuses "off" off loopback)."""
+        if self.tls == "on":
+            return True
+        if self.tls == "off":
+            return False
+        return not _is_loopback(self.grpc_host)
+
+    @property
     def admin_socket(self) -> str:
         path = str(Path(self.data_dir) / "admin.sock")
         if len(path.encode()) < 100:
             return path
-        # Unix socket paths are limited to ~107 bytes: a deep data directory gets a socket
-        # named after it in the runtime directory instead (same for server and CLI).
+        # Unix socket paths are limited to ~107 bytes: a deep data directory gets its socket
+        # in a private directory named after it instead (same for server and CLI).
+        return str(Path(self.admin_fallback_dir) / "admin.sock")
+
+    @property
+    def admin_fallback_dir(self) -> str:
+        """``/tmp/overcast-<uid>-<hash of data_dir>``: the admin socket's directory when
+        ``<data_dir>/admin.sock`` would be too long. ``uid`` is the data directory's owner
+        (this process's when it does not exist yet), so a CLI run as root finds the socket of a
+        controller run by its own user. The controller makes it 0700 and refuses one that is
+        not its own; the CLI refuses one not owned by the data directory's owner (or root)."""
         import hashlib
 
+        try:
+            uid = os.stat(self.data_dir).st_uid
+        except OSError:
+            uid = os.geteuid()
         digest = hashlib.sha256(self.data_dir.encode()).hexdigest()[:16]
-        return f"/tmp/overcast-admin-{digest}.sock"
+        return f"/tmp/overcast-{uid}-{digest}"  # noqa: S108 (private: 0700, owner checked)
 
     def validate(self) -> None:
         """Check what can be checked without the network; raise Invalid naming the setting."""
@@ -146,9 +170,19 @@ class Settings:
         split_hostport(self.agents, "agents")
         if self.agents_endpoint:
             split_hostport(self.agents_endpoint, "agents_endpoint")
-        for name in ("agent_cert_ttl", "join_token_ttl", "metric_interval", "metric_retention", "agent_grace"):
-            if getattr(self, name) < 1:
-                raise Invalid(f"{name} must be at least 1", field=name)
+        for f in fields(self):
+            if f.type in (int, "int"):  # every number, also one added later (at least 1)
+                low, value = _MINIMUMS.get(f.name, 1), getattr(self, f.name)
+                if value < low:
+                    raise Invalid(f"{f.name} must be at least {low}, got {value}", field=f.name)
+        if self.token_max_ttl > 0 and self.token_ttl == 0:
+            raise Invalid("token_ttl = 0 (never expire) needs token_max_ttl = 0", field="token_ttl")
+        if self.token_max_ttl > 0 and self.token_ttl > self.token_max_ttl:
+            raise Invalid(f"token_ttl ({self.token_ttl}) must not exceed token_max_ttl "
+                          f"({self.token_max_ttl})", field="token_ttl")
+        if self.join_token_ttl > self.join_token_max_ttl:
+            raise Invalid(f"join_token_ttl ({self.join_token_ttl}) must not exceed "
+                          f"join_token_max_ttl ({self.join_token_max_ttl})", field="join_token_ttl")
         if self.tls not in ("auto", "on", "off"):
             raise Invalid("tls must be auto, on or off", field="tls")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -159,8 +193,9 @@ class Settings:
                 raise Invalid(f"{name} {path} does not exist", field=name)
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise Invalid("log_level must be debug, info, warning or error", field="log_level")
-        if self.max_body_bytes < 1024:
-            raise Invalid("max_body_bytes must be at least 1024", field="max_body_bytes")
+        if self.tls == "off" and not _is_loopback(self.grpc_host):
+            raise Invalid(f"gRPC would carry tokens in clear: bind it to loopback or turn tls on "
+                          f"(grpc = {self.grpc!r}, tls = 'off')", field="grpc")
         self._validate_external_url()
 
     def _validate_external_url(self) -> None:
@@ -198,6 +233,23 @@ class Settings:
                 "set behind_proxy = true if a proxy forwards it", field="external_url")
 
 
+# the smallest sensible value of each int setting (1 when not listed); ``validate`` refuses less
+_MINIMUMS: dict[str, int] = {
+    "max_body_bytes": 1024,
+    "session_ttl": 60,
+    "token_ttl": 0,  # 0: never expires (only with token_max_ttl = 0)
+    "token_max_ttl": 0,  # 0: no limit
+    "login_max_failures": 1,
+    "login_lockout": 1,
+    "agent_cert_ttl": 1,
+    "join_token_ttl": 1,
+    "join_token_max_ttl": 1,
+    "metric_interval": 1,
+    "metric_retention": 1,
+    "agent_grace": 1,
+}
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -209,8 +261,10 @@ def _is_loopback(host: str) -> bool:
 
 def split_hostport(value: str, name: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not port.isdigit():
         raise Invalid(f"{name} must be HOST:PORT, got {value!r}", field=name)
+    if not 1 <= int(port) <= 65535:
+        raise Invalid(f"{name}: the port must be 1 to 65535, got {value!r}", field=name)
     return host.strip("[]") or "0.0.0.0", int(port)
 
 

@@ -14,7 +14,10 @@ ORG = DocKind("org")
 MEMBER = DocKind("member")
 SESSION = DocKind("session")
 TOKEN = DocKind("token")
-KINDS = (USER, ORG, MEMBER, SESSION, TOKEN)
+# a pending invitation to an organisation (``invite/<org>/<user>``): grants nothing until the
+# invited user accepts it
+INVITE = DocKind("invite")
+KINDS = (USER, ORG, MEMBER, SESSION, TOKEN, INVITE)
 
 ROLES = ("owner", "member")
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}\.[^@\s.]{1,63}$|^[^@\s]{1,64}@localhost$")

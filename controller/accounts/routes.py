@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.accounts.service import MAX_TTL
 from controller.http.api import (
     CSRF_COOKIE,
     LIST_PARAMS,
@@ -31,10 +32,12 @@ def _auth_info(ctx: Ctx) -> dict[str, Any]:
         "orgs": svc.list_orgs(p),
         "auth": p.auth,
         "role": p.role,
+        "invitations": svc.invitations_for(p.user_id),
     }
 
 
-@routes.route("GET", "/api/v2/auth", op="describe_auth", summary="Who am I: user, active org, orgs")
+@routes.route("GET", "/api/v2/auth", op="describe_auth",
+              summary="Who am I: user, active org, orgs, pending invitations")
 async def describe_auth(ctx: Ctx) -> Any:
     return one(_auth_info(ctx))
 
@@ -44,7 +47,7 @@ LOGIN = obj(("email", "password"), email=string(3, 254), password=string(1, 1024
 
 
 @routes.route("POST", "/api/v2/auth/sessions", op="login", summary="Sign in (sets the session cookie)",
-              auth=False, body=LOGIN)
+              auth=False, body=LOGIN, same_origin=True)
 async def login(ctx: Ctx) -> Any:
     b = ctx.body
     secret, p = await ctx.services.accounts.login(
@@ -95,7 +98,8 @@ async def list_tokens(ctx: Ctx) -> Any:
 
 
 TOKEN_BODY = obj(("name",), name=string(1, 100),
-                 ttl=integer(0, description="seconds until it expires; default: the token_ttl setting"))
+                 ttl=integer(0, MAX_TTL, description="seconds until it expires (at most 10 years; "
+                             "0: never, where token_max_ttl = 0); default: the token_ttl setting"))
 
 
 @routes.route("POST", "/api/v2/auth/tokens", op="create_token",
@@ -151,12 +155,16 @@ async def list_members(ctx: Ctx) -> Any:
 
 
 @org_routes.route("POST", "/api/v2/orgs/{org}/members", op="add_org_member",
-                  summary="Add a user to the organisation",
+                  summary="Invite a user to the organisation (owners: 202, the user accepts); "
+                          "platform admins add them at once (201)",
                   body=obj(("email",), email=string(3, 254), role=string(enum=["owner", "member"])))
 async def add_member(ctx: Ctx) -> Any:
     b = ctx.body
-    return Reply(ctx.services.accounts.add_member(ctx.principal, ctx.actor, ctx.match("org"),
-                                                  b["email"], b.get("role", "member")), status=201)
+    svc, p = ctx.services.accounts, ctx.principal
+    role = b.get("role", "member")
+    if p.is_admin:
+        return Reply(svc.add_member(p, ctx.actor, ctx.match("org"), b["email"], role), status=201)
+    return Reply(svc.invite_member(p, ctx.actor, ctx.match("org"), b["email"], role), status=202)
 
 
 @org_routes.route("GET", "/api/v2/orgs/{org}/members/{member}", op="get_member",
@@ -169,6 +177,36 @@ async def get_member(ctx: Ctx) -> Any:
                   summary="Remove a member")
 async def remove_member(ctx: Ctx) -> Any:
     ctx.services.accounts.remove_member(ctx.principal, ctx.actor, ctx.match("org"), ctx.match("member"))
+    return Reply(status=204)
+
+
+# ---- invitations ------------------------------------------------------------------------
+
+@org_routes.route("GET", "/api/v2/orgs/{org}/invitations", op="list_org_invitations",
+                  summary="List pending invitations (owners)", params=LIST_PARAMS)
+async def list_invitations(ctx: Ctx) -> Any:
+    invitations = ctx.services.accounts.list_invitations(ctx.principal, ctx.match("org"))
+    return envelope(*apply(invitations, ctx.query(), text_fields=("email", "id")))
+
+
+@org_routes.route("POST", "/api/v2/orgs/{org}/invitations/accept", op="accept_org_invitation",
+                  summary="Accept your invitation to the organisation")
+async def accept_invitation(ctx: Ctx) -> Any:
+    return ctx.services.accounts.accept_invitation(ctx.principal, ctx.actor, ctx.match("org"))
+
+
+@org_routes.route("DELETE", "/api/v2/orgs/{org}/invitations", op="decline_org_invitation",
+                  summary="Decline your invitation to the organisation")
+async def decline_invitation(ctx: Ctx) -> Any:
+    ctx.services.accounts.decline_invitation(ctx.principal, ctx.actor, ctx.match("org"))
+    return Reply(status=204)
+
+
+@org_routes.route("DELETE", "/api/v2/orgs/{org}/invitations/{member}", op="cancel_org_invitation",
+                  summary="Cancel a pending invitation (owners)")
+async def cancel_invitation(ctx: Ctx) -> Any:
+    ctx.services.accounts.cancel_invitation(ctx.principal, ctx.actor, ctx.match("org"),
+                                            ctx.match("member"))
     return Reply(status=204)
 
 

@@ -20,6 +20,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from controller.accounts.model import (
     EMAIL_RE,
+    INVITE,
     MEMBER,
     ORG,
     ORG_NAME_RE,
@@ -29,18 +30,23 @@ from controller.accounts.model import (
     USER,
     Principal,
 )
+from controller.audit.limit import AuditLimiter
 from controller.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited, Unauthenticated
 from controller.events.model import Actor
 from controller.events.writer import Change, Writer
 from controller.settings import Settings
-from controller.store.base import Store
+from controller.store.base import Batch, Store
 from controller.store.docs import dump, load, public
-from controller.timeutil import iso
+from controller.timeutil import iso, parse_iso
 
 TOKEN_PREFIX = "oc_"
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 _LAST_USED_EVERY = 60.0  # seconds between last_used writes for one credential
+MAX_TTL = 10 * 365 * 24 * 3600  # 315360000 s: no token lives longer (nor can its expiry be written)
+NOT_AN_EMAIL = "(not an e-mail address)"
+# audit entries of refused credentials and throttled logins, per (action, org, address)
+AUDIT_UNAUTHENTICATED_PER_MINUTE = 20
 
 
 def _hash(secret: str) -> str:
@@ -51,9 +57,30 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def loggable_email(value: str) -> str:
+    """What the audit log may keep of a login's e-mail field: the address when it is one, a
+    placeholder otherwise (a password typed into the wrong field must not be kept in clear)."""
+    v = value.strip().lower()
+    return v if len(v) <= 254 and EMAIL_RE.match(v) else NOT_AN_EMAIL
+
+
+def _added_at(m: dict[str, Any]) -> float:
+    """When a membership began, as precisely as it was recorded."""
+    if "_added_at" in m:
+        return float(m["_added_at"])
+    try:
+        return parse_iso(str(m.get("added", "")))
+    except ValueError:
+        return 0.0
+
+
 class LoginThrottle:
     """Failed logins per e-mail and per address within ``window`` seconds; past ``limit``,
-    further attempts are refused until the oldest failure leaves the window."""
+    further attempts are refused until the oldest failure leaves the window.
+
+    An attempt is counted when it starts (:meth:`attempt`, before the password check is
+    awaited), so parallel guesses cannot all pass the check before any of them has failed; an
+    attempt that proves right is given back (:meth:`release`, :meth:`succeed`)."""
 
     def __init__(self, limit: int, window: int) -> None:
         self.limit = limit
@@ -72,15 +99,34 @@ class LoginThrottle:
                 retry = int(self.window - (now - q[0])) + 1
                 raise RateLimited(f"too many failed logins; try again in {retry} s", retry)
 
-    def fail(self, *keys: str) -> None:
+    def attempt(self, *keys: str) -> float:
+        """Check, then count an attempt under each key (nothing awaited in between: the
+        check and the count are one step on the event loop). Raises RateLimited; returns the
+        attempt's stamp for :meth:`release`."""
+        self.check(*keys)
         now = time.monotonic()
         for key in keys:
             self._fails[key].append(now)
         if len(self._fails) > 100_000:  # bound memory under a spray of addresses
             for k in [k for k, q in self._fails.items() if not q or now - q[-1] > self.window]:
                 del self._fails[k]
+        return now
+
+    def release(self, stamp: float, *keys: str) -> None:
+        """Take back the attempt ``stamp`` (it was no failure)."""
+        for key in keys:
+            q = self._fails.get(key)
+            if q is None:
+                continue
+            try:
+                q.remove(stamp)
+            except ValueError:
+                pass
+            if not q:
+                del self._fails[key]
 
     def succeed(self, key: str) -> None:
+        """Forget every failure under ``key`` (the right password for an e-mail)."""
         self._fails.pop(key, None)
 
 
@@ -91,6 +137,7 @@ class AccountService:
         self.writer = writer
         self.hasher = PasswordHasher()
         self.throttle = LoginThrottle(settings.login_max_failures, settings.login_lockout)
+        self.audit_limit = AuditLimiter(AUDIT_UNAUTHENTICATED_PER_MINUTE, 60.0)
         self._last_used: dict[str, float] = {}
         # a fixed hash to verify against for unknown e-mails, so timing does not tell
         self._dummy_hash = self.hasher.hash(secrets.token_hex(16))
@@ -181,7 +228,8 @@ class AccountService:
         return org
 
     def _put_member(self, change: Change, org_id: str, user_id: str, role: str) -> None:
-        m = {"org": org_id, "user": user_id, "role": role, "added": iso()}
+        now = time.time()
+        m = {"org": org_id, "user": user_id, "role": role, "added": iso(now), "_added_at": now}
         change.put(f"member/{org_id}/{user_id}", dump(MEMBER, m))
         change.put(f"usermember/{user_id}/{org_id}", role.encode())
 
@@ -198,25 +246,37 @@ class AccountService:
     async def login(self, ip: str, email: str, password: str, org: str | None = None,
                     user_agent: str = "", via: str = "rest") -> tuple[str, Principal]:
         """Check the password and open a session; returns (cookie secret, principal).
-        Failures are audited and throttled per e-mail and per address."""
+        Failures are audited and throttled per e-mail and per address: the attempt is counted
+        before the password check is awaited, and given back when the password is right."""
         email_l = str(email).strip().lower()
-        anon = Actor(kind="anonymous", email=email_l[:254], ip=ip, via=via)
+        anon = Actor(kind="anonymous", email=loggable_email(email_l), ip=ip, via=via)
+        e_key, ip_key = "e:" + email_l, "ip:" + ip
         try:
-            self.throttle.check("e:" + email_l, "ip:" + ip)
+            stamp = self.throttle.attempt(e_key, ip_key)
         except RateLimited:
-            self.writer.commit(anon, Change("session.create", outcome="denied", target_kind="user",
-                                            details={"reason": "too many failed logins"}))
+            self._commit_unauthenticated(anon, Change(
+                "session.create", outcome="denied", target_kind="user",
+                details={"reason": "too many failed logins"}))
             raise
         user = self.user_by_email(email_l)
         ok = await asyncio.to_thread(self._verify, user["_pw"] if user else None, password)
-        if not ok or user is None or user.get("disabled"):
-            self.throttle.fail("e:" + email_l, "ip:" + ip)
-            self.writer.commit(anon, Change("session.create", outcome="denied",
-                                            target_kind="user", target_id=user["id"] if user else "",
-                                            details={"reason": "wrong e-mail or password"}))
-            raise Unauthenticated("wrong e-mail or password")
-        self.throttle.succeed("e:" + email_l)
-        org_doc, role = self._pick_org(user, org)
+        # the user as stored now: the check took a while, and a new password or a disabled
+        # account meanwhile must win over what was read before it
+        fresh = self._reread_user(user) if ok and user is not None else None
+        if fresh is None:
+            raise self._wrong_password(anon, user)
+        user, raw = fresh
+        # the password was right: no failure (the address keeps no count of it either)
+        self.throttle.release(stamp, ip_key)
+        self.throttle.succeed(e_key)
+        actor = Actor(kind="user", id=user["id"], email=user["email"], ip=ip, via=via)
+        try:
+            org_doc, role = self._pick_org(user, org)
+        except NotFound as exc:
+            self.writer.commit(actor, Change(
+                "session.create", outcome="denied", target_kind="user", target_id=user["id"],
+                details={"reason": exc.message, "org": str(org)[:100]}))
+            raise
         secret = secrets.token_urlsafe(32)
         now = time.time()
         sess = {
@@ -225,14 +285,44 @@ class AccountService:
             "expires": iso(now + self.settings.session_ttl), "_expires_at": now + self.settings.session_ttl,
             "ip": ip, "user_agent": user_agent[:200],
         }
-        user = dict(user, last_login=iso(now))
         h = _hash(secret)
-        change = Change("session.create", org=sess["org"], target_kind="session", target_id=sess["id"])
-        change.put(f"session/{h}", dump(SESSION, sess)).put(f"usersession/{user['id']}/{sess['id']}", h.encode())
-        change.put(f"user/{user['id']}", dump(USER, user))
         actor = Actor(kind="user", id=user["id"], email=user["email"], org=sess["org"], ip=ip, via=via)
-        self.writer.commit(actor, change)
+        user_key = f"user/{user['id']}"
+        for retry in (False, True):
+            if retry:  # the user changed between the read and the write: read again, once
+                fresh = self._reread_user(user)
+                if fresh is None:
+                    raise self._wrong_password(anon, user)
+                user, raw = fresh
+            user = dict(user, last_login=iso(now))
+            change = Change("session.create", org=sess["org"], target_kind="session", target_id=sess["id"])
+            change.put(f"session/{h}", dump(SESSION, sess)).put(f"usersession/{user['id']}/{sess['id']}", h.encode())
+            change.put(user_key, dump(USER, user)).expect(user_key, raw)
+            try:
+                self.writer.commit(actor, change)
+                break
+            except Conflict:
+                if retry:
+                    raise
         return secret, Principal(public(user), org_doc, role, "session", sess["id"], sess["csrf"])
+
+    def _reread_user(self, seen: dict[str, Any]) -> tuple[dict[str, Any], bytes] | None:
+        """The user ``seen`` as stored now, with its stored bytes (for compare-and-set); None
+        when it is gone, disabled, or its password changed since ``seen`` was read."""
+        raw = self.store.get(f"user/{seen['id']}")
+        if raw is None:
+            return None
+        user = load(USER, raw)
+        if user.get("disabled") or user.get("_pw") != seen.get("_pw"):
+            return None
+        return user, raw
+
+    def _wrong_password(self, anon: Actor, user: dict[str, Any] | None) -> Unauthenticated:
+        """Audit a refused login (its attempt stays counted); returns the error to raise."""
+        self.writer.commit(anon, Change("session.create", outcome="denied",
+                                        target_kind="user", target_id=user["id"] if user else "",
+                                        details={"reason": "wrong e-mail or password"}))
+        return Unauthenticated("wrong e-mail or password")
 
     def _verify(self, pw_hash: str | None, password: str) -> bool:
         if not isinstance(password, str) or len(password) > MAX_PASSWORD:
@@ -250,10 +340,18 @@ class AccountService:
                 if o and (o["id"] == wanted or o["name"].lower() == wanted.lower()):
                     return o, self._role(oid, user["id"])
             raise NotFound("no such organisation among yours", {"field": "org"})
-        orgs = sorted((o for o in map(self.get_org, org_ids) if o), key=lambda o: o["name"].lower())
-        if not orgs:
+        # by default the oldest membership: joining another organisation later (say, by
+        # accepting an invitation) never moves where one signs in
+        found: list[tuple[float, str, dict[str, Any]]] = []
+        for oid in org_ids:
+            o, m = self.get_org(oid), self.membership(oid, user["id"])
+            if o and m:
+                found.append((_added_at(m), o["name"].lower(), o))
+        if not found:
             return None, ""
-        return orgs[0], self._role(orgs[0]["id"], user["id"])
+        found.sort(key=lambda t: (t[0], t[1]))
+        first = found[0][2]
+        return first, self._role(first["id"], user["id"])
 
     def _role(self, org_id: str, user_id: str) -> str:
         raw = self.store.get(f"usermember/{user_id}/{org_id}")
@@ -309,8 +407,10 @@ class AccountService:
         max_ttl = self.settings.token_max_ttl
         if ttl is None:
             ttl = self.settings.token_ttl
-        if ttl < 0 or (ttl == 0 and max_ttl > 0) or (max_ttl and ttl > max_ttl):
-            raise Invalid(f"ttl must be 1 to {max_ttl} seconds", field="ttl")
+        upper = min(max_ttl, MAX_TTL) if max_ttl > 0 else MAX_TTL
+        if ttl < 0 or (ttl == 0 and max_ttl > 0) or ttl > upper:
+            never = "" if max_ttl > 0 else ", or 0 (never expires)"
+            raise Invalid(f"ttl must be 1 to {upper} seconds{never}", field="ttl")
         for _, raw in self.store.scan(f"token/{p.org_id}/"):
             t = load(TOKEN, raw)
             if t["user"] == p.user_id and t["name"] == name.strip() and not t.get("revoked"):
@@ -390,22 +490,55 @@ class AccountService:
 
     def audit_refused(self, ip: str, via: str, exc: Unauthenticated, kind: str) -> None:
         """A refused credential is an audit entry (no state change); one that is known but
-        revoked or expired is entered in its organisation's log, naming it."""
+        revoked or expired is entered in its organisation's log, naming it. At most
+        AUDIT_UNAUTHENTICATED_PER_MINUTE a minute per address (see
+        :meth:`_commit_unauthenticated`)."""
         org = getattr(exc, "org", "")
-        self.writer.commit(Actor(kind="anonymous", ip=ip, via=via, org=org,
-                                 id=getattr(exc, "user_id", "")),
-                           Change("auth.refused", org=org, outcome="denied", target_kind=kind,
-                                  target_id=getattr(exc, "credential_id", ""),
-                                  details={"reason": exc.message}))
+        self._commit_unauthenticated(
+            Actor(kind="anonymous", ip=ip, via=via, org=org, id=getattr(exc, "user_id", "")),
+            Change("auth.refused", org=org, outcome="denied", target_kind=kind,
+                   target_id=getattr(exc, "credential_id", ""), details={"reason": exc.message}))
+
+    def _commit_unauthenticated(self, actor: Actor, change: Change) -> None:
+        """Commit an entry that anybody can cause at will, without credentials (a refused
+        token, a throttled login): at most AUDIT_UNAUTHENTICATED_PER_MINUTE a minute per
+        (action, organisation, address), so the log cannot be flooded. Past that the entries
+        are counted, and the next one written for the same key says in ``details.suppressed``
+        how many were left out before it."""
+        n = self.audit_limit.admit((change.action, change.org, actor.ip))
+        if n is None:
+            return
+        if n:
+            change.details["suppressed"] = n
+        self.writer.commit(actor, change)
+
+    def flush_suppressed(self) -> int:
+        """Write one entry for each (action, organisation, address) whose entries were left
+        out in a minute that has ended and not yet reported (when that address went quiet);
+        for a periodic task. Returns how many entries it wrote."""
+        n = 0
+        for key, suppressed in self.audit_limit.flush():
+            action, org, ip = key[0], key[1], key[2]
+            self.writer.commit(
+                Actor(kind="anonymous", ip=ip, via="system", org=org),
+                Change(action, org=org, outcome="denied", details={
+                    "reason": "similar entries from this address were left out of the log",
+                    "suppressed": suppressed}))
+            n += 1
+        return n
 
     # ---- organisations and members -----------------------------------------------------
-    def _org_for(self, p: Principal, org_ref: str) -> tuple[dict[str, Any], str]:
-        """An organisation the caller belongs to (by id or name), with the caller's role;
-        any other answers NotFound, whether it exists or not."""
+    def _org_by_ref(self, org_ref: str) -> dict[str, Any] | None:
         org = self.get_org(org_ref)
         if org is None:
             oid = self.store.get(f"orgname/{org_ref.lower()}")
             org = self.get_org(oid.decode()) if oid else None
+        return org
+
+    def _org_for(self, p: Principal, org_ref: str) -> tuple[dict[str, Any], str]:
+        """An organisation the caller belongs to (by id or name), with the caller's role;
+        any other answers NotFound, whether it exists or not."""
+        org = self._org_by_ref(org_ref)
         if org is None:
             raise NotFound("no such organisation")
         role = self._role(org["id"], p.user_id)
@@ -495,9 +628,11 @@ class AccountService:
         return self._member_view(user, m)
 
     def add_member(self, p: Principal, actor: Actor, org_ref: str, email: str, role: str) -> dict[str, Any]:
-        org, my_role = self._org_for(p, org_ref)
-        if my_role != "owner" and not p.is_admin:
-            raise self.refuse(actor, "member.add", "only owners can add members", org["id"], "org", org["id"])
+        """A platform admin makes a user a member at once (owners invite: :meth:`invite_member`)."""
+        org, _ = self._org_for(p, org_ref)
+        if not p.is_admin:
+            raise self.refuse(actor, "member.add", "only platform administrators add members "
+                              "directly; owners invite them", org["id"], "org", org["id"])
         if role not in ROLES:
             raise Invalid(f"role must be one of {', '.join(ROLES)}", field="role")
         user = self.user_by_email(str(email))
@@ -508,11 +643,123 @@ class AccountService:
         change = Change("member.add", org=org["id"], target_kind="user", target_id=user["id"],
                         details={"email": user["email"], "role": role})
         self._put_member(change, org["id"], user["id"], role)
+        change.expect(f"member/{org['id']}/{user['id']}", None)
+        if self.store.get(f"invite/{org['id']}/{user['id']}") is not None:  # now moot
+            change.delete(f"invite/{org['id']}/{user['id']}").delete(f"userinvite/{user['id']}/{org['id']}")
         change.event("created", "member", user["id"], {"email": user["email"], "role": role})
         self.writer.commit(actor, change)
         m = self.membership(org["id"], user["id"])
         assert m is not None
         return self._member_view(user, m)
+
+    # ---- invitations -------------------------------------------------------------------
+    def invite_member(self, p: Principal, actor: Actor, org_ref: str, email: str, role: str) -> dict[str, Any]:
+        """An owner invites a user by e-mail. The answer is the same whether an account has
+        that e-mail or not; for an account a pending invitation is stored, which grants nothing
+        until its user accepts it; for none, nothing is stored. Audited either way, naming the
+        e-mail only when it is a user's. (The owner's list of pending invitations, and the
+        org's own log, still show which invitations went to an account.)"""
+        org, my_role = self._org_for(p, org_ref)
+        if my_role != "owner" and not p.is_admin:
+            raise self.refuse(actor, "member.add", "only owners can add members", org["id"], "org", org["id"])
+        if role not in ROLES:
+            raise Invalid(f"role must be one of {', '.join(ROLES)}", field="role")
+        email_l = str(email).strip().lower()
+        if not EMAIL_RE.match(email_l):
+            raise Invalid("not a valid e-mail address", field="email")
+        answer = {"email": email_l, "role": role, "status": "invited"}
+        change = Change("invitation.create", org=org["id"], target_kind="user", details={"role": role})
+        user = self.user_by_email(email_l)
+        if user is not None:
+            if self.membership(org["id"], user["id"]) is not None:
+                raise Conflict("already a member", {"field": "email"})  # owners see members
+            now = time.time()
+            inv = {"org": org["id"], "user": user["id"], "role": role, "invited_by": p.user_id,
+                   "invited_by_email": p.user["email"], "invited": iso(now), "_invited_at": now}
+            change.target_id = user["id"]
+            change.details["email"] = user["email"]
+            change.put(f"invite/{org['id']}/{user['id']}", dump(INVITE, inv))
+            change.put(f"userinvite/{user['id']}/{org['id']}", role.encode())
+            change.event("created", "invitation", user["id"], {"email": user["email"], "role": role})
+        self.writer.commit(actor, change)
+        return answer
+
+    def invitations_for(self, user_id: str) -> list[dict[str, Any]]:
+        """The invitations waiting for a user's answer."""
+        out = []
+        for k, _ in self.store.scan(f"userinvite/{user_id}/", keys_only=True):
+            oid = k.rsplit("/", 1)[1]
+            inv, org = self._doc(INVITE, f"invite/{oid}/{user_id}"), self.get_org(oid)
+            if inv and org:
+                out.append({"org": {"id": org["id"], "name": org["name"]}, "role": inv["role"],
+                            "invited_by": inv.get("invited_by_email", ""), "invited": inv["invited"]})
+        return out
+
+    def _my_invitation(self, p: Principal, org_ref: str) -> tuple[dict[str, Any], bytes]:
+        org = self._org_by_ref(org_ref)
+        raw = self.store.get(f"invite/{org['id']}/{p.user_id}") if org else None
+        if org is None or raw is None:
+            raise NotFound("no such invitation")
+        return org, raw
+
+    def accept_invitation(self, p: Principal, actor: Actor, org_ref: str) -> dict[str, Any]:
+        """The caller accepts their invitation to ``org_ref``: now a member, in the role the
+        invitation names. Their active organisation stays what it was."""
+        org, raw = self._my_invitation(p, org_ref)
+        inv = load(INVITE, raw)
+        key = f"invite/{org['id']}/{p.user_id}"
+        change = Change("invitation.accept", org=org["id"], target_kind="user", target_id=p.user_id,
+                        details={"email": p.user["email"], "role": inv["role"],
+                                 "invited_by": inv.get("invited_by_email", "")})
+        change.delete(key).delete(f"userinvite/{p.user_id}/{org['id']}").expect(key, raw)
+        role = self._role(org["id"], p.user_id)
+        if not role:
+            role = inv["role"]
+            self._put_member(change, org["id"], p.user_id, role)
+            change.expect(f"member/{org['id']}/{p.user_id}", None)
+            change.event("created", "member", p.user_id, {"email": p.user["email"], "role": role})
+        self.writer.commit(actor, change)
+        return self._org_view(org, role)
+
+    def decline_invitation(self, p: Principal, actor: Actor, org_ref: str) -> None:
+        org, raw = self._my_invitation(p, org_ref)
+        key = f"invite/{org['id']}/{p.user_id}"
+        change = Change("invitation.decline", org=org["id"], target_kind="user", target_id=p.user_id,
+                        details={"email": p.user["email"], "role": load(INVITE, raw)["role"]})
+        change.delete(key).delete(f"userinvite/{p.user_id}/{org['id']}").expect(key, raw)
+        change.event("deleted", "invitation", p.user_id, {"email": p.user["email"]})
+        self.writer.commit(actor, change)
+
+    def list_invitations(self, p: Principal, org_ref: str) -> list[dict[str, Any]]:
+        """The organisation's pending invitations (owners and platform admins)."""
+        org, role = self._org_for(p, org_ref)
+        if role != "owner" and not p.is_admin:
+            raise Forbidden("only owners see the organisation's invitations")
+        out = []
+        for _, raw in self.store.scan(f"invite/{org['id']}/"):
+            inv = load(INVITE, raw)
+            u = self.get_user(inv["user"])
+            if u:
+                out.append({"id": u["id"], "email": u["email"], "role": inv["role"],
+                            "invited_by": inv.get("invited_by_email", ""), "invited": inv["invited"]})
+        return out
+
+    def cancel_invitation(self, p: Principal, actor: Actor, org_ref: str, member: str) -> None:
+        """An owner withdraws a pending invitation (``member``: the user's id or e-mail)."""
+        org, role = self._org_for(p, org_ref)
+        if role != "owner" and not p.is_admin:
+            raise self.refuse(actor, "invitation.cancel", "only owners can cancel invitations",
+                              org["id"], "org", org["id"])
+        user = self.get_user(member) or self.user_by_email(member)
+        key = f"invite/{org['id']}/{user['id']}" if user else ""
+        raw = self.store.get(key) if user else None
+        if user is None or raw is None:
+            raise NotFound("no such invitation")
+        change = Change("invitation.cancel", org=org["id"], target_kind="user", target_id=user["id"],
+                        details={"email": user["email"]})
+        change.delete(key).delete(f"userinvite/{user['id']}/{org['id']}").expect(key, raw)
+        change.event("deleted", "invitation", user["id"], {"email": user["email"]})
+        self.writer.commit(actor, change)
 
     def remove_member(self, p: Principal, actor: Actor, org_ref: str, member: str) -> None:
         org, my_role = self._org_for(p, org_ref)
@@ -532,6 +779,33 @@ class AccountService:
         change.delete(f"member/{org['id']}/{user['id']}").delete(f"usermember/{user['id']}/{org['id']}")
         change.event("deleted", "member", user["id"], {"email": user["email"]})
         self.writer.commit(actor, change)
+
+
+    # ---- bookkeeping -------------------------------------------------------------------
+    def sweep_expired(self, batch_size: int = 500, now: float | None = None) -> int:
+        """Delete expired sessions and their ``usersession/`` index, ``batch_size`` sessions
+        per store write; returns how many. Bookkeeping, not audited (an expired session is
+        already refused). Meant for a periodic task (hourly)."""
+        now = time.time() if now is None else now
+        n = 0
+        batch = Batch()
+        for key, raw in self.store.scan("session/"):
+            try:
+                sess = load(SESSION, raw)
+                expired = float(sess["_expires_at"]) < now
+            except (ValueError, KeyError, TypeError):
+                continue  # not ours to judge
+            if not expired:
+                continue
+            batch.delete(key)
+            batch.delete(f"usersession/{sess['user']}/{sess['id']}")
+            n += 1
+            if n % batch_size == 0:
+                self.store.write(batch)
+                batch = Batch()
+        if batch:
+            self.store.write(batch)
+        return n
 
 
 def constant_time_eq(a: str, b: str) -> bool:

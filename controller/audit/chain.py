@@ -1,6 +1,9 @@
 """Hash-chained audit entries. Entry N stores ``prev`` (entry N-1's hash) and ``hash`` =
 SHA-256 over ``prev`` and the canonical JSON of the entry's other fields, so changing,
-removing or reordering any entry breaks the chain from there on (:func:`verify`)."""
+removing or reordering any entry breaks the chain from there on (:func:`verify`).
+
+Entries carry their schema version ``v`` (entries written before it existed have none; they
+verify all the same: the hash covers whatever fields an entry has)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import Any
 from controller.store.base import Batch, Store
 
 GENESIS = "0" * 64
+VERSION = 1  # the schema version of the entries written now
 HEAD_KEY = "meta/audit/head"
 
 
@@ -53,7 +57,7 @@ class Chain:
 
     def append(self, batch: Batch, entry: dict[str, Any]) -> tuple[dict[str, Any], Head]:
         seq = self.head.seq + 1
-        entry = dict(entry, id=f"{seq:016d}", seq=seq, prev=self.head.hash)
+        entry = dict(entry, v=VERSION, id=f"{seq:016d}", seq=seq, prev=self.head.hash)
         entry["hash"] = compute_hash(self.head.hash, entry)
         new_head = Head(seq, entry["hash"])
         batch.put(entry_key(seq), json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode())

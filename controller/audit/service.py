@@ -37,15 +37,21 @@ class AuditService:
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Entries of the caller's organisation (all, for a platform admin with ``allorgs``),
         newest first unless ``after`` asks for the entries following a sequence number (oldest
-        first: what ``logs --follow`` reads)."""
+        first: what ``logs --follow`` reads).
+
+        A caller without an organisation has no log: the entries of no organisation (failed
+        logins, refused credentials of anyone) are the platform's, for platform admins asking
+        with ``allorgs`` only."""
         t0 = _time(since, "since")
         t1 = _time(until, "until")
+        if not (allorgs and p.is_admin) and not p.org_id:
+            return apply(iter(()), query, text_fields=("action", "id"))
         if allorgs and p.is_admin:
             keys_iter = (k for k, _ in self.store.scan("audit/", reverse=after is None,
                                                        start=entry_key(after + 1) if after is not None else None,
                                                        keys_only=True))
         else:
-            prefix = f"auditorg/{p.org_id or '_'}/"
+            prefix = f"auditorg/{p.org_id}/"
             start = f"{prefix}{after + 1:016d}" if after is not None else None
             keys_iter = ("audit/" + k.rsplit("/", 1)[1]
                          for k, _ in self.store.scan(prefix, reverse=after is None, start=start,

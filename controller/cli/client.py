@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import ssl
@@ -88,7 +89,11 @@ def fetch_ca(url: str, fingerprint: str) -> Path:
             pem = r.read()
     except (urllib.error.URLError, OSError) as exc:
         raise CliError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}", UNREACHABLE) from None
-    der = ssl.PEM_cert_to_DER_cert(pem.decode())
+    try:
+        der = ssl.PEM_cert_to_DER_cert(pem.decode("ascii"))
+    except ValueError:  # UnicodeDecodeError too: not a PEM certificate at all
+        raise CliError(f"{url.rstrip('/')}/ca.pem did not answer with a PEM certificate: is "
+                       "this an Overcast controller?", UNREACHABLE) from None
     got = hashlib.sha256(der).hexdigest()
     if got != want:
         raise CliError(f"the controller's CA fingerprint is sha256:{got}, not the one given: "
@@ -105,7 +110,11 @@ class Client:
         self.token = token
         self.cookies: dict[str, str] = {}
         self.csrf = ""
-        self._ctx = ssl.create_default_context(cafile=ca_file or None) if self.url.startswith("https") else None
+        try:
+            self._ctx = ssl.create_default_context(cafile=ca_file or None) if self.url.startswith("https") else None
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise CliError(f"cannot use the CA file {ca_file}: {getattr(exc, 'strerror', None) or exc}; "
+                           "log in again with --ca-fingerprint", FAILED) from None
 
     def request(self, method: str, path: str, body: Any = None,
                 params: dict[str, Any] | None = None) -> Any:
@@ -133,7 +142,6 @@ class Client:
                     c.load(header)
                     for k, morsel in c.items():
                         self.cookies[k] = morsel.value
-                return json.loads(raw) if raw else None
         except urllib.error.HTTPError as exc:
             raise _http_error(exc) from None
         except ssl.SSLCertVerificationError as exc:
@@ -145,6 +153,21 @@ class Client:
                 raise CliError(f"TLS: cannot verify {self.url} ({reason.verify_message}); log in "
                                "with --ca-fingerprint (printed by the controller at start)", AUTH) from None
             raise CliError(f"cannot reach the controller at {self.url}: {reason}", UNREACHABLE) from None
+        except http.client.InvalidURL as exc:
+            raise CliError(f"the controller URL {self.url} is not valid: {exc}", FAILED) from None
+        except http.client.HTTPException as exc:  # something that does not speak HTTP
+            raise CliError(f"{self.url} did not answer like an Overcast controller "
+                           f"({exc.__class__.__name__}); check the URL", UNREACHABLE) from None
+        if not raw:
+            return None
+        try:
+            answer = json.loads(raw)
+        except ValueError:  # a proxy's error page, another service on that port, ...
+            answer = None
+        if not isinstance(answer, dict):
+            raise CliError(f"{self.url} did not answer like an Overcast controller (not a JSON "
+                           f"object, for {method} {path}); check the URL", UNREACHABLE)
+        return answer
 
 
 def _http_error(exc: urllib.error.HTTPError) -> CliError:

@@ -13,8 +13,9 @@ import socket
 import sys
 import time
 from typing import Any
+from urllib.parse import quote
 
-from controller.cli import output
+from controller.cli import agents, output
 from controller.cli.client import (
     AUTH,
     FAILED,
@@ -59,14 +60,28 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     log_mod.setup(settings.log_level, settings.log_json)
+    ready = asyncio.Event()
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, ready))
     except OvercastError as exc:  # a start-up problem: the settings or the machine, never a crash
         field = exc.details.get("field")
-        print(f"overcast: cannot start: {exc.message}{f' (setting: {field})' if field else ''}",
-              file=sys.stderr)
+        if field and f"setting: {field}" not in exc.message:
+            print(f"overcast: cannot start: {exc.message} (setting: {field})", file=sys.stderr)
+        else:
+            print(f"overcast: cannot start: {exc.message}", file=sys.stderr)
+        return FAILED
+    except (OSError, ValueError) as exc:  # anything the checks above missed: still no traceback
+        what = "stopped" if ready.is_set() else "cannot start"
+        print(f"overcast: {what}: {_os_message(exc)}", file=sys.stderr)
         return FAILED
     return OK
+
+
+def _os_message(exc: BaseException) -> str:
+    """``strerror: filename`` for an OSError, the text of anything else."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc) or exc.__class__.__name__
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -90,6 +105,8 @@ def _offline_services(settings: Any, mode: str = "rw") -> Any:
     from controller.store import open_store
 
     d = Path(settings.data_dir)
+    if d.exists() and not d.is_dir():
+        raise CliError(f"the data directory {d} is not a directory", FAILED)
     if mode == "rw":
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
     elif not (d / "store").exists():
@@ -97,23 +114,54 @@ def _offline_services(settings: Any, mode: str = "rw") -> Any:
     return build_services(settings, open_store(d / "store", mode), migrate=mode == "rw")
 
 
-def cmd_adduser(args: argparse.Namespace) -> int:
+def _wait_for_controller(settings: Any, method: str, path: str, body: dict[str, Any],
+                         wait: float) -> dict[str, Any]:
+    """The store is locked: a controller holds it but has not bound its admin socket yet
+    (it is starting). Retry through the socket for up to ``wait`` seconds."""
+    from controller.admin import call
+
+    warn(f"the store in {settings.data_dir} is in use: waiting for the running controller...")
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        result = call(settings, method, path, body)
+        if result is not None:
+            return result
+    raise CliError(f"the store in {settings.data_dir} is held by another process (a controller "
+                   f"starting or stuck?), and no controller answered on {settings.admin_socket} "
+                   f"within {wait:g} s; try again, or stop that process", FAILED)
+
+
+def _adduser_offline(settings: Any, args: argparse.Namespace, password: str) -> dict[str, Any] | None:
+    """Create the user on the store itself; None when a controller holds it (it is starting)."""
     import asyncio
 
-    from controller.admin import admin_actor, call
+    from controller.admin import admin_actor
+    from controller.store import StoreLocked
+
+    try:
+        services = _offline_services(settings)
+    except StoreLocked:
+        return None
+    try:
+        user, org = asyncio.run(services.accounts.create_user(
+            admin_actor(), args.email, password, is_admin=args.admin, org_name=args.org))
+    finally:
+        services.store.close()
+    return {"user": user, "org": {"id": org["id"], "name": org["name"]}}
+
+
+def cmd_adduser(args: argparse.Namespace) -> int:
+    from controller.admin import call
 
     settings = _settings(args)
     password = _read_password(args)
     body = {"email": args.email, "password": password, "admin": args.admin, "org": args.org}
-    result = call(settings.admin_socket, "POST", "/admin/users", body)
+    result = call(settings, "POST", "/admin/users", body)
     if result is None:  # no controller running: open the store ourselves
-        services = _offline_services(settings)
-        try:
-            user, org = asyncio.run(services.accounts.create_user(
-                admin_actor(), args.email, password, is_admin=args.admin, org_name=args.org))
-        finally:
-            services.store.close()
-        result = {"user": user, "org": {"id": org["id"], "name": org["name"]}}
+        result = _adduser_offline(settings, args, password)
+    if result is None:  # a controller holds the store but is still starting: it answers soon
+        result = _wait_for_controller(settings, "POST", "/admin/users", body, args.wait)
     if args.json:
         output.emit_json(result)
     else:
@@ -127,7 +175,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from controller.admin import call
 
     settings = _settings(args)
-    result = call(settings.admin_socket, "GET", "/admin/audit/verify")
+    result = call(settings, "GET", "/admin/audit/verify")
     if result is None:
         services = _offline_services(settings, "ro")
         try:
@@ -192,7 +240,7 @@ def cmd_logout(args: argparse.Namespace) -> int:
     client, login = _client()
     if login.token_id:
         try:
-            client.request("DELETE", f"/api/v2/auth/tokens/{login.token_id}")
+            client.request("DELETE", f"/api/v2/auth/tokens/{quote(login.token_id, safe='')}")
         except CliError as exc:
             warn(f"could not revoke the token: {exc.message}")
     (config_dir() / "cli.json").unlink(missing_ok=True)
@@ -220,7 +268,7 @@ def _list_params(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_machines(args: argparse.Namespace) -> int:
     client, _ = _client()
     if args.id:
-        m = client.request("GET", f"/api/v2/machines/{args.id}")["data"]
+        m = client.request("GET", f"/api/v2/machines/{quote(args.id, safe='')}")["data"]
         if args.json:
             output.emit_json(m)
         else:
@@ -258,23 +306,26 @@ def cmd_logs(args: argparse.Namespace) -> int:
     client, _ = _client()
     params = {"search": args.search, "limit": args.limit, "action": args.action,
               "user": args.user, "since": args.since, "until": args.until, "outcome": args.outcome}
+    head = 0
+    if args.follow:  # where the log ends now, whatever the filters: following starts there
+        newest = client.request("GET", "/api/v2/logs", params={"limit": 1})["data"]
+        head = int(newest[0]["seq"]) if newest else 0
     resp = client.request("GET", "/api/v2/logs", params=params)
     entries = list(reversed(resp["data"]))  # oldest first, like a log
     _print_logs(entries, args.json, header=True)
     if not args.follow:
         return OK
-    last = max((e["seq"] for e in entries), default=None)
-    if last is None:
-        last = int(client.request("GET", "/api/v2/logs", params={"limit": 1}).get("data", [{}])[0].get("seq", 0) or 0) if resp["data"] else 0
+    # from the newest entry shown or the head, whichever is later: never older history (a
+    # --since in the future shows nothing at first, and must not show everything after)
+    last = max([head, *(int(e["seq"]) for e in entries)])
+    follow = {k: v for k, v in params.items() if k != "since"}
     try:
         while True:
             time.sleep(args.interval)
-            params2 = dict(params, after=last, limit=1000)
-            params2.pop("since", None)
-            new = client.request("GET", "/api/v2/logs", params=params2)["data"]
+            new = client.request("GET", "/api/v2/logs", params=dict(follow, after=last, limit=1000))["data"]
             if new:
                 _print_logs(new, args.json, header=False)
-                last = max(e["seq"] for e in new)
+                last = max(int(e["seq"]) for e in new)
     except KeyboardInterrupt:
         return OK
 
@@ -322,7 +373,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 def cmd_token_revoke(args: argparse.Namespace) -> int:
     client, _ = _client()
     for tid in args.ids:
-        tok = client.request("DELETE", f"/api/v2/auth/tokens/{tid}")
+        tok = client.request("DELETE", f"/api/v2/auth/tokens/{quote(tid, safe='')}")
         if args.json:
             output.emit_json(tok)
         else:
@@ -369,6 +420,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--org", help="organisation to join (created, with the user as owner, if new)")
     p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     p.add_argument("--json", action="store_true", help="print the new user as JSON")
+    # how long to wait for a controller that holds the store but is still starting
+    p.add_argument("--wait", type=float, default=15.0, help=argparse.SUPPRESS)
     _admin_opts(p)
     p.set_defaults(func=cmd_adduser)
 
@@ -432,6 +485,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_token_revoke)
 
+    agents.register(sub, tsub, duration)
     return ap
 
 
@@ -471,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except (OSError, ValueError) as exc:  # a file, a directory or a value on this machine
+        print(f"overcast: {_os_message(exc)}", file=sys.stderr)
+        return FAILED
     except Exception as exc:  # controller-side errors raised in admin commands
         from controller.errors import OvercastError
 

@@ -25,7 +25,9 @@ class Subscription:
         self.closed = False
 
     def wants(self, event: Event) -> bool:
-        if self.org is not None and event.org != self.org:
+        # an event of no organisation (a failed login, a refused token) is the platform's:
+        # only for org=None (platform admins' allorgs) subscriptions, never for org ""
+        if self.org is not None and (not event.org or event.org != self.org):
             return False
         return not self.kinds or event.kind in self.kinds
 

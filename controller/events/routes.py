@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from controller import keys
 from controller.errors import Forbidden, Unauthenticated
-from controller.http.api import SESSION_COOKIE, Ctx, RouteTable, bearer
+from controller.http.api import SESSION_COOKIE, Ctx, RouteTable, bearer, same_origin
 
 routes = RouteTable("events")
 
@@ -24,10 +23,8 @@ def _check_origin(ctx: Ctx) -> None:
     origin = ctx.request.headers.get("Origin")
     if origin is None:
         return  # not a browser
-    ours = urlsplit(ctx.services.settings.public_url)
-    theirs = urlsplit(origin)
-    if (theirs.scheme, theirs.netloc) != (ours.scheme, ours.netloc):
-        raise Forbidden(f"WebSocket from origin {origin} refused")
+    if not same_origin(origin, ctx.services.settings.public_url):
+        raise Forbidden(f"WebSocket from origin {origin[:200]} refused")
 
 
 def _credential_check(ctx: Ctx) -> Callable[[], bool]:
@@ -57,6 +54,10 @@ async def watch_events(ctx: Ctx) -> Any:
     p = ctx.principal
     kinds = [k for k in ctx.param("kinds").split(",") if k]
     allorgs = ctx.flag("allorgs") and p.is_admin
+    if not allorgs and not p.org_id:
+        # the events of no organisation (failed logins, refused tokens) are the platform's
+        raise Forbidden("you belong to no organisation: there are no events to watch "
+                        "(join or create one, then sign in again)")
     ws = web.WebSocketResponse(heartbeat=25, max_msg_size=64 * 1024)
     await ws.prepare(ctx.request)
     ctx.request.app[keys.WEBSOCKETS].add(ws)

@@ -19,16 +19,24 @@ _SECRET_WORDS = ("password", "secret", "token", "private", "key", "credential", 
 
 
 def scrub(details: dict[str, Any]) -> dict[str, Any]:
+    """``details`` with the value of every secret-sounding key masked, at any depth (in
+    nested objects and in lists)."""
     out: dict[str, Any] = {}
     for k, v in details.items():
-        lk = k.lower()
+        lk = str(k).lower()
         if any(w in lk for w in _SECRET_WORDS) and lk not in ("token_id", "key_id", "token_name"):
             out[k] = "***"
-        elif isinstance(v, dict):
-            out[k] = scrub(v)
         else:
-            out[k] = v
+            out[k] = _scrub_value(v)
     return out
+
+
+def _scrub_value(v: Any) -> Any:
+    if isinstance(v, dict):
+        return scrub(v)
+    if isinstance(v, list | tuple):
+        return [_scrub_value(x) for x in v]
+    return v
 
 
 @dataclass

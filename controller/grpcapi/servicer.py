@@ -3,6 +3,7 @@ objects stop here."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote
@@ -12,9 +13,10 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controller.accounts.model import Principal
-from controller.errors import Unauthenticated
+from controller.errors import Forbidden, Unauthenticated
 from controller.grpcapi.errors import mapped, mapped_stream
 from controller.listing import parse_query
+from controller.monitor.query import evaluate
 from controller.services import Services
 from controller.timeutil import parse_iso
 from overcast.api.v1 import management_pb2 as pb
@@ -104,10 +106,28 @@ class ManagementServicer(pb_grpc.ManagementServicer):
         p = self._auth(context)
         return machine_pb(self.services.machines.get(p, request.id))
 
+    @mapped
+    async def GetDatapoints(self, request: pb.GetDatapointsRequest,
+                            context: grpc.aio.ServicerContext) -> pb.GetDatapointsResponse:
+        p = self._auth(context)
+        r = await asyncio.to_thread(evaluate, self.services.tsdb, p.org_id, request.query,
+                                    start=request.start, end=request.end, step=request.step,
+                                    at=request.time)
+        data = r["data"]
+        out = pb.GetDatapointsResponse(result_type=data["resultType"])
+        for item in data["result"]:
+            points = [item["value"]] if "value" in item else item["values"]
+            out.series.append(pb.TimeSeries(
+                labels=item["metric"],
+                points=[pb.Point(time=float(t), value=float(v)) for t, v in points]))
+        return out
+
     @mapped_stream
     async def WatchEvents(self, request: pb.WatchEventsRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Event]:
         p = self._auth(context)
+        if not p.org_id:  # the events of no organisation are the platform's, not anyone's
+            raise Forbidden("you belong to no organisation: there are no events to watch")
         header = _authorization(context)
         token = header[7:].strip() if header[:7].lower() == "bearer " else header.strip()
         sub = self.services.bus.subscribe(p.org_id, list(request.kinds))

@@ -12,6 +12,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -19,6 +20,7 @@ from controller import keys
 from controller.accounts.model import Principal
 from controller.errors import BadRequest, Forbidden, TooLarge, Unauthenticated
 from controller.events.model import Actor
+from controller.http.errors import UnsupportedMedia
 from controller.http.schema import Schema, validate
 from controller.listing import Query, parse_query
 from controller.services import Services
@@ -27,6 +29,8 @@ SESSION_COOKIE = "session.id"  # Mist's name for it
 CSRF_COOKIE = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+JSON_TYPE = "application/json"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 LIST_PARAMS = ("search", "sort", "start", "limit", "only", "deref")
 
@@ -102,6 +106,7 @@ class Route:
     params: tuple[str, ...] = ()
     list_response: bool = False
     websocket: bool = False
+    same_origin: bool = False  # a browser's Origin, when sent, must be the external URL's
 
 
 class RouteTable:
@@ -113,10 +118,11 @@ class RouteTable:
 
     def route(self, method: str, path: str, *, op: str, summary: str, auth: bool = True,
               body: Schema | None = None, params: tuple[str, ...] = (),
-              list_response: bool = False, websocket: bool = False) -> Callable[[Handler], Handler]:
+              list_response: bool = False, websocket: bool = False,
+              same_origin: bool = False) -> Callable[[Handler], Handler]:
         def deco(fn: Handler) -> Handler:
             self.routes.append(Route(method, path, fn, op, summary, self.tag, auth, body,
-                                     params, list_response, websocket))
+                                     params, list_response, websocket, same_origin))
             return fn
         return deco
 
@@ -172,6 +178,33 @@ def authenticate(request: web.Request, services: Services, *, via: str = "rest")
     return p
 
 
+def same_origin(origin: str, url: str) -> bool:
+    """Whether the browser origin ``origin`` (scheme://host[:port]) is the one of ``url``:
+    same scheme, host and port (a default port written or not)."""
+    o, u = urlsplit(origin.strip()), urlsplit(url)
+    try:
+        o_port, u_port = o.port, u.port
+    except ValueError:
+        return False
+    if not o.scheme or not o.hostname or o.path not in ("", "/") or o.query or o.fragment:
+        return False  # "null" (sandboxed pages, file: URLs) and anything else that is no origin
+    scheme = o.scheme.lower()
+    return (scheme, o.hostname.lower(), o_port or _DEFAULT_PORTS.get(scheme)) == (
+        u.scheme.lower(), (u.hostname or "").lower(), u_port or _DEFAULT_PORTS.get(u.scheme.lower()))
+
+
+def check_origin(request: web.Request) -> None:
+    """A request a browser sends with an ``Origin`` must come from our own pages (the external
+    URL's scheme, host and port): another site's page cannot, say, sign a visitor in as
+    someone else (login CSRF). Clients that are no browsers send no Origin."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    if not same_origin(origin, request.app[keys.SETTINGS].public_url):
+        raise Forbidden(f"requests from origin {origin[:200]} are refused: use this "
+                        "controller's own address")
+
+
 def _csrf_change(request: web.Request) -> Any:
     from controller.events.writer import Change
 
@@ -184,6 +217,12 @@ async def read_json(request: web.Request, schema: Schema | None) -> Any:
     if request.content_length is not None and request.content_length > max_size:
         raise TooLarge(f"the body is larger than {max_size} bytes", {"limit": max_size})
     raw = await request.read()  # aiohttp enforces client_max_size while reading
+    if raw.strip() and request.content_type != JSON_TYPE:
+        # a page elsewhere can make a browser send text/plain or a form without asking (no
+        # CORS preflight); application/json it cannot
+        raise UnsupportedMedia(f"the body must be JSON, sent as Content-Type: {JSON_TYPE} "
+                               f"(not {request.content_type})",
+                               {"content_type": request.content_type[:100]})
     if schema is None:
         if raw.strip():
             raise BadRequest("this endpoint takes no body")
@@ -204,6 +243,8 @@ async def read_json(request: web.Request, schema: Schema | None) -> Any:
 def wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         services = request.app[keys.SERVICES]
+        if route.same_origin:
+            check_origin(request)
         principal = authenticate(request, services) if route.auth else None
         if principal is None and not route.auth:
             principal = _optional_principal(request, services)

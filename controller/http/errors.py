@@ -15,6 +15,13 @@ from controller.errors import OvercastError, RateLimited
 
 log = logging.getLogger(__name__)
 
+
+class UnsupportedMedia(OvercastError):
+    """The request body is not JSON (``Content-Type: application/json``)."""
+
+    status = 415
+    code = "unsupported_media"
+
 _HTTP_CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media",
                422: "invalid", 429: "rate_limited"}

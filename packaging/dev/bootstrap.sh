@@ -8,26 +8,40 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="$root/.venv"
 py="${PYTHON:-python3}"
 
-need_apt=""
+need_apt=""   # needed: without them nothing runs
+nice_apt=""   # optional: used when there, else a fallback (wrk: bench's Python load generator)
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 want() { have_pkg "$1" || need_apt="$need_apt $1"; }
+like() { have_pkg "$1" || command -v "$1" >/dev/null 2>&1 || nice_apt="$nice_apt $1"; }
 
 if command -v dpkg-query >/dev/null 2>&1; then
     # a venv needs ensurepip, which Debian ships apart, unless this Python brings its own
     "$py" -c "import ensurepip" 2>/dev/null || want python3-venv
     case "$what" in
-        bench) want wrk ;;
+        bench) like wrk ;;
     esac
-    if [ -n "$need_apt" ]; then
-        if [ "$(id -u)" != 0 ]; then
+    if [ -n "$need_apt$nice_apt" ] && [ "$(id -u)" != 0 ]; then
+        if [ -n "$need_apt" ]; then
             echo "bootstrap: please install:$need_apt (as root: apt-get install$need_apt)" >&2
             exit 1
         fi
-        echo "bootstrap: installing Debian packages:$need_apt"
+        echo "bootstrap: optional:$nice_apt not installed (as root: apt-get install$nice_apt);" \
+             "going on without it (the API benchmark uses its Python load generator)" >&2
+        nice_apt=""
+    fi
+    if [ -n "$need_apt$nice_apt" ]; then
+        echo "bootstrap: installing Debian packages:$need_apt$nice_apt"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        # shellcheck disable=SC2086
-        apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 $need_apt >/dev/null
+        apt-get update -qq || [ -z "$need_apt" ] || exit 1
+        if [ -n "$need_apt" ]; then
+            # shellcheck disable=SC2086
+            apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 $need_apt >/dev/null
+        fi
+        if [ -n "$nice_apt" ]; then
+            # shellcheck disable=SC2086
+            apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 $nice_apt >/dev/null ||
+                echo "bootstrap: could not install$nice_apt; going on without it" >&2
+        fi
     fi
 fi
 

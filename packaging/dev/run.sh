@@ -1,8 +1,10 @@
 #!/bin/sh
 # `make run`: a controller on embedded defaults under .run/, with an admin account.
+# The admin password is kept in .run/admin-password only once `overcast adduser` took it, so
+# the password printed is always one that works (or none, said plainly).
 set -eu
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-run="$root/.run"
+run="${OVERCAST_RUN_DIR:-$root/.run}"
 mkdir -p "$run"
 chmod 700 "$run"
 export OVERCAST_DATA_DIR="${OVERCAST_DATA_DIR:-$run/data}"
@@ -13,17 +15,38 @@ export OVERCAST_GRPC="${OVERCAST_GRPC:-127.0.0.1:7443}"
 overcast="$root/.venv/bin/overcast"
 email="${OVERCAST_ADMIN_EMAIL:-admin@example.com}"
 pwfile="$run/admin-password"
+password_line="password: $(cat "$pwfile" 2>/dev/null || true)   (kept in $pwfile)"
 if [ ! -f "$pwfile" ]; then
     umask 077
-    "$root/.venv/bin/python" -c "import secrets; print(secrets.token_urlsafe(12))" > "$pwfile"
-    "$overcast" adduser "$email" --admin --org "Default" --password-stdin < "$pwfile"
+    tmp="$pwfile.tmp"
+    "$root/.venv/bin/python" -c "import secrets; print(secrets.token_urlsafe(12))" > "$tmp"
+    if out="$("$overcast" adduser "$email" --admin --org "Default" --password-stdin < "$tmp" 2>&1)"; then
+        [ -z "$out" ] || echo "$out"
+        mv "$tmp" "$pwfile"  # only now: this password works
+        password_line="password: $(cat "$pwfile")   (kept in $pwfile)"
+    else
+        rm -f "$tmp"
+        case "$out" in
+            *"a user with that e-mail exists"*)
+                echo "make run: the admin $email already exists in $OVERCAST_DATA_DIR, but its" >&2
+                echo "  password is not in $pwfile (it was made another way): use the password" >&2
+                echo "  you gave it, or remove $OVERCAST_DATA_DIR to start afresh." >&2
+                password_line="password: (unknown: not in $pwfile; see above)"
+                ;;
+            *)
+                echo "$out" >&2
+                echo "make run: could not create the admin account $email (above); nothing was saved" >&2
+                exit 1
+                ;;
+        esac
+    fi
 fi
 cat <<MSG
 
   Overcast controller
     URL:      http://$OVERCAST_HTTP
     e-mail:   $email
-    password: $(cat "$pwfile")   (kept in $pwfile)
+    $password_line
     CLI:      .venv/bin/overcast login http://$OVERCAST_HTTP --email $email
 
 MSG

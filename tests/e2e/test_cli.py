@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +332,38 @@ def test_logs_follow_prints_new_entries(logged_in: Run, ctl: Controller, xdg: Pa
         proc.stdout.close()
 
 
+def test_logs_follow_since_the_future_prints_no_old_history(logged_in: Run, ctl: Controller,
+                                                            xdg: Path) -> None:
+    """Nothing matches a --since in the future at first; following must start at the current
+    head, not replay the whole log (the since filter cannot apply to new entries)."""
+    h = ctl.session()
+    head = h.get("/api/v2/logs?limit=1").body["data"][0]["seq"]
+    env = ctl.env()
+    env["XDG_CONFIG_HOME"] = str(xdg)
+    args = ["logs", "--follow", "--interval", "0.2", "--json", "--since", "2999-01-01T00:00:00Z",
+            "--action", "token"]
+    proc = subprocess.Popen([*OVERCAST, *args], env=env, cwd=str(ROOT), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        lines = Lines(proc)
+        time.sleep(1)  # a few polls: none may print history
+        r = h.post("/api/v2/auth/tokens", {"name": f"after the head {time.time()}"})
+        assert r.status == 201
+        tid = r.body["id"]
+        got = [json.loads(ln) for ln in lines.until(lambda ln: tid in ln)]
+        # only what came after the head, and only what the other filters allow
+        assert all(e["seq"] > head for e in got), [e["seq"] for e in got]
+        assert {e["action"] for e in got} == {"token.create"}
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
 # ---- tokens -------------------------------------------------------------------------------
 
 def test_token_create_list_revoke(logged_in: Run, ctl: Controller) -> None:
@@ -426,3 +459,94 @@ def test_no_command_is_usage(run: Run) -> None:
     assert "usage: overcast" in r.stdout
     r = run("token")
     assert r.returncode == 2
+
+
+# ---- ids in paths -------------------------------------------------------------------------
+
+def test_ids_are_quoted_in_paths(logged_in: Run, ctl: Controller) -> None:
+    # "m-1?x=1" is not m-1 with a query string, and "../auth" does not leave /machines/
+    for mid in ("m-1?x=1", "../auth", "m-1/", "m-1#frag"):
+        r = logged_in("machines", mid)
+        assert r.returncode == 4, (mid, r.stdout, r.stderr)
+        assert "no such machine" in r.stderr
+    # revoking "ID?x" must not revoke ID
+    token = ctl.token(name=f"quoted {time.time()}")
+    tid = next(t["id"] for t in ctl.http(token).get("/api/v2/auth/tokens").body["data"]
+               if t["name"].startswith("quoted "))
+    r = logged_in("token", "revoke", f"{tid}?x=1")
+    assert r.returncode == 4 and "no such token" in r.stderr, (r.stdout, r.stderr)
+    assert ctl.http(token).get("/api/v2/auth").status == 200
+
+
+# ---- never a traceback --------------------------------------------------------------------
+
+class _NotOvercast(BaseHTTPRequestHandler):
+    """Another web server on the port: 200 and an HTML page for everything."""
+
+    def _page(self) -> None:
+        body = b"<html><body>It works!</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_DELETE = _page
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def not_overcast() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotOvercast)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _one_line_error(r: subprocess.CompletedProcess[str], code: int) -> str:
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.startswith("overcast: "), r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    return r.stderr
+
+
+def test_an_answer_that_is_not_json_is_exit_5(run: Run, not_overcast: str, xdg: Path) -> None:
+    for args in (("whoami",), ("machines",), ("logs",), ("token", "list")):
+        err = _one_line_error(run(*args, env={"OVERCAST_URL": not_overcast, "OVERCAST_TOKEN": "oc_x"}), 5)
+        assert "did not answer like an Overcast controller" in err and not_overcast in err
+    err = _one_line_error(run("login", not_overcast, "--token", "oc_x"), 5)
+    assert "did not answer like an Overcast controller" in err
+    assert not (xdg / "overcast" / "cli.json").exists()
+
+
+def test_a_ca_that_is_not_pem_is_exit_5(run: Run, not_overcast: str, xdg: Path) -> None:
+    r = run("login", not_overcast, "--token", "oc_x", "--ca-fingerprint", "sha256:" + "00" * 32)
+    err = _one_line_error(r, 5)
+    assert f"{not_overcast}/ca.pem did not answer with a PEM certificate" in err
+    assert not (xdg / "overcast" / "cli.json").exists()
+
+
+def test_local_os_and_value_errors_are_one_line(run: Run, ctl: Controller, tmp_path: Path) -> None:
+    # the config directory cannot be made (a file is in the way): OSError
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    token = ctl.token(name=f"os error {time.time()}")
+    err = _one_line_error(run("login", ctl.url, "--token", token,
+                              env={"XDG_CONFIG_HOME": str(blocker)}), 1)
+    assert "Not a directory" in err and str(blocker) in err
+    # a URL urllib cannot parse (ValueError), one with a port that is not a number
+    err = _one_line_error(run("whoami", env={"OVERCAST_URL": "http://[::1", "OVERCAST_TOKEN": token}), 1)
+    assert "Invalid IPv6 URL" in err
+    err = _one_line_error(run("whoami", env={"OVERCAST_URL": "http://127.0.0.1:port",
+                                             "OVERCAST_TOKEN": token}), 1)
+    assert "not valid" in err and "port" in err
+    # a saved login whose CA file has gone
+    cfg = tmp_path / "cfg" / "overcast"
+    cfg.mkdir(parents=True)
+    (cfg / "cli.json").write_text(json.dumps({"url": "https://127.0.0.1:1", "token": token,
+                                              "ca_file": str(tmp_path / "gone.pem")}))
+    err = _one_line_error(run("whoami", env={"XDG_CONFIG_HOME": str(tmp_path / "cfg")}), 1)
+    assert f"cannot use the CA file {tmp_path / 'gone.pem'}" in err

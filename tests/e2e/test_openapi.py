@@ -22,7 +22,8 @@ from tests.support.controller import Controller, Http
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 PUBLIC = {("GET", "/api/v2/health"), ("GET", "/api/v2/openapi.json"), ("GET", "/ca.pem"),
-          ("POST", "/api/v2/auth/sessions"), ("GET", "/api/v2/agents/bootstrap")}
+          ("POST", "/api/v2/auth/sessions"), ("GET", "/api/v2/agents/bootstrap"),
+          ("POST", "/api/v2/agents/enroll")}
 
 
 def served(app: web.Application) -> set[tuple[str, str]]:

@@ -394,6 +394,14 @@ def test_tokens_and_passwords_are_stored_hashed(fresh_controller: Controller) ->
     assert c.stop() == 0
 
     blobs = [p.read_bytes() for p in c.data_dir.rglob("*") if p.is_file()]
+    # the store's files are compressed: search its decoded contents too
+    from controller.store import open_store
+
+    store = open_store(c.data_dir / "store", "ro")
+    try:
+        blobs.append(b"\n".join(k.encode() + b"=" + v for k, v in store.scan("")))
+    finally:
+        store.close()
     assert any(name.encode() in b for b in blobs), "the search does not see the store's data"
     for needle in (secret, secret[7:], cookie, ADMIN_PASSWORD):
         assert not any(needle.encode() in b for b in blobs), f"{needle[:6]}... stored in clear"

@@ -5,7 +5,9 @@ clean SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -15,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import grpc
+import pytest
 
 from overcast.api.v1 import management_pb2 as pb
 from overcast.api.v1 import management_pb2_grpc as pb_grpc
@@ -267,6 +270,103 @@ def test_external_url_answered_by_another_controller_refuses_to_start(
     out = _refused_start(c, {"OVERCAST_EXTERNAL_URL": fresh_controller.url,
                              "OVERCAST_BEHIND_PROXY": "true"})
     assert "another server" in out
+
+
+# ---- start-up problems are one line, never a traceback -------------------------------------
+
+def _cannot_start(c: Controller, extra: dict[str, str]) -> str:
+    r = run_controller(c, extra)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "overcast: cannot start: " in out, out
+    assert "Traceback" not in out and "overcast controller ready" not in out, out
+    return out
+
+
+def test_unusable_data_dir_refuses_to_start(tmp_path: Path) -> None:
+    c = Controller(tmp_path)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    out = _cannot_start(c, {"OVERCAST_DATA_DIR": str(a_file)})
+    assert f"data directory {a_file} is not a directory" in out and "data_dir" in out
+    out = _cannot_start(c, {"OVERCAST_DATA_DIR": str(a_file / "data")})
+    assert f"data directory {a_file / 'data'}" in out and "Not a directory" in out
+    # a store that is not a store
+    c.data_dir.mkdir(mode=0o700)
+    (c.data_dir / "store").write_text("")
+    out = _cannot_start(c, {})
+    assert "store" in out
+
+
+def test_data_dir_without_permission_refuses_to_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Run in this process, so that root (whom permissions do not stop) sees it too."""
+    from controller.cli import main as cli_main
+
+    data = tmp_path / "data"
+    config = tmp_path / "controller.toml"
+    config.write_text("")
+    real_chmod = os.chmod
+
+    def chmod(path: Any, mode: int, *args: Any, **kwargs: Any) -> None:
+        if str(path) == str(data):
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+        real_chmod(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "chmod", chmod)
+    monkeypatch.setattr("controller.log.setup", lambda *a, **k: None)
+    for k in [k for k in os.environ if k.startswith("OVERCAST_")]:
+        monkeypatch.delenv(k)
+    code = cli_main.main(["controller", "--config", str(config), "--data-dir", str(data),
+                          "--http", f"127.0.0.1:{free_port()}", "--grpc", f"127.0.0.1:{free_port()}"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.strip() == (f"overcast: cannot start: data directory {data}: Operation not "
+                           "permitted (setting: data_dir)")
+
+
+def test_malformed_tls_cert_refuses_to_start(tmp_path: Path) -> None:
+    c = Controller(tmp_path)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    key.write_text("not a key\n")
+    for tls in ("on", "auto"):
+        out = _cannot_start(c, {"OVERCAST_TLS": tls, "OVERCAST_TLS_CERT": str(cert),
+                                "OVERCAST_TLS_KEY": str(key)})
+        assert f"tls_cert {cert} and tls_key {key} are not a usable PEM certificate" in out, out
+        assert "(setting: tls_cert)" in out
+    assert not (c.data_dir / "admin.sock").exists()
+    c.start()  # nothing was left locked
+    assert c.stop() == 0
+
+
+# ---- gRPC never carries tokens in clear off loopback --------------------------------------
+
+def test_grpc_off_loopback_serves_tls_even_when_http_is_on_loopback(tmp_path: Path) -> None:
+    c = Controller(tmp_path, {"OVERCAST_GRPC": f"0.0.0.0:{free_port()}"})
+    c.grpc_port = int(c.extra_env["OVERCAST_GRPC"].rsplit(":", 1)[1])
+    c.adduser(ADMIN_EMAIL, ADMIN_PASSWORD, "--admin", "--org", "Acme")
+    c.start()
+    try:
+        assert c.url.startswith("http://")  # HTTP is plain on loopback
+        token = c.token(name="grpc tls")
+        meta = [("authorization", f"Bearer {token}")]
+        with grpc.insecure_channel(c.grpc_addr) as ch, pytest.raises(grpc.RpcError):
+            pb_grpc.ManagementStub(ch).Whoami(pb.WhoamiRequest(), timeout=5, metadata=meta)
+        ca = (c.data_dir / "pki" / "ca.crt").read_bytes()
+        with grpc.secure_channel(c.grpc_addr, grpc.ssl_channel_credentials(ca)) as ch:
+            me = pb_grpc.ManagementStub(ch).Whoami(pb.WhoamiRequest(), timeout=10, metadata=meta)
+        assert me.user.email == ADMIN_EMAIL
+    finally:
+        assert c.stop() == 0
+    assert "(TLS)" in c.log_path.read_text()
+
+
+def test_grpc_off_loopback_with_tls_off_refuses_to_start(tmp_path: Path) -> None:
+    c = Controller(tmp_path)
+    out = _cannot_start(c, {"OVERCAST_TLS": "off", "OVERCAST_GRPC": f"0.0.0.0:{free_port()}"})
+    assert "gRPC would carry tokens in clear: bind it to loopback or turn tls on" in out
+    assert "(setting: grpc)" in out
 
 
 # ---- SIGTERM ------------------------------------------------------------------------------

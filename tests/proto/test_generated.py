@@ -106,7 +106,7 @@ def test_management_modules_import_and_round_trip() -> None:
 
     service = management_pb2.DESCRIPTOR.services_by_name["Management"]
     methods = {m.name: m for m in service.methods}
-    assert set(methods) == {"Whoami", "ListMachines", "GetMachine", "WatchEvents"}
+    assert set(methods) == {"Whoami", "ListMachines", "GetMachine", "GetDatapoints", "WatchEvents"}
     assert methods["WatchEvents"].server_streaming
     assert not methods["GetMachine"].server_streaming
     assert methods["GetMachine"].output_type.name == "Machine"

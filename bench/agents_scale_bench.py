@@ -1,0 +1,312 @@
+"""Agents per controller: thousands of simulated agents on one real controller.
+
+1. a temporary data directory, the admin made offline, the controller started
+   (``python -m controller.cli.main controller`` through tests/support/controller.py);
+2. one join token per simulator process; every simulated agent enrols through the real route
+   (``POST /api/v2/agents/enroll``) with its own EC P-256 key and CSR, and gets its own
+   certificate;
+3. for each level (1,000, 5,000, 10,000 agents by default), the simulators open more streams
+   (each agent its own mutual-TLS gRPC channel and ``AgentService.Connect`` stream: Hello,
+   Welcome, then a ~100-sample MetricBatch every 10 s at a random phase, the real agent's
+   keepalive options), wait a warm-up (every new agent's first batch creates its series), then
+   measure for a window: the controller's RSS (per agent too), its CPU (% of one core), and
+   the lag from sample time to the BatchAck (the batch is stored: group commit, synced);
+4. the simulators and the controller stopped and the directory removed, even on error.
+
+Simulators and controller share the machine (2 cores on the test machine): their CPU is
+reported too. Writes ``bench/results/agents_scale.json``. Traffic goes to 127.0.0.1 only.
+
+    .venv/bin/python bench/agents_scale_bench.py [--levels 1000,5000,10000] [--window 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    CpuMeter,
+    SimPool,
+    make_join_tokens,
+    merge_latencies,
+    proc_figures,
+    progress,
+    raise_nofile,
+    rate,
+    smaps_breakdown,
+    write_result,
+)
+
+from tests.support.controller import ADMIN_EMAIL, ADMIN_PASSWORD, Controller  # noqa: E402
+
+TARGET_AGENTS = 10_000
+TARGET_RSS_MIB = 1024.0
+TARGET_CPU_PCT = 50.0
+
+
+def controller_log_problems(c: Controller) -> dict[str, Any]:
+    try:
+        lines = c.log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    bad = [ln for ln in lines if " ERROR " in ln or "Traceback" in ln or " CRITICAL " in ln]
+    warn = [ln for ln in lines if " WARNING " in ln]
+    return {"error_lines": len(bad), "warning_lines": len(warn), "first_errors": bad[:5],
+            "log_lines": len(lines)}
+
+
+def measure_level(c: Controller, pool: SimPool, level: int, args: argparse.Namespace,
+                  base_rss: float, deadline: float) -> dict[str, Any]:
+    assert c.proc is not None
+    pid = c.proc.pid
+    per = [level // args.workers + (1 if i < level % args.workers else 0)
+           for i in range(args.workers)]
+    out: dict[str, Any] = {"agents": level}
+    progress(f"level {level:,}: connecting (each agent its own mTLS channel and stream)")
+    cpu = CpuMeter(pid)
+    before = proc_figures(pid)
+    t0 = time.perf_counter()
+    timeout = max(30.0, min(args.connect_timeout, deadline - time.monotonic() - 30))
+    replies = pool.ask("connect", [{"n": per[i], "concurrency": args.ramp_concurrency,
+                                    "timeout": timeout} for i in range(args.workers)],
+                       timeout=timeout + 60)
+    ramp_s = time.perf_counter() - t0
+    welcomed = sum(r["up"] for r in replies)
+    out["connect"] = {"seconds": round(ramp_s, 2), "new": sum(r["new"] for r in replies),
+                      "up": welcomed,
+                      "connects_per_s": rate(sum(r["new"] for r in replies), ramp_s),
+                      "failed_attempts": sum(r["failures"] for r in replies),
+                      "errors": sorted({e for r in replies for e in r["errors"]})[:5],
+                      "controller_cpu": cpu.read(), "controller_before": before,
+                      "controller_after": proc_figures(pid)}
+    progress(f"level {level:,}: {welcomed:,} up after {ramp_s:.1f} s "
+             f"({out['connect']['connects_per_s']}/s, controller CPU "
+             f"{out['connect']['controller_cpu']['cpu_pct_of_one_core']} % while connecting)")
+    if c.proc.poll() is not None:
+        out["broke"] = f"the controller exited ({c.proc.returncode}) while agents connected"
+        return out
+    if welcomed < level:
+        out["broke"] = (f"only {welcomed:,} of {level:,} agents were connected after "
+                        f"{ramp_s:.0f} s")
+
+    # warm-up: every new agent sends its first batch (its series are created)
+    warm = min(args.warmup, max(0.0, deadline - time.monotonic() - args.window - 30))
+    progress(f"level {level:,}: warm-up {warm:.0f} s (first batches create the series)")
+    time.sleep(warm)
+    pool.ask("stats", {"reset": True, "record": True})
+    cpu.reset()
+    sims = [CpuMeter(p) for p in pool.pids()]
+    window = max(10.0, min(args.window, deadline - time.monotonic() - 20))
+    progress(f"level {level:,}: measuring for {window:.0f} s")
+    rss_samples: list[float] = []
+    end = time.monotonic() + window
+    while time.monotonic() < end:
+        time.sleep(min(5.0, max(0.0, end - time.monotonic())))
+        f = proc_figures(pid)
+        if not f:
+            break
+        rss_samples.append(f["rss_mib"])
+    ctl_cpu = cpu.read()
+    replies = pool.ask("stats", {"reset": True, "record": False})
+    fig = proc_figures(pid, uss=True)
+    fig["smaps_mib"] = smaps_breakdown(pid)
+    lat = merge_latencies(replies)
+    acked = sum(r["acks"] for r in replies)
+    sent = sum(r["sent"] for r in replies)
+    expected = level / args.interval * ctl_cpu["wall_s"]
+    out.update({
+        "controller": {**fig, "rss_max_mib": max(rss_samples, default=fig.get("rss_mib", 0)),
+                       "rss_every_5s_mib": rss_samples,
+                       "rss_per_agent_kib": round((fig.get("rss_mib", 0) - base_rss) * 1024 / level, 1),
+                       "cpu": ctl_cpu},
+        "ack_latency": lat,
+        "batches": {"sent": sent, "acked": acked, "expected": round(expected),
+                    "acked_per_s": rate(acked, ctl_cpu["wall_s"]),
+                    "samples_stored_per_s": rate(acked * args.samples, ctl_cpu["wall_s"]),
+                    "unacked_at_end": sum(r["unacked_batches"] for r in replies),
+                    "dropped_by_spool": sum(r["dropped"] for r in replies)},
+        "simulators": {"up": sum(r["up"] for r in replies),
+                       "failed_attempts": sum(r["failures"] for r in replies),
+                       "cpu_pct_of_one_core": round(sum(s.read()["cpu_pct_of_one_core"]
+                                                        for s in sims), 1),
+                       "max_rss_mib": [r["maxrss_mib"] for r in replies]},
+    })
+    if lat and acked < 0.9 * expected:
+        out.setdefault("broke", f"the controller kept up with only {acked:,} of ~{expected:,.0f} "
+                                f"batches in the window: the backlog grows")
+    progress(f"level {level:,}: controller RSS {fig.get('rss_mib')} MiB "
+             f"({out['controller']['rss_per_agent_kib']} KiB/agent), CPU "
+             f"{ctl_cpu['cpu_pct_of_one_core']} % of a core; ack lag p50 {lat.get('p50_ms')} ms "
+             f"p99 {lat.get('p99_ms')} ms; {out['batches']['samples_stored_per_s']:,} samples/s; "
+             f"simulators {out['simulators']['cpu_pct_of_one_core']} %")
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.monotonic()
+    deadline = started + args.max_minutes * 60
+    nofile = raise_nofile()
+    levels = sorted({int(x) for x in args.levels.split(",") if x.strip()})
+    top = levels[-1]
+    tmp = Path(tempfile.mkdtemp(prefix="overcast-agents-bench-"))
+    env = dict(kv.split("=", 1) for kv in args.controller_env)
+    if args.quiet_log:
+        env["OVERCAST_LOG_LEVEL"] = "warning"
+    c = Controller(tmp, env)
+    pool: SimPool | None = None
+    out: dict[str, Any] = {"params": {"levels": levels, "workers": args.workers,
+                                      "interval_s": args.interval, "samples": args.samples,
+                                      "window_s": args.window, "warmup_s": args.warmup,
+                                      "ramp_concurrency": args.ramp_concurrency,
+                                      "nofile_limit": list(nofile)},
+                           "levels": {}}
+    try:
+        progress("creating the admin (overcast adduser, offline), starting the controller")
+        c.adduser(ADMIN_EMAIL, ADMIN_PASSWORD, "--admin", "--org", "Acme")
+        c.start(timeout=120)
+        assert c.proc is not None
+        pid = c.proc.pid
+        time.sleep(2)
+        out["controller_idle"] = proc_figures(pid, uss=True)
+        out["params"]["controller_env"] = env
+        per_worker = math.ceil(top / args.workers)
+        tokens = make_join_tokens(c, args.workers, per_worker + 10)
+        progress(f"starting {args.workers} simulator processes")
+        pool = SimPool(args.workers, {"interval": args.interval, "samples": args.samples,
+                                      "in_flight": 32}, tmp)
+        progress(f"enrolling {top:,} agents ({args.workers} at a time: one per simulator, "
+                 "each its own join token; EC P-256 key + CSR each)")
+        cpu = CpuMeter(pid)
+        t0 = time.perf_counter()
+        replies = pool.ask("enroll", [{"n": min(per_worker, top - i * per_worker),
+                                       "url": c.url, "token": tokens[i]}
+                                      for i in range(args.workers)],
+                           timeout=max(60.0, deadline - time.monotonic()))
+        enrol_s = time.perf_counter() - t0
+        enrolled = sum(r["enrolled"] for r in replies)
+        out["enrol"] = {"agents": enrolled, "seconds": round(enrol_s, 2),
+                        "per_s": rate(enrolled, enrol_s),
+                        "keygen_s_per_worker": [r["keygen_s"] for r in replies],
+                        "errors": [e for r in replies for e in r["errors"]][:5],
+                        "controller_cpu": cpu.read()}
+        progress(f"enrolled {enrolled:,} in {enrol_s:.1f} s ({out['enrol']['per_s']}/s)")
+        if enrolled < top:
+            raise RuntimeError(f"only {enrolled} agents enrolled: {out['enrol']['errors']}")
+        time.sleep(1)
+        base = proc_figures(pid, uss=True)
+        out["controller_after_enrol"] = base
+        for level in levels:
+            if time.monotonic() > deadline - 60:
+                out["levels"][str(level)] = {"agents": level,
+                                             "skipped": "the time budget was spent"}
+                progress(f"level {level:,}: skipped (time budget)")
+                continue
+            res = measure_level(c, pool, level, args, base["rss_mib"], deadline)
+            res["controller_log"] = controller_log_problems(c)
+            out["levels"][str(level)] = res
+            if c.proc.poll() is not None:
+                break
+        out["total_s"] = round(time.monotonic() - started, 1)
+        out["targets"] = targets(out)
+        return out
+    except BaseException:
+        if c.log_path.exists():
+            tail = c.log_path.read_text(errors="replace").splitlines()[-30:]
+            print("controller log (last lines):\n" + "\n".join(tail), file=sys.stderr)
+        if pool is not None:
+            for i in range(len(pool.procs)):
+                print(f"simulator {i} log (last lines):\n{pool.tail(i)}", file=sys.stderr)
+        raise
+    finally:
+        if pool is not None:
+            progress("stopping the simulators")
+            pool.close()
+        if c.proc is not None:
+            t0 = time.perf_counter()
+            out["controller_exit_code"] = c.stop(timeout=120)
+            out["controller_stop_s"] = round(time.perf_counter() - t0, 1)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def targets(r: dict[str, Any]) -> dict[str, Any]:
+    lv = r["levels"].get(str(TARGET_AGENTS)) or {}
+    ctl = lv.get("controller") or {}
+    ok = bool(ctl) and "broke" not in lv
+    rss_v = ctl.get("rss_mib")
+    cpu_v = (ctl.get("cpu") or {}).get("cpu_pct_of_one_core")
+    t = {
+        "rss_mib_at_10000_agents": {"target": f"< {TARGET_RSS_MIB:.0f}", "value": rss_v,
+                                    "met": ok and rss_v is not None and rss_v < TARGET_RSS_MIB},
+        "cpu_pct_at_10000_agents": {"target": f"< {TARGET_CPU_PCT:.0f} % of one core",
+                                    "value": cpu_v,
+                                    "met": ok and cpu_v is not None and cpu_v < TARGET_CPU_PCT},
+    }
+    if not lv or "broke" in lv or "skipped" in lv:
+        why = lv.get("broke") or lv.get("skipped") or "level not run"
+        for v in t.values():
+            v["note"] = why
+    return t
+
+
+def summary(r: dict[str, Any]) -> list[str]:
+    lines = [f"enrol {r['enrol']['agents']:,} agents: {r['enrol']['seconds']} s "
+             f"({r['enrol']['per_s']}/s)"]
+    for level, lv in r["levels"].items():
+        if "skipped" in lv:
+            lines.append(f"{int(level):>6,} agents: skipped ({lv['skipped']})")
+            continue
+        ctl = lv.get("controller") or {}
+        lat = lv.get("ack_latency") or {}
+        line = (f"{int(level):>6,} agents: up {lv['connect']['up']:,} "
+                f"(connect {lv['connect']['seconds']} s)")
+        if ctl:
+            line += (f"; controller RSS {ctl['rss_mib']} MiB ({ctl['rss_per_agent_kib']} KiB/agent)"
+                     f", CPU {ctl['cpu']['cpu_pct_of_one_core']} %; lag p50 {lat.get('p50_ms')} ms"
+                     f" p99 {lat.get('p99_ms')} ms; {lv['batches']['samples_stored_per_s']:,.0f}"
+                     f" samples/s")
+        if "broke" in lv:
+            line += f"  BROKE: {lv['broke']}"
+        lines.append(line)
+    return lines
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks: everything stopped
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--levels", default="1000,5000,10000", help="agent counts, comma-separated")
+    ap.add_argument("--workers", type=int, default=4, help="simulator processes")
+    ap.add_argument("--interval", type=float, default=10.0, help="seconds between batches")
+    ap.add_argument("--samples", type=int, default=100, help="samples per batch")
+    ap.add_argument("--window", type=float, default=60.0, help="measured seconds per level")
+    ap.add_argument("--warmup", type=float, default=15.0, help="seconds after connecting")
+    ap.add_argument("--ramp-concurrency", type=int, default=64,
+                    help="handshakes in flight per simulator while connecting")
+    ap.add_argument("--connect-timeout", type=float, default=240.0)
+    ap.add_argument("--max-minutes", type=float, default=15.0, help="time budget of the run")
+    ap.add_argument("--quiet-log", action="store_true", help="controller log level warning")
+    ap.add_argument("--controller-env", action="append", default=[], metavar="K=V",
+                    help="an extra environment variable of the controller (experiments)")
+    a = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    result = run(a)
+    result["summary"] = summary(result)
+    path = write_result("agents_scale", result)
+    for line in result["summary"]:
+        print("  " + line)
+    print(f"  -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
