@@ -683,6 +683,34 @@ def test_make_run_keeps_only_a_password_that_works(tmp_path: Path) -> None:
     assert "overcast controller ready" in out and _shown_password(out) == holder[0], out
 
 
+def test_make_run_enrols_and_runs_a_local_agent(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc, port = _run_sh(run_dir)
+
+    def local_agent_reports(out: str) -> None:
+        h = Http(f"http://127.0.0.1:{port}")
+        r = h.post("/api/v2/auth/sessions", {"email": "admin@example.com",
+                                             "password": _shown_password(out)})
+        assert r.status == 200, r.body
+        deadline = time.monotonic() + 30
+        machines: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            machines = h.get("/api/v2/machines?search=tags.local:true").body["data"]
+            if machines and machines[0]["state"] == "running":
+                break
+            time.sleep(0.3)
+        assert machines and machines[0]["state"] == "running", (machines, out)
+        assert (run_dir / "agent" / "agent.json").exists()
+
+    out = _until_ready(proc, local_agent_reports)
+    assert "a local agent reports this host" in out, out
+    # Ctrl-C (here SIGTERM) stops the agent with the controller
+    assert proc.returncode == 0, out
+    for line in subprocess.run(["pgrep", "-fa", str(run_dir / "agent")], capture_output=True,
+                               text=True).stdout.splitlines():
+        raise AssertionError(f"agent left running: {line}")
+
+
 def test_make_run_says_when_the_admin_exists_without_a_password_file(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
