@@ -38,22 +38,27 @@ def status_for(exc: errors.OvercastError) -> grpc.StatusCode:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+async def abort_for(exc: Exception, context: grpc.aio.ServicerContext, where: str) -> None:
+    """The one translation: a domain error aborts with its code and message; anything else
+    is logged with an id and answered INTERNAL with only that id."""
+    if isinstance(exc, errors.OvercastError):
+        await context.abort(status_for(exc), exc.message)
+    err_id = uuid.uuid4().hex[:12]
+    log.error("unexpected error %s in %s", err_id, where, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error {err_id}")
+
+
 def mapped(fn: F) -> F:
-    """Wrap a unary servicer method: domain errors abort with their code and message;
-    anything else is logged with an id and answered INTERNAL with only that id."""
+    """Wrap a unary servicer method with :func:`abort_for`."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await fn(self, request, context)
-        except errors.OvercastError as exc:
-            await context.abort(status_for(exc), exc.message)
         except grpc.aio.AbortError:
             raise
-        except Exception:
-            err_id = uuid.uuid4().hex[:12]
-            log.exception("unexpected error %s in %s", err_id, fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error {err_id}")
+        except Exception as exc:
+            await abort_for(exc, context, fn.__name__)
 
     return wrapper  # type: ignore[return-value]
 
@@ -66,13 +71,9 @@ def mapped_stream(fn: F) -> F:
         try:
             async for item in fn(self, request, context):
                 yield item
-        except errors.OvercastError as exc:
-            await context.abort(status_for(exc), exc.message)
         except grpc.aio.AbortError:
             raise
-        except Exception:
-            err_id = uuid.uuid4().hex[:12]
-            log.exception("unexpected error %s in %s", err_id, fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error {err_id}")
+        except Exception as exc:
+            await abort_for(exc, context, fn.__name__)
 
     return wrapper  # type: ignore[return-value]

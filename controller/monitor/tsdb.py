@@ -14,6 +14,7 @@ import logging
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import chain
 
 from controller.store.base import Batch, Store
 
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 _DOUBLE = struct.Struct(">d")
 NEXT_SID_KEY = "meta/tsdb/next_sid"
+_chain = chain.from_iterable
 
 
 @dataclass(frozen=True)
@@ -40,55 +42,91 @@ def sample_key(sid: int, t_ms: int) -> str:
 
 
 class TSDB:
+    """The series index lives in memory, compactly: one interned tuple per series,
+    ``(org, metric, k1, v1, k2, v2, ...)`` with the labels sorted by name, maps to its sid and
+    back (a list indexed by sid). With ~100 series per agent, 10,000 agents make a million
+    series: a Series object and a labels dict each would cost ~55 KiB per agent, the tuple
+    ~18 KiB. ``Series`` objects are made when asked for (``select``)."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._ids: dict[str, int] = {}  # canonical series name -> sid
-        self._series: dict[int, Series] = {}
+        self._ids: dict[tuple[str, ...], int] = {}  # series key -> sid
+        self._keys: list[tuple[str, ...] | None] = [None]  # sid -> series key (None: no series)
+        self._count = 0
         self._by_metric: dict[tuple[str, str], list[int]] = {}
+        self._strings: dict[str, str] = {}  # one copy of each org, metric, label name and value
         raw = store.get(NEXT_SID_KEY)
         self._next = int(raw) if raw else 1
         for key, value in store.scan("tsmeta/"):
             meta = json.loads(value)
-            self._remember(Series(int(key.rsplit("/", 1)[1], 16), meta["org"], meta["metric"],
-                                  meta["labels"]))
+            self._remember(int(key.rsplit("/", 1)[1], 16),
+                           _series_key(meta["org"], meta["metric"], meta["labels"]))
 
-    def _remember(self, s: Series) -> None:
-        self._ids[_canonical(s.org, s.metric, s.labels)] = s.sid
-        self._series[s.sid] = s
-        self._by_metric.setdefault((s.org, s.metric), []).append(s.sid)
+    def _remember(self, sid: int, key: tuple[str, ...]) -> None:
+        intern = self._strings.setdefault
+        key = tuple([intern(x, x) for x in key])
+        self._ids[key] = sid
+        if sid >= len(self._keys):
+            self._keys.extend([None] * (sid + 1 - len(self._keys)))
+        if self._keys[sid] is None:
+            self._count += 1
+        self._keys[sid] = key
+        self._by_metric.setdefault((key[0], key[1]), []).append(sid)
+
+    def _make_series(self, sid: int) -> Series:
+        key = self._keys[sid]
+        assert key is not None
+        return Series(sid, key[0], key[1], dict(zip(key[2::2], key[3::2], strict=True)))
+
+    @property
+    def _series(self) -> dict[int, Series]:
+        """Every series by sid (made on each call: for tests and tools, not the hot path)."""
+        return {sid: self._make_series(sid) for sid, key in enumerate(self._keys) if key is not None}
 
     @property
     def series_count(self) -> int:
-        return len(self._series)
+        return self._count
 
     def sid_for(self, batch: Batch, org: str, metric: str, labels: Mapping[str, str]) -> int:
         """The series id, creating the series (in ``batch``) when new."""
-        name = _canonical(org, metric, labels)
-        sid = self._ids.get(name)
+        key = _series_key(org, metric, labels)
+        sid = self._ids.get(key)
         if sid is not None:
             return sid
+        return self._create(batch, key, org, metric, labels)
+
+    def _create(self, batch: Batch, key: tuple[str, ...], org: str, metric: str,
+                labels: Mapping[str, str]) -> int:
         sid = self._next
         self._next += 1
-        s = Series(sid, org, metric, dict(labels))
         batch.put(f"tsmeta/{sid:08x}", json.dumps({"org": org, "metric": metric,
-                                                    "labels": s.labels}).encode())
+                                                    "labels": dict(labels)}).encode())
         batch.put(f"tsidx/{org}/{metric}/{sid:08x}", b"")
         batch.put(NEXT_SID_KEY, str(self._next).encode())
-        self._remember(s)
+        self._remember(sid, key)
         return sid
 
     def add(self, batch: Batch, org: str, samples: Iterable[tuple[str, Mapping[str, str], float, int]]) -> int:
         """Put ``(metric, labels, value, time_ms)`` samples into ``batch``; returns how many."""
         n = 0
         put = batch.puts.__setitem__
+        pack = _DOUBLE.pack
+        get = self._ids.get
+        last_t: int | None = None
+        tail = ""
         for metric, labels, value, t_ms in samples:
-            sid = self.sid_for(batch, org, metric, labels)
-            put(f"ts/{sid:08x}/{t_ms:012x}", _DOUBLE.pack(value))
+            key = (org, metric, *_chain(sorted(labels.items())))
+            sid = get(key)
+            if sid is None:
+                sid = self._create(batch, key, org, metric, labels)
+            if t_ms != last_t:  # a batch's samples mostly share one time
+                last_t, tail = t_ms, f"{t_ms:012x}"
+            put(f"ts/{sid:08x}/{tail}", pack(value))
             n += 1
         return n
 
     def select(self, org: str, metric: str) -> list[Series]:
-        return [self._series[s] for s in self._by_metric.get((org, metric), ())]
+        return [self._make_series(s) for s in self._by_metric.get((org, metric), ())]
 
     def metrics(self, org: str) -> list[str]:
         return sorted({m for (o, m) in self._by_metric if o == org})
@@ -112,10 +150,12 @@ class TSDB:
 
     def expire(self, cutoff_ms: int) -> int:
         """Drop samples older than ``cutoff_ms`` in every series; returns series touched."""
-        for sid in list(self._series):
+        sids = [sid for sid, key in enumerate(self._keys) if key is not None]
+        for sid in sids:
             self.store.delete_range(series_prefix(sid), sample_key(sid, cutoff_ms))
-        return len(self._series)
+        return len(sids)
 
 
-def _canonical(org: str, metric: str, labels: Mapping[str, str]) -> str:
-    return org + "\x00" + metric + "\x00" + "\x00".join(f"{k}={labels[k]}" for k in sorted(labels))
+def _series_key(org: str, metric: str, labels: Mapping[str, str]) -> tuple[str, ...]:
+    """What identifies a series: ``(org, metric, name1, value1, ...)``, names sorted."""
+    return (org, metric, *_chain(sorted(labels.items())))
