@@ -60,6 +60,7 @@ class Agent:
         self.state = state
         self.interval = interval or 10.0
         self._interval_fixed = interval is not None  # given locally: the controller's does not override
+        self.labels: dict[str, str] = {}  # from the controller's configuration
         self.spool = Spool(state.spool_dir, spool_max_bytes)
         self.collector = MetricsCollector()
         self.connected = asyncio.Event()
@@ -189,6 +190,11 @@ class Agent:
                 raise ConnectionError(f"{code.name}: {details}")
 
     def _apply_config(self, config: pb.Config) -> None:
+        if dict(config.labels) != self.labels:
+            self.labels = dict(config.labels)
+            # the controller puts them on every sample it stores (also on spooled ones sent
+            # before this configuration arrived); the agent only shows them
+            log.info("the controller labels this host's samples with %s", self.labels)
         if self._interval_fixed:
             return
         if config.metric_interval_s and config.metric_interval_s != self.interval:

@@ -41,6 +41,17 @@ def _ts(dt: Any) -> Timestamp:
     return t
 
 
+def metric_labels(tags: dict[str, Any]) -> dict[str, str]:
+    """The agent's tags as labels on its samples (so `system_load1{env="prod"}` works):
+    names made Prometheus-safe; labels the controller sets itself are left alone."""
+    out: dict[str, str] = {}
+    for k, v in tags.items():
+        name = "".join(c if c.isalnum() or c == "_" else "_" for c in str(k))
+        if name and not name[0].isdigit() and name not in ("machine_id", "__name__"):
+            out[name] = "" if v is None else str(v)
+    return out
+
+
 def inventory_dict(inv: pb.Inventory) -> dict[str, Any]:
     d = MessageToDict(inv, preserving_proto_field_name=True)
     for k in ("memory_bytes", "swap_bytes"):
@@ -86,8 +97,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         self.services.registry.add(session)
         svc.connected(agent, ip, inventory_dict(hello.inventory), hello.agent_version,
                       hello.protocol_version)
+        # a stream lives for days and a controller holds thousands: keep none of this
+        del auth, pems, cns, first, hello
         settings = self.services.settings
-        config = pb.Config(metric_interval_s=settings.metric_interval)
+        config = pb.Config(metric_interval_s=settings.metric_interval,
+                           labels=metric_labels(agent.get("tags") or {}))
         yield pb.ControllerMessage(welcome=pb.Welcome(
             agent_id=agent_id, protocol_version=PROTOCOL_VERSION, config=config,
             acked_seq=self.services.ingestor.acked(agent_id)))
@@ -125,16 +139,23 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     stream: AsyncIterator[pb.AgentMessage]) -> None:
         svc = self.services.agents
         ingestor = self.services.ingestor
-        labels_extra = {"machine_id": agent["id"]}
+        # the machine's tags (as labels) and its id on every sample, set here, not trusted
+        # from the agent: also on spooled batches collected before the configuration came down
+        labels_extra = {**metric_labels(agent.get("tags") or {}), "machine_id": agent["id"]}
         async for msg in stream:
             kind = msg.WhichOneof("body")
             svc.touch(agent)
             if kind == "metrics":
                 b = msg.metrics
+                seq = b.seq
                 samples = [(s.metric, {**s.labels, **labels_extra}, s.value, s.time_ms)
                            for s in b.samples if s.metric]
-                await ingestor.submit(agent["id"], agent["org"], b.seq, samples)
-                await session.outbox.put(pb.ControllerMessage(batch_ack=pb.BatchAck(seq=b.seq)))
+                # the next batch comes in ~10 s: hold no reference to this one meanwhile (with
+                # thousands of agents, ~50 KiB each of parsed samples and message)
+                del msg, b
+                await ingestor.submit(agent["id"], agent["org"], seq, samples)
+                del samples
+                await session.outbox.put(pb.ControllerMessage(batch_ack=pb.BatchAck(seq=seq)))
             elif kind == "inventory":
                 svc.update_inventory(agent, inventory_dict(msg.inventory))
             elif kind == "renew":

@@ -132,6 +132,9 @@ def test_three_hosts_enrol_and_report(world: World) -> None:
         return {x["metric"]["machine_id"] for x in r.body["data"]["data"]["result"]}
 
     wait_for(lambda: loads() == ids, 20, "system_load1 from all three")
+    # the machines' tags come down as labels on their samples
+    r = world.admin.get('/api/v2/datapoints?query=system_load1{env="lab",team="ops"}')
+    assert {x["metric"]["machine_id"] for x in r.body["data"]["data"]["result"]} == ids
     mid = world.agents[0].agent_id
     r = world.admin.get(f'/api/v2/datapoints?query=cpu_usage_active{{machine_id="{mid}",cpu="cpu-total"}}'
                         f"&start={time.time() - 60}&step=1s")
