@@ -248,10 +248,8 @@ class Agent:
         log.info("certificate expires in %d s: renewal asked", int(left))
 
     def _lifetime(self) -> float:
-        from cryptography import x509
-
-        c = x509.load_pem_x509_certificate(self.state.cert_pem())
-        return (c.not_valid_after_utc - c.not_valid_before_utc).total_seconds()
+        before, after = self.state.cert_validity()
+        return (after - before).total_seconds() if before and after else 0.0
 
     async def _install_renewed(self, cert_pem: bytes) -> None:
         key = self._pending_key

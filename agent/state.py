@@ -197,8 +197,23 @@ class AgentState:
 
     def cert_not_after(self) -> dt.datetime | None:
         """When cert.pem expires (UTC), None without a readable certificate."""
-        cert = self._cert()
-        return None if cert is None else cert.not_valid_after_utc
+        return self.cert_validity()[1]
+
+    def cert_validity(self) -> tuple[dt.datetime | None, dt.datetime | None]:
+        """(not before, not after) of cert.pem, read with the standard library: the running
+        agent checks this every round, and loading cryptography for it would cost ~7 MiB of
+        memory for the agent's whole life (it is loaded only to make keys)."""
+        import ssl
+
+        try:
+            info = ssl._ssl._test_decode_cert(str(self.cert_path))  # type: ignore[attr-defined]
+            return (dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(info["notBefore"]), dt.UTC),
+                    dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(info["notAfter"]), dt.UTC))
+        except (OSError, ValueError, KeyError, AttributeError, ssl.SSLError):
+            cert = self._cert()
+            if cert is None:
+                return None, None
+            return cert.not_valid_before_utc, cert.not_valid_after_utc
 
     def cert_common_name(self) -> str | None:
         """cert.pem's subject common name (the agent id), None without one."""
