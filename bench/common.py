@@ -349,7 +349,7 @@ def _sim_inventory_bytes(hostname: str) -> Any:
 class _SimAgent:
     __slots__ = ("w", "i", "agent_id", "key", "cert", "seq", "acked", "sent", "pending",
                  "wake", "up", "welcomed_once", "sessions", "failures", "down_at", "up_at",
-                 "attempts_since_down", "last_error", "task", "hello", "flood_base")  # noqa: E501
+                 "attempts_since_down", "last_error", "task", "hello", "flood_base", "downs")  # noqa: E501
 
     def __init__(self, w: Any, i: int, agent_id: str, key: bytes, cert: bytes) -> None:
         import asyncio
@@ -365,6 +365,7 @@ class _SimAgent:
         self.down_at: float | None = None
         self.up_at: float | None = None
         self.attempts_since_down = 0
+        self.downs = 0  # times the stream went down since the last mark
         self.last_error = ""
         self.task: Any = None
         self.hello = b""
@@ -419,6 +420,7 @@ class _SimAgent:
             self.down_at = time.time()
             self.up_at = None
             self.attempts_since_down = 0
+            self.downs += 1
 
     async def _stream(self, ch: Any, call: Any) -> None:
         import asyncio
@@ -660,11 +662,11 @@ class _SimWorker:
         self.mark_t = time.time()
         for a in self.agents:
             a.down_at = a.up_at = None
-            a.attempts_since_down = 0
+            a.attempts_since_down = a.downs = 0
         return {"up": self.up_count}
 
     def op_outages(self) -> dict[str, Any]:
-        rows = [(a.down_at, a.up_at, a.attempts_since_down) for a in self.agents
+        rows = [(a.down_at, a.up_at, a.attempts_since_down, a.downs) for a in self.agents
                 if a.down_at is not None]
         return {"rows": rows, "up": self.up_count, "agents": len(self.agents),
                 "never_down": sum(1 for a in self.agents if a.down_at is None),

@@ -83,11 +83,28 @@ def agents_server(pki: Pki) -> Callable[[web.Application], AsyncIterator[None]]:
     return ctx
 
 
+# Retention deletes a range in every series: ~100 series per agent, so half a million calls
+# into RocksDB for 5,000 agents, ~2 s of work that holds the GIL in a worker thread. Done at
+# once it starved the event loop for ~20 s, and right after a start it did so while every
+# agent was reconnecting (bench/reconnect_bench.py: p50 reconnection 29 s after "ready"
+# instead of 10 s). So: the first run some minutes after the start, then slices of series
+# with the event loop running between them.
+RETENTION_FIRST_DELAY = 300.0
+RETENTION_SLICE = 2_000  # series per worker-thread call
+RETENTION_PAUSE = 0.05  # seconds between slices
+
+
 async def _retention(services: Any, retention: int) -> None:
+    await asyncio.sleep(RETENTION_FIRST_DELAY)
     while True:
         try:
             cutoff = int((time.time() - retention) * 1000)
-            n = await asyncio.to_thread(services.tsdb.expire, cutoff)
+            sids = services.tsdb.sids()
+            n = 0
+            for i in range(0, len(sids), RETENTION_SLICE):
+                n += await asyncio.to_thread(services.tsdb.expire, cutoff,
+                                             sids[i:i + RETENTION_SLICE])
+                await asyncio.sleep(RETENTION_PAUSE)
             log.debug("retention: trimmed %d series", n)
         except Exception:
             log.exception("retention run failed")
