@@ -28,7 +28,7 @@ def _auth_info(ctx: Ctx) -> dict[str, Any]:
     svc = ctx.services.accounts
     return {
         "user": p.user,
-        "org": svc._org_view(p.org, p.role) if p.org else None,
+        "org": svc.org_view(p.org, p.role) if p.org else None,
         "orgs": svc.list_orgs(p),
         "auth": p.auth,
         "role": p.role,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import secrets
 import time
@@ -546,7 +545,7 @@ class AccountService:
             raise NotFound("no such organisation")
         return org, role
 
-    def _org_view(self, org: dict[str, Any], role: str) -> dict[str, Any]:
+    def org_view(self, org: dict[str, Any], role: str) -> dict[str, Any]:
         view = public(org)
         view["role"] = role
         view["members_count"] = self.store.count(f"member/{org['id']}/")
@@ -555,18 +554,18 @@ class AccountService:
 
     def list_orgs(self, p: Principal, allorgs: bool = False) -> list[dict[str, Any]]:
         if allorgs and p.is_admin:
-            return [self._org_view(load(ORG, v), self._role(load(ORG, v)["id"], p.user_id))
-                    for _, v in self.store.scan("org/")]
+            orgs = [load(ORG, v) for _, v in self.store.scan("org/")]
+            return [self.org_view(o, self._role(o["id"], p.user_id)) for o in orgs]
         out = []
         for oid in self.user_org_ids(p.user_id):
             org = self.get_org(oid)
             if org:
-                out.append(self._org_view(org, self._role(oid, p.user_id)))
+                out.append(self.org_view(org, self._role(oid, p.user_id)))
         return out
 
     def show_org(self, p: Principal, org_ref: str) -> dict[str, Any]:
         org, role = self._org_for(p, org_ref)
-        return self._org_view(org, role)
+        return self.org_view(org, role)
 
     def create_org(self, p: Principal, actor: Actor, name: str, description: str = "") -> dict[str, Any]:
         change = Change("org.create", target_kind="org")
@@ -576,7 +575,7 @@ class AccountService:
         change.details["name"] = org["name"]
         self._put_member(change, org["id"], p.user_id, "owner")
         self.writer.commit(actor, change)
-        return self._org_view(org, "owner")
+        return self.org_view(org, "owner")
 
     def update_org(self, p: Principal, actor: Actor, org_ref: str, fields: dict[str, Any]) -> dict[str, Any]:
         org, role = self._org_for(p, org_ref)
@@ -600,7 +599,7 @@ class AccountService:
         change.put(f"org/{org['id']}", dump(ORG, new))
         change.event("changed", "org", org["id"], {"name": new["name"]})
         self.writer.commit(actor, change)
-        return self._org_view(new, role)
+        return self.org_view(new, role)
 
     def list_members(self, p: Principal, org_ref: str) -> list[dict[str, Any]]:
         org, _ = self._org_for(p, org_ref)
@@ -719,7 +718,7 @@ class AccountService:
             change.expect(f"member/{org['id']}/{p.user_id}", None)
             change.event("created", "member", p.user_id, {"email": p.user["email"], "role": role})
         self.writer.commit(actor, change)
-        return self._org_view(org, role)
+        return self.org_view(org, role)
 
     def decline_invitation(self, p: Principal, actor: Actor, org_ref: str) -> None:
         org, raw = self._my_invitation(p, org_ref)
@@ -807,6 +806,3 @@ class AccountService:
             self.store.write(batch)
         return n
 
-
-def constant_time_eq(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())

@@ -8,6 +8,7 @@ response itself."""
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from controller import keys
 from controller.accounts.model import Principal
 from controller.errors import BadRequest, Forbidden, TooLarge, Unauthenticated
 from controller.events.model import Actor
+from controller.events.writer import Change
 from controller.http.errors import UnsupportedMedia
 from controller.http.schema import Schema, validate
 from controller.listing import Query, parse_query
@@ -169,9 +171,7 @@ def authenticate(request: web.Request, services: Services, *, via: str = "rest")
         raise
     if request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
-        from controller.accounts.service import constant_time_eq
-
-        if not sent or not constant_time_eq(sent, p.csrf):
+        if not sent or not hmac.compare_digest(sent.encode(), p.csrf.encode()):
             services.writer.commit(p.actor(ip, via), _csrf_change(request))
             raise Forbidden(f"missing or wrong {CSRF_HEADER} header (cookie sessions need it "
                             "on every change)")
@@ -205,9 +205,7 @@ def check_origin(request: web.Request) -> None:
                         "controller's own address")
 
 
-def _csrf_change(request: web.Request) -> Any:
-    from controller.events.writer import Change
-
+def _csrf_change(request: web.Request) -> Change:
     return Change("auth.csrf", outcome="denied", target_kind="request",
                   details={"method": request.method, "path": request.path})
 
