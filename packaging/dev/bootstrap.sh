@@ -19,6 +19,8 @@ if command -v dpkg-query >/dev/null 2>&1; then
     "$py" -c "import ensurepip" 2>/dev/null || want python3-venv
     case "$what" in
         bench) like wrk ;;
+        # libvirt-python (KVM clouds) builds against libvirt's headers
+        test) want libvirt-dev; want pkg-config; want gcc ;;
     esac
     if [ -n "$need_apt$nice_apt" ] && [ "$(id -u)" != 0 ]; then
         if [ -n "$need_apt" ]; then
@@ -51,7 +53,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 extras="controller"
-[ "$what" = run ] || extras="controller,test"
+[ "$what" = run ] || extras="controller,test,kvm"
 stamp="$venv/.overcast-installed-$extras"
 sum="$(cat "$root/pyproject.toml" | cksum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ]; then

@@ -1,0 +1,1 @@
+"""Clouds: provider adapters (libcloud), pollers that keep the inventory, and actions."""

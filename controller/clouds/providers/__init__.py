@@ -1,0 +1,1 @@
+"""Provider adapters: one package per provider family behind :class:`base.Adapter`."""
