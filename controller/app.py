@@ -28,12 +28,14 @@ from controller.admin import build_admin_app, prepare_socket_dir, remove_socket
 from controller.agents import routes as agent_routes
 from controller.agents.server import agents_server
 from controller.audit import routes as audit_routes
+from controller.clouds import routes as cloud_routes
 from controller.errors import Invalid, OvercastError
 from controller.events import routes as event_routes
 from controller.grpcapi.servicer import add_to_server
 from controller.http import openapi, system
 from controller.http.api import Route, wrap
 from controller.http.errors import errors_middleware
+from controller.jobs import routes as job_routes
 from controller.machines import routes as machine_routes
 from controller.monitor import routes as monitor_routes
 from controller.pki import Pki, ensure_pki
@@ -48,7 +50,8 @@ log = logging.getLogger(__name__)
 def all_routes() -> list[Route]:
     tables = (system.routes, account_routes.routes, account_routes.org_routes,
               account_routes.user_routes, machine_routes.routes, audit_routes.routes,
-              event_routes.routes, agent_routes.routes, monitor_routes.routes)
+              event_routes.routes, agent_routes.routes, monitor_routes.routes,
+              cloud_routes.routes, cloud_routes.inventory, job_routes.routes)
     return [r for t in tables for r in t.routes]
 
 
@@ -73,6 +76,7 @@ def build_app(settings: Settings, services: Services, pki: Pki | None) -> web.Ap
     app.on_shutdown.append(_close_websockets)
     app.cleanup_ctx.append(_grpc_server(pki))
     app.cleanup_ctx.append(_maintenance)
+    app.cleanup_ctx.append(_clouds)
     if pki is not None:
         app.cleanup_ctx.append(agents_server(pki))
     return app
@@ -102,6 +106,21 @@ async def _maintenance(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _clouds(app: web.Application) -> AsyncIterator[None]:
+    """The cloud pollers and the jobs: jobs a stopped controller left running are failed,
+    every cloud gets its poller; on the way out, running jobs and pollers are cancelled and
+    the provider connections closed."""
+    services = app[keys.SERVICES]
+    n = await asyncio.to_thread(services.jobs.fail_interrupted)
+    if n:
+        log.warning("%d job(s) were interrupted by the last stop: marked failed", n)
+    services.pollers.start()
+    yield
+    await services.pollers.stop()
+    await services.jobs.cancel_all()
+    services.clouds.runner.close()
 
 
 async def _bind_bus(app: web.Application) -> None:

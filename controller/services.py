@@ -12,8 +12,15 @@ from controller.agents.model import KINDS as AGENT_KINDS
 from controller.agents.registry import Registry
 from controller.agents.service import AgentService
 from controller.audit.service import AuditService
+from controller.clouds.actions import ActionService
+from controller.clouds.model import KINDS as CLOUD_KINDS
+from controller.clouds.poller import Pollers
+from controller.clouds.resources import ResourceService
+from controller.clouds.service import CloudService
 from controller.events.bus import EventBus
 from controller.events.writer import Writer
+from controller.jobs.model import JOB
+from controller.jobs.service import JobService
 from controller.machines.model import MACHINE
 from controller.machines.service import MachineService
 from controller.monitor.tsdb import TSDB
@@ -23,7 +30,7 @@ from controller.store.base import Store
 from controller.store.docs import DocKind, migrate_store
 
 # every stored document kind, for migrations on start
-DOC_KINDS: tuple[DocKind, ...] = (*ACCOUNT_KINDS, *AGENT_KINDS, MACHINE)
+DOC_KINDS: tuple[DocKind, ...] = (*ACCOUNT_KINDS, *AGENT_KINDS, *CLOUD_KINDS, MACHINE, JOB)
 
 
 @dataclass
@@ -40,6 +47,11 @@ class Services:
     tsdb: TSDB
     ingestor: Ingestor
     registry: Registry
+    clouds: CloudService
+    resources: ResourceService
+    jobs: JobService
+    actions: ActionService
+    pollers: Pollers
 
 
 def build_services(settings: Settings, store: Store, migrate: bool = True) -> Services:
@@ -48,12 +60,18 @@ def build_services(settings: Settings, store: Store, migrate: bool = True) -> Se
     bus = EventBus()
     writer = Writer(store, bus)
     tsdb = TSDB(store)
+    secrets = SecretBox(load_key(settings.data_dir, settings.secret_key))
+    clouds = CloudService(settings, store, writer, secrets)
+    jobs = JobService(store, bus)
+    actions = ActionService(store, writer, clouds, jobs)
+    pollers = Pollers(settings, clouds, bus)
+    actions.poke = pollers.poke
     return Services(
         settings=settings,
         store=store,
         bus=bus,
         writer=writer,
-        secrets=SecretBox(load_key(settings.data_dir, settings.secret_key)),
+        secrets=secrets,
         accounts=AccountService(settings, store, writer),
         audit=AuditService(store),
         machines=MachineService(store),
@@ -61,4 +79,9 @@ def build_services(settings: Settings, store: Store, migrate: bool = True) -> Se
         tsdb=tsdb,
         ingestor=Ingestor(store, tsdb),
         registry=Registry(),
+        clouds=clouds,
+        resources=ResourceService(store, writer),
+        jobs=jobs,
+        actions=actions,
+        pollers=pollers,
     )

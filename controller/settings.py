@@ -72,6 +72,13 @@ class Settings:
     metric_retention: int = 7 * 24 * 3600
     # an agent silent this long (no stream) is unreachable; keepalives detect dead peers sooner
     agent_grace: int = 30
+    # clouds: default seconds between polls of a cloud (each cloud may set its own), the
+    # faster interval while someone watches live events, threads that call provider APIs,
+    # and how long one provider call may take
+    cloud_poll_interval: int = 60
+    cloud_fast_poll_interval: int = 15
+    cloud_workers: int = 8
+    cloud_call_timeout: int = 60
 
     # derived
     @property
@@ -247,6 +254,10 @@ _MINIMUMS: dict[str, int] = {
     "metric_interval": 1,
     "metric_retention": 1,
     "agent_grace": 1,
+    "cloud_poll_interval": 5,
+    "cloud_fast_poll_interval": 1,
+    "cloud_workers": 1,
+    "cloud_call_timeout": 1,
 }
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.clouds.model import CLOUD as CLOUD  # the "Agents" cloud is a cloud document
 from controller.store.docs import DocKind
 
 AGENT = DocKind("agent")
 JOIN_TOKEN = DocKind("jointoken")
-CLOUD = DocKind("cloud")
-KINDS = (AGENT, JOIN_TOKEN, CLOUD)
+KINDS = (AGENT, JOIN_TOKEN)
 
 PROTOCOL_VERSION = 1  # see proto/overcast/agent/v1/agent.proto for the dated history
 JOIN_PREFIX = "ocj_"

@@ -172,7 +172,8 @@ class AgentService:
         change.put(machine_key(org, agent_id), dump(MACHINE, machine))
         if self.store.get(f"cloud/{org}/{cloud_id}") is None:
             change.put(f"cloud/{org}/{cloud_id}", dump(CLOUD, {
-                "id": cloud_id, "name": "Agents", "provider": "other", "created": iso(now),
+                "id": cloud_id, "org": org, "name": "Agents", "provider": "other", "agents": True,
+                "created": iso(now),
                 "description": "Hosts that run the Overcast agent"}))
         change.event("created", "agent", agent_id, {"name": hostname})
         change.event("created", "machine", agent_id, {"name": hostname, "state": "pending"})

@@ -55,10 +55,14 @@ class Chain:
             h = json.loads(raw)
             self.head = Head(int(h["seq"]), str(h["hash"]))
 
-    def append(self, batch: Batch, entry: dict[str, Any]) -> tuple[dict[str, Any], Head]:
-        seq = self.head.seq + 1
-        entry = dict(entry, v=VERSION, id=f"{seq:016d}", seq=seq, prev=self.head.hash)
-        entry["hash"] = compute_hash(self.head.hash, entry)
+    def append(self, batch: Batch, entry: dict[str, Any],
+               after: Head | None = None) -> tuple[dict[str, Any], Head]:
+        """Add ``entry`` after ``after`` (default: the head) to ``batch``; return the stored
+        entry and the head it makes, for :meth:`advance` once the batch is written."""
+        prev = after or self.head
+        seq = prev.seq + 1
+        entry = dict(entry, v=VERSION, id=f"{seq:016d}", seq=seq, prev=prev.hash)
+        entry["hash"] = compute_hash(prev.hash, entry)
         new_head = Head(seq, entry["hash"])
         batch.put(entry_key(seq), json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode())
         org = entry.get("org") or "_"

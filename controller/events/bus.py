@@ -93,6 +93,11 @@ class EventBus:
     def subscribers(self) -> int:
         return len(self._subs)
 
+    def watching(self, org: str) -> bool:
+        """Whether someone of ``org`` (or a platform admin) follows live events: the pollers
+        then refresh that organisation's clouds faster."""
+        return any(s.org is None or s.org == org for s in self._subs)
+
     def publish(self, events: Iterable[Event]) -> None:
         evs = list(events)
         if not evs or not self._subs:

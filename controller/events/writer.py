@@ -80,8 +80,14 @@ class Writer:
     def commit(self, actor: Actor, change: Change) -> dict[str, Any]:
         """Store the change and its audit entry atomically, then publish. Raises what the
         store raises (Conflict when an ``expect`` fails): then nothing was stored."""
-        entry = {
-            "time": time.time(),
+        return self.commit_many(actor, [change])[0]
+
+    def commit_many(self, actor: Actor, changes: list[Change]) -> list[dict[str, Any]]:
+        """Several changes (say, everything one poll of a cloud found) with one audit entry
+        each, stored in one atomic batch: all of them or, on a failed ``expect``, none."""
+        now = time.time()
+        entries = [{
+            "time": now,
             "org": change.org or actor.org,
             "actor": actor.to_dict(),
             "action": change.action,
@@ -89,13 +95,25 @@ class Writer:
             "outcome": change.outcome,
             "source": {"ip": actor.ip, "via": actor.via},
             "details": scrub(change.details),
-        }
+        } for change in changes]
+        stored: list[dict[str, Any]] = []
         with self._lock:
-            batch = Batch(dict(change.batch.puts), set(change.batch.deletes), dict(change.batch.expect))
-            stored, head = self.chain.append(batch, entry)
+            batch = Batch()
+            head = self.chain.head
+            for change, entry in zip(changes, entries, strict=True):
+                for k, v in change.batch.puts.items():  # a later change wins over an earlier
+                    batch.put(k, v)
+                for k in change.batch.deletes:
+                    batch.delete(k)
+                batch.expect.update(change.batch.expect)
+                out, head = self.chain.append(batch, entry, head)
+                stored.append(out)
             self.store.write(batch)
             self.chain.advance(head)
         if self.bus is not None:
-            audit_ev = Event("audit", "log", stored["id"], stored["org"], stored["time"], stored)
-            self.bus.publish([*change.events, audit_ev])
+            events: list[Event] = []
+            for change, out in zip(changes, stored, strict=True):
+                events.extend(change.events)
+                events.append(Event("audit", "log", out["id"], out["org"], out["time"], out))
+            self.bus.publish(events)
         return stored

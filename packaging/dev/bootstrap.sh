@@ -20,7 +20,8 @@ if command -v dpkg-query >/dev/null 2>&1; then
     case "$what" in
         bench) like wrk ;;
         # libvirt-python (KVM clouds) builds against libvirt's headers
-        test) want libvirt-dev; want pkg-config; want gcc ;;
+        # and the clouds tests run a real sshd in network namespaces
+        test) want libvirt-dev; want pkg-config; want gcc; want openssh-server; want iproute2 ;;
     esac
     if [ -n "$need_apt$nice_apt" ] && [ "$(id -u)" != 0 ]; then
         if [ -n "$need_apt" ]; then

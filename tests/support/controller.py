@@ -122,6 +122,9 @@ class Http:
     def patch(self, path: str, body: Any = None, **kw: Any) -> Response:
         return self.request("PATCH", path, body, **kw)
 
+    def put(self, path: str, body: Any = None, **kw: Any) -> Response:
+        return self.request("PUT", path, body, **kw)
+
 
 class Controller:
     """One controller process. ``start`` waits until it is ready; ``stop`` sends SIGTERM."""

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-import socket
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from controller.errors import (
     Invalid,
@@ -53,7 +53,7 @@ def libcloud_errors(provider: str, what: str = "") -> Iterator[None]:
                                 f"{clean(getattr(exc, 'value', exc))}", details) from None
     except (ServiceUnavailableError, RateLimitReachedError) as exc:
         raise ProviderUnavailable(f"{provider} is unavailable{doing}: {clean(exc)}", details) from None
-    except (socket.timeout, TimeoutError) as exc:
+    except TimeoutError as exc:
         raise ProviderUnavailable(f"{provider} did not answer in time{doing}", details) from exc
     except ssl.SSLError as exc:
         raise ProviderUnavailable(f"TLS with {provider} failed{doing}: {clean(exc.reason or exc)}",
@@ -80,13 +80,13 @@ def libcloud_errors(provider: str, what: str = "") -> Iterator[None]:
 
 
 def _by_status(provider: str, code: int, message: str, doing: str) -> OvercastError:
-    details = {"provider": provider, "status": code}
+    details: dict[str, Any] = {"provider": provider, "status": code}
     if code in (401, 403):
         return ProviderAuthError(f"{provider} refused the credentials{doing}: {message}", details)
     if code == 404:
         return NotFound(f"{provider} has no such resource{doing}: {message}", details)
     if code in (400, 422):
-        return Invalid(f"{provider} refused the request{doing}: {message}", **details)
+        return Invalid(f"{provider} refused the request{doing}: {message}", None, **details)
     if code in (429, 502, 503, 504):
         return ProviderUnavailable(f"{provider} is unavailable{doing}: {message}", details)
     return ProviderError(f"{provider} failed{doing}: {message}", details)

@@ -1,0 +1,26 @@
+"""DigitalOcean's failures in words: the shared libcloud mapping, with a refused token named."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from controller.clouds.providers.errors import libcloud_errors
+from controller.errors import ProviderAuthError
+
+PROVIDER = "digitalocean"
+
+
+@contextmanager
+def do_errors(what: str = "") -> Iterator[None]:
+    """Run a libcloud call against DigitalOcean; raise the domain's errors. A 401 (libcloud's
+    ``InvalidCredsError``) becomes :class:`ProviderAuthError` saying the API token was refused;
+    the token itself never appears."""
+    try:
+        with libcloud_errors(PROVIDER, what):
+            yield
+    except ProviderAuthError as exc:
+        doing = f" while {what}" if what else ""
+        raise ProviderAuthError(
+            f"DigitalOcean refused the API token{doing} (revoked, expired, mistyped, or "
+            f"without the scope this needs)", exc.details) from None

@@ -1,0 +1,1 @@
+"""Jobs: long actions (cloud calls) run in the background, with progress and a result."""
