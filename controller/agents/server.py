@@ -52,7 +52,10 @@ def agents_server(pki: Pki) -> Callable[[web.Application], AsyncIterator[None]]:
         services.agents.pki = pki
         if gc.get_threshold()[0] < GC_THRESHOLDS[0]:
             gc.set_threshold(*GC_THRESHOLDS)
-        server = grpc.aio.server(options=KEEPALIVE_OPTIONS)
+        import json as _j
+        import os as _o  # EXPERIMENT (temporary)
+        _extra = [tuple(x) for x in _j.loads(_o.environ.get("OCX_GRPC", "[]"))]
+        server = grpc.aio.server(options=KEEPALIVE_OPTIONS + _extra)
         add_to_server(server, services)
         creds = grpc.ssl_server_credentials(
             [(pki.server_key.read_bytes(), pki.server_cert.read_bytes())],

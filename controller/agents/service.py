@@ -21,6 +21,7 @@ from controller.agents.model import (
     agent_key,
     machine_facts,
 )
+from controller.clouds.model import agents_cloud_id
 from controller.errors import Forbidden, Invalid, NotFound, OvercastError, Unauthenticated
 from controller.events.model import Actor
 from controller.events.writer import Change, Writer
@@ -184,7 +185,7 @@ class AgentService:
     @staticmethod
     def _agents_cloud(org: str) -> str:
         # one "Agents" cloud per organisation, with an id derived from it (stable, no lookup)
-        return hashlib.sha256(f"agents-cloud/{org}".encode()).hexdigest()[:32]
+        return agents_cloud_id(org)
 
     # ---- identity and connection state -----------------------------------------------------
     def identify(self, agent_id: str, serial: int, ip: str) -> dict[str, Any]:
@@ -209,22 +210,54 @@ class AgentService:
                             agent["id"], "agent", "agent.impersonation")
 
     def _machine(self, agent: dict[str, Any]) -> tuple[str, bytes | None, dict[str, Any]]:
-        key = machine_key(agent["org"], agent["id"])
+        """The machine the agent reports on: its own in the Agents cloud, or the cloud machine
+        it was linked to (the same host seen through a cloud: see clouds.links). A link whose
+        machine is gone (its cloud was removed) falls back to the agent's own machine."""
+        linked = agent.get("machine") or agent["id"]
+        key = machine_key(agent["org"], linked)
         raw = self.store.get(key)
-        return key, raw, (load(MACHINE, raw) if raw else {})
+        if raw is None and linked != agent["id"]:
+            key = machine_key(agent["org"], agent["id"])
+            raw = self.store.get(key)
+        if raw is None:
+            return key, None, {"id": agent["id"], "org": agent["org"], "name": agent.get("name", ""),
+                               "cloud": self._agents_cloud(agent["org"]), "provider": "other",
+                               "agent": agent["id"], "monitoring": True, "tags": agent.get("tags", {}),
+                               "created": agent.get("created", "")}
+        return key, raw, load(MACHINE, raw)
+
+    @staticmethod
+    def _report(m: dict[str, Any], agent: dict[str, Any], facts: dict[str, Any] | None,
+                state: str, now: float) -> None:
+        """What the agent says about its host, into the machine document. On a cloud machine
+        the cloud keeps the power state and addresses; the agent adds its view beside them."""
+        if m.get("id") == agent["id"]:
+            if facts is not None:
+                m.update(facts)
+            if state == "running":
+                m.update(state="running", last_seen=iso(now), unreachable_since="")
+            elif m.get("state") != "unreachable":
+                m.update(state="unreachable", unreachable_since=iso(now), last_seen=iso(now))
+            return
+        if facts is not None:
+            m["agent_facts"] = facts
+            for k in ("hostname", "os_type", "cores"):
+                if not m.get(k) and facts.get(k):
+                    m[k] = facts[k]
+        m.update(agent_state="connected" if state == "running" else "unreachable",
+                 agent_last_seen=iso(now))
 
     def connected(self, agent: dict[str, Any], ip: str, inventory: dict[str, Any],
                   version: str, protocol_version: int) -> None:
         key, raw, m = self._machine(agent)
         now = time.time()
-        m.update(machine_facts(inventory))
-        m.update(state="running", last_seen=iso(now), unreachable_since="")
+        self._report(m, agent, machine_facts(inventory), "running", now)
         a = dict(agent, version=version, protocol_version=protocol_version, address=ip,
                  connected=True, connected_since=iso(now), last_seen=iso(now))
         change = Change("agent.connect", org=agent["org"], target_kind="agent", target_id=agent["id"],
                         details={"ip": ip, "version": version})
         change.put(key, dump(MACHINE, m)).put(agent_key(agent["org"], agent["id"]), dump(AGENT, a))
-        change.event("changed", "machine", agent["id"], {"state": "running"})
+        change.event("changed", "machine", m["id"], {"state": m.get("state", ""), "agent": "connected"})
         change.event("changed", "agent", agent["id"], {"connected": True})
         self.writer.commit(Actor(kind="agent", id=agent["id"], ip=ip, via="agent", org=agent["org"]), change)
         self._touched[agent["id"]] = now
@@ -243,10 +276,11 @@ class AgentService:
         change = Change("agent.disconnect", org=org, target_kind="agent", target_id=agent_id,
                         details={"reason": reason})
         change.put(agent_key(org, agent_id), dump(AGENT, dict(agent, connected=False, last_seen=iso(now))))
-        if m and m.get("state") != "unreachable":
-            m.update(state="unreachable", unreachable_since=iso(now), last_seen=iso(now))
+        if mraw is not None and m.get("state" if m["id"] == agent_id else "agent_state") != "unreachable":
+            self._report(m, agent, None, "unreachable", now)
             change.put(key, dump(MACHINE, m))
-            change.event("changed", "machine", agent_id, {"state": "unreachable"})
+            change.event("changed", "machine", m["id"], {"state": m.get("state", ""),
+                                                         "agent": "unreachable"})
         change.event("changed", "agent", agent_id, {"connected": False})
         self.writer.commit(Actor(kind="agent", id=agent_id, via="agent", org=org), change)
         self._touched.pop(agent_id, None)
@@ -264,12 +298,11 @@ class AgentService:
 
     def update_inventory(self, agent: dict[str, Any], inventory: dict[str, Any]) -> None:
         key, raw, m = self._machine(agent)
-        m.update(machine_facts(inventory))
-        m["last_seen"] = iso()
+        self._report(m, agent, machine_facts(inventory), "running", time.time())
         change = Change("machine.inventory", org=agent["org"], target_kind="machine",
-                        target_id=agent["id"], details={"source": "agent"})
+                        target_id=m["id"], details={"source": "agent", "agent": agent["id"]})
         change.put(key, dump(MACHINE, m))
-        change.event("changed", "machine", agent["id"], {"inventory": True})
+        change.event("changed", "machine", m["id"], {"inventory": True})
         self.writer.commit(Actor(kind="agent", id=agent["id"], via="agent", org=agent["org"]), change)
 
     def touch(self, agent: dict[str, Any]) -> None:
@@ -279,8 +312,9 @@ class AgentService:
             return
         self._touched[agent["id"]] = now
         key, raw, m = self._machine(agent)
-        if m:
-            self.store.put(key, dump(MACHINE, dict(m, last_seen=iso(now))))
+        if raw is not None:
+            field = "last_seen" if m.get("id") == agent["id"] else "agent_last_seen"
+            self.store.put(key, dump(MACHINE, dict(m, **{field: iso(now)})))
 
     def renew(self, agent: dict[str, Any], csr_pem: bytes, ip: str) -> tuple[bytes, Any]:
         assert self.pki is not None
@@ -304,7 +338,7 @@ class AgentService:
         v = {k: a.get(k) for k in ("id", "name", "org", "created", "tags", "version",
                                     "protocol_version", "address", "cert_not_after", "revoked",
                                     "connected", "connected_since", "last_seen")}
-        v["machine"] = a["id"]
+        v["machine"] = a.get("machine") or a["id"]
         v["outdated"] = bool(a.get("protocol_version")) and a["protocol_version"] < PROTOCOL_VERSION
         return v
 
@@ -331,10 +365,11 @@ class AgentService:
         change = Change("agent.revoke", org=p.org_id, target_kind="agent", target_id=agent_id)
         change.put(agent_key(p.org_id, agent_id), dump(AGENT, agent)).expect(agent_key(p.org_id, agent_id), raw)
         key, mraw, m = self._machine(agent)
-        if m:
-            m.update(state="unreachable", unreachable_since=m.get("unreachable_since") or iso(now))
+        if mraw is not None:
+            self._report(m, agent, None, "unreachable", now)
             change.put(key, dump(MACHINE, m))
-            change.event("changed", "machine", agent_id, {"state": "unreachable"})
+            change.event("changed", "machine", m["id"], {"state": m.get("state", ""),
+                                                         "agent": "unreachable"})
         change.event("changed", "agent", agent_id, {"revoked": True})
         self.writer.commit(actor, change)
         return self._view(agent)

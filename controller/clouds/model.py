@@ -35,6 +35,11 @@ INVENTORY = ("machine", "volume", "network", "zone", "record", "size", "image", 
 AUDITED = ("machine", "volume", "network", "zone", "record")
 
 
+def agents_cloud_id(org: str) -> str:
+    """The id of the organisation's "Agents" cloud (hosts known through their agent)."""
+    return hashlib.sha256(f"agents-cloud/{org}".encode()).hexdigest()[:32]
+
+
 def resource_id(cloud_id: str, kind: str, external_id: str) -> str:
     return hashlib.sha256(f"{cloud_id}/{kind}/{external_id}".encode()).hexdigest()[:24]
 

@@ -17,7 +17,15 @@ from typing import Any
 from controller.accounts.model import Principal
 from controller.clouds.costs import totals
 from controller.clouds.inventory import Snapshot, reconcile
-from controller.clouds.model import CLOUD, cloud_key, doc_key, index_prefix, status_key
+from controller.clouds.links import link_agents, unlink_cloud
+from controller.clouds.model import (
+    CLOUD,
+    agents_cloud_id,
+    cloud_key,
+    doc_key,
+    index_prefix,
+    status_key,
+)
 from controller.clouds.providers import registry
 from controller.clouds.providers.base import Adapter, Capability, Field, ProviderSpec
 from controller.clouds.runner import CloudRunner
@@ -143,7 +151,7 @@ class CloudService:
         return out
 
     def _machine_docs(self, org: str, cloud_id: str) -> list[bytes]:
-        if cloud_id == _agents_cloud_id(org):
+        if cloud_id == agents_cloud_id(org):
             return [raw for _, raw in self.store.scan(f"machine/{org}/")
                     if json.loads(raw).get("cloud") == cloud_id]
         out = []
@@ -307,6 +315,7 @@ class CloudService:
             change.delete(k)
             change.delete(v.decode())
         change.details["forgotten"] = counts
+        change.details["agents_unlinked"] = unlink_cloud(self.store, org, cid, change)
         change.delete(cloud_key(org, cid)).delete(status_key(org, cid)).expect(cloud_key(org, cid), raw)
         change.event("deleted", "cloud", cid, {"name": doc["name"]})
         self.writer.commit(actor, change)
@@ -350,6 +359,9 @@ class CloudService:
                 self.writer.commit_many(POLLER, outcome.changes)
             if outcome.quiet:
                 self.store.write(outcome.quiet)
+            links = await asyncio.to_thread(link_agents, self.store, org, cloud_id)
+            if links:
+                self.writer.commit_many(POLLER, links)
             new = {"state": "ok", "failures": 0, "last_poll": iso(), "last_success": iso(),
                    "duration_ms": round((time.monotonic() - started) * 1000),
                    "catalog_at": time.time() if catalog else status.get("catalog_at", 0),
@@ -448,9 +460,3 @@ def _custom_split(spec: ProviderSpec) -> Any:
 
     return getattr(importlib.import_module(f"controller.clouds.providers.{spec.name}"),
                    "split_credentials", None)
-
-
-def _agents_cloud_id(org: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(f"agents-cloud/{org}".encode()).hexdigest()[:32]

@@ -457,20 +457,20 @@ class Api:
         return web.Response(status=204)
 
 
-class FakeServer:
-    """The fake, running. ``url`` is the endpoint to give the adapter; ``stop()`` is sync."""
+class ThreadedApp:
+    """An aiohttp app served on a free 127.0.0.1 port from its own thread and event loop, so
+    blocking clients (libcloud) and sync tests can use it. ``stop()`` is sync and idempotent."""
 
-    def __init__(self, app: web.Application, token: str, state: State) -> None:
-        self.token, self.state = token, state
+    def __init__(self, app: web.Application, name: str) -> None:
         self._loop = asyncio.new_event_loop()
         self._runner = web.AppRunner(app, access_log=None)
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fake-digitalocean", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
-            raise RuntimeError("the fake DigitalOcean API did not start")
+            raise RuntimeError(f"{name} did not start")
         host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self.base_url = f"http://{host}:{port}"
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -485,6 +485,15 @@ class FakeServer:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+
+
+class FakeServer(ThreadedApp):
+    """The fake, running: ``url`` is the endpoint to give the adapter, ``token`` the one
+    token it accepts, ``state`` what it holds."""
+
+    def __init__(self, app: web.Application, token: str, state: State) -> None:
+        super().__init__(app, "fake-digitalocean")
+        self.url, self.token, self.state = self.base_url, token, state
 
 
 def start_fake_digitalocean(token: str = "do-fake-token-0123456789", page_cap: int = 200,

@@ -7,8 +7,9 @@ records every request, so an adapter can be driven against it as against the clo
         ...
         assert api.requests[0].path == "/v4/linode/instances"
 
-Routes are matched in the order added (method and a regular expression on the path, without
-the query); a request no route matches gets ``default_status`` with ``default_body``."""
+Routes are matched newest first (method and a regular expression on the path, without
+the query); a request no route matches gets ``default_status`` with ``default_body``.
+Bodies are sent as JSON, except ``bytes``, sent as they are (give their Content-Type)."""
 
 from __future__ import annotations
 
@@ -113,9 +114,15 @@ class FakeJsonApi:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 status, body, extra = api._answer(self.command, self.path, dict(self.headers), raw)
-                data = b"" if body is None or status == 204 else json.dumps(body).encode()
+                if body is None or status == 204:
+                    data = b""
+                elif isinstance(body, bytes):  # a body given as bytes goes out as it is
+                    data = body
+                else:
+                    data = json.dumps(body).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                if "Content-Type" not in extra:
+                    self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 for k, v in extra.items():
                     self.send_header(k, v)

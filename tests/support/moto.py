@@ -119,7 +119,7 @@ def moto_fixture(scope: str = "session") -> Any:
     """A pytest fixture (assign it to the name ``moto`` in a test module or conftest) that
     starts one moto server for ``scope`` and stops it afterwards."""
 
-    @pytest.fixture(scope=scope)  # type: ignore[call-overload]
+    @pytest.fixture(scope=scope)  # type: ignore[call-overload, untyped-decorator, unused-ignore]
     def moto() -> Iterator[MotoServer]:
         server = start_moto()
         try:

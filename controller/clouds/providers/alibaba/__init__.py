@@ -12,7 +12,8 @@ SPEC = ProviderSpec(
     name="alibaba",
     title="Alibaba Cloud",
     fields=(
-        Field("apikey", required=True, secret=True, help="An AccessKey ID (of a RAM user)"),
+        # the AccessKey ID names the key (as AWS's access key id does): an identifier
+        Field("apikey", required=True, help="An AccessKey ID (of a RAM user)"),
         Field("apisecret", required=True, secret=True, help="That AccessKey's secret"),
         Field("region", required=True, help="The region id, e.g. eu-central-1, cn-hangzhou"),
     ),

@@ -42,7 +42,7 @@ class AlibabaAdapter(LibcloudComputeAdapter):
         from libcloud.compute.drivers.ecs import ECSDriver
 
         region = self.region()
-        return ECSDriver(self._field("apikey", secret=True),
+        return ECSDriver(self._field("apikey"),
                          self._field("apisecret", secret=True), region=region,
                          host=f"ecs.{region}.aliyuncs.com", timeout=self.timeout)
 

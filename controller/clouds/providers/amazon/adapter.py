@@ -60,12 +60,13 @@ class AmazonAdapter(LibcloudComputeAdapter):
         region = str(self.config.get("region") or "")
         if region not in REGIONS:
             raise Invalid(f"amazon has no region {region!r}", field="region")
-        kwargs: dict[str, Any] = {}
+        # SigV4 everywhere: AWS accepts it in every region (libcloud picks the deprecated SigV2
+        # for some), and endpoints such as moto route by its scope (SigV2 lands in S3's mock)
+        kwargs: dict[str, Any] = {"signature_version": "4"}
         endpoint = str(self.config.get("endpoint") or "")
         if endpoint:
             host, port, secure = parse_endpoint(endpoint)
-            # an endpoint routes by the SigV4 scope: libcloud's SigV2 for us-east-1 lands in S3
-            kwargs.update(host=host, port=port, secure=secure, signature_version="4")
+            kwargs.update(host=host, port=port, secure=secure)
         return Driver(str(self.config.get("apikey") or ""), self.secrets.get("apisecret", ""),
                       region=region, timeout=self.timeout, **kwargs)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 from urllib.parse import urlsplit
+from xml.etree import ElementTree as ET
 
 from libcloud.common.aws import AWSRequestSignerAlgorithmV4
 from libcloud.common.exceptions import BaseHTTPError
@@ -35,7 +36,7 @@ _AUTH_WORDS = {
 }
 
 
-class AWSError(BaseHTTPError):  # type: ignore[misc]
+class AWSError(BaseHTTPError):
     """An AWS error answer: ``code`` is the HTTP status libcloud_errors maps (404 for AWS's
     ``*NotFound`` codes, sent as 400), ``aws_code`` the AWS error code."""
 
@@ -79,8 +80,6 @@ def error_of(root: Any) -> tuple[str, str]:
 def raise_error(status: int, body: str, reason: str) -> str:
     """Raise the libcloud error that says what AWS refused; libcloud's own EC2 parser fails on
     errors with a ``Type`` element (moto's and IAM's) and on namespaced error bodies."""
-    from libcloud.utils.py3 import ET
-
     try:
         code, message = error_of(ET.XML(body.encode("utf-8") if isinstance(body, str) else body))
     except Exception:  # not XML: an HTML page from a proxy, an empty 5xx
@@ -96,7 +95,7 @@ def raise_error(status: int, body: str, reason: str) -> str:
     raise AWSError(status, code, text)
 
 
-class SigV4(AWSRequestSignerAlgorithmV4):  # type: ignore[misc]
+class SigV4(AWSRequestSignerAlgorithmV4):
     """libcloud's SigV4 signing only ``host``, ``content-type`` and ``x-amz-*``: libcloud signs
     every header, User-Agent included, which verifiers built on botocore (moto) drop before
     checking, so a right key was refused. AWS requires no more than these."""

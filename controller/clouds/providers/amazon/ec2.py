@@ -7,21 +7,24 @@ when an endpoint is given, tags numbered from 1, no ``<return>`` read as success
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+from typing import Any, cast
 
+from libcloud.compute.constants.ec2_region_details_partial import (
+    REGION_DETAILS as REGION_DETAILS_PARTIAL,
+)
 from libcloud.compute.drivers.ec2 import (
     NAMESPACE,
-    REGION_DETAILS_PARTIAL,
     EC2Connection,
     EC2NodeDriver,
     EC2Response,
 )
 from libcloud.compute.types import NodeState
 
-from controller.clouds.providers.amazon.aws import SigV4, raise_error, renamespace
+from controller.clouds.providers.amazon.aws import AWSError, SigV4, raise_error, renamespace
 
 
-class Response(EC2Response):  # type: ignore[misc]
+class Response(EC2Response):
     def parse_body(self) -> Any:
         return renamespace(super().parse_body(), NAMESPACE)
 
@@ -29,17 +32,17 @@ class Response(EC2Response):  # type: ignore[misc]
         return raise_error(int(self.status), self.body or "", str(self.error or ""))
 
 
-class Connection(EC2Connection):  # type: ignore[misc]
+class Connection(EC2Connection):
     responseCls = Response
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.signature_version == "4":
-            self.signer = SigV4(access_key=self.user_id, access_secret=self.key,
-                                version=self.version, connection=self)
+            self.signer = cast(Any, SigV4(access_key=self.user_id, access_secret=self.key,
+                                          version=self.version, connection=self))
 
 
-class Driver(EC2NodeDriver):  # type: ignore[misc]
+class Driver(EC2NodeDriver):
     """EC2 for one region, at AWS or at ``host``/``port`` (an AWS-compatible endpoint)."""
 
     connectionCls = Connection
@@ -115,24 +118,18 @@ class Driver(EC2NodeDriver):  # type: ignore[misc]
         from libcloud.compute.base import NodeSize
         from libcloud.compute.constants.ec2_instance_types import INSTANCE_TYPES
 
-        return [NodeSize(driver=self, **{**attrs, "price": None}) for attrs in INSTANCE_TYPES.values()]
+        types: dict[str, Any] = INSTANCE_TYPES
+        return [NodeSize(driver=self, **{**attrs, "price": None}) for attrs in types.values()]
 
     # -- key pairs --------------------------------------------------------------------------------
     def ex_import_key(self, name: str, public_key: str) -> None:
         """Import ``public_key`` under ``name``; an existing pair of that name is kept (names
         are derived from the key's content by the caller)."""
-        from controller.clouds.providers.amazon.aws import AWSError
-
         params = {"Action": "ImportKeyPair", "KeyName": name,
-                  "PublicKeyMaterial": _b64(public_key.strip())}
+                  "PublicKeyMaterial": base64.b64encode(public_key.strip().encode()).decode()}
         try:
             self.connection.request(self.path, params=params)
         except AWSError as exc:
             if exc.aws_code != "InvalidKeyPair.Duplicate":
                 raise
 
-
-def _b64(text: str) -> str:
-    import base64
-
-    return base64.b64encode(text.encode()).decode()

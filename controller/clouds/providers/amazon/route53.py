@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import Any, cast
+from xml.etree import ElementTree as ET
 
 from libcloud.common.aws import SignedAWSConnection
 from libcloud.dns.base import Record
 from libcloud.dns.drivers.route53 import API_ROOT, NAMESPACE, Route53DNSDriver, Route53DNSResponse
-from libcloud.utils.py3 import ET
 
 from controller.clouds.providers.amazon.aws import RestSigV4, local, raise_error, renamespace
 
@@ -26,7 +26,7 @@ NEW_NAMESPACE = f"https://route53.amazonaws.com/doc/{API_VERSION}/"
 _OCTAL = re.compile(r"\\(\d{3})")
 
 
-class Response(Route53DNSResponse):  # type: ignore[misc]
+class Response(Route53DNSResponse):
     def parse_body(self) -> Any:
         # libcloud's parsers look for its 2012-02-29 namespace: give it that one
         return renamespace(super().parse_body(), NAMESPACE)
@@ -35,7 +35,7 @@ class Response(Route53DNSResponse):  # type: ignore[misc]
         return raise_error(int(self.status), self.body or "", str(self.error or ""))
 
 
-class Connection(SignedAWSConnection):  # type: ignore[misc]
+class Connection(SignedAWSConnection):
     host = "route53.amazonaws.com"
     version = API_VERSION
     service_name = "route53"
@@ -44,11 +44,12 @@ class Connection(SignedAWSConnection):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["signature_version"] = "4"
         super().__init__(*args, **kwargs)
-        self.signer = RestSigV4(access_key=self.user_id, access_secret=self.key,
-                                version=self.version, connection=self)
+        self.signer = cast(Any, RestSigV4(access_key=self.user_id, access_secret=self.key,
+                                          version=self.version, connection=self))
 
-    def request(self, action: str, params: Any = None, data: Any = None, headers: Any = None,
-                method: str = "GET", **kwargs: Any) -> Any:
+    def request(self, action: Any, params: Any = None, data: Any = None, headers: Any = None,
+                method: Any = "GET", raw: Any = False, stream: Any = False, json: Any = None,
+                retry_failed: Any = None) -> Any:
         if action.startswith(API_ROOT):
             action = NEW_ROOT + action[len(API_ROOT):]
         if isinstance(data, bytes):
@@ -56,7 +57,7 @@ class Connection(SignedAWSConnection):  # type: ignore[misc]
         elif isinstance(data, str):
             data = data.replace(NAMESPACE, NEW_NAMESPACE)
         return super().request(action, params=params, data=data, headers=headers, method=method,
-                               **kwargs)
+                               raw=raw, stream=stream, json=json, retry_failed=retry_failed)
 
 
 def _text(el: Any, name: str) -> str:
@@ -80,8 +81,9 @@ def record_id(type_: str, name: str, value: str, multi: bool) -> str:
     return f"{base}#{hashlib.sha256(value.encode()).hexdigest()[:8]}" if multi else base
 
 
-class Driver(Route53DNSDriver):  # type: ignore[misc]
-    connectionCls = Connection
+class Driver(Route53DNSDriver):
+    # not a subclass of libcloud's Route53Connection: that one adds the old AWS3 header
+    connectionCls = Connection  # type: ignore[assignment]
 
     def __init__(self, key: str, secret: str, region_name: str = "us-east-1", **kwargs: Any) -> None:
         self.region_name = region_name  # the SigV4 scope; Route53 is global, signed in one region
@@ -127,7 +129,7 @@ class Driver(Route53DNSDriver):  # type: ignore[misc]
                 values = [f"ALIAS {_text(alias[0], 'DNSName')}"]
             for value in values:
                 records.append(Record(
-                    id=record_id(type_, name, value, len(values) > 1), name=name, type=type_,
+                    id=record_id(type_, name, value, len(values) > 1), name=name, type=cast(Any, type_),
                     data=value, zone=zone, driver=self, ttl=ttl,
                     extra={"ttl": ttl, "values": values, "alias": bool(alias)}))
         return records

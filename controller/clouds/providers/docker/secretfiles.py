@@ -29,7 +29,7 @@ class SecretFiles:
 
     def __init__(self) -> None:
         self._dir = ""
-        self._finalizer: weakref.finalize[..., None] | None = None
+        self._finalizer: weakref.finalize[..., SecretFiles] | None = None
 
     def write(self, name: str, text: str) -> str:
         """Write ``text`` to a new 0600 file called ``name``; return its path."""

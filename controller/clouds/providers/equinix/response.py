@@ -10,7 +10,7 @@ from libcloud.common.types import InvalidCredsError
 from libcloud.compute.drivers.equinixmetal import EquinixMetalResponse
 
 
-class EquinixResponse(EquinixMetalResponse):  # type: ignore[misc]
+class EquinixResponse(EquinixMetalResponse):
     def parse_error(self) -> Any:
         try:
             body = self.parse_body()

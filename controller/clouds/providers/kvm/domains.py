@@ -35,6 +35,7 @@ STATES = {
     7: "suspended",  # VIR_DOMAIN_PMSUSPENDED
 }
 PAUSED, SHUTOFF, PMSUSPENDED = 3, 5, 7
+RUNNING = (1, 2)
 
 TAGS_NS = "https://overcast.dev/xmlns/libvirt/tags/1"
 ET.register_namespace("overcast", TAGS_NS)
@@ -173,8 +174,9 @@ def to_machine(dom: Any, host_id: str, addresses: list[str]) -> MachineRecord:
         extra["libvirt_id"] = int(dom.ID())
     if facts.description:
         extra["description"] = facts.description
+    size = next((s.id for s in SHAPES if s.cpus == vcpus and s.ram_mb * 1024 == max_kib), "")
     return MachineRecord(
         external_id=str(dom.UUIDString()), name=str(dom.name()),
         state=STATES.get(int(state), "unknown"), public_ips=public, private_ips=private,
-        location=host_id, cores=int(vcpus), tags=facts.tags, parent=host_id, macs=facts.macs,
+        size=size, location=host_id, cores=int(vcpus), tags=facts.tags, parent=host_id, macs=facts.macs,
         extra=extra)
