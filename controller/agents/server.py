@@ -73,6 +73,16 @@ def agents_server(pki: Pki) -> Callable[[web.Application], AsyncIterator[None]]:
         tasks = [asyncio.create_task(services.ingestor.run(), name="ingest"),
                  asyncio.create_task(_retention(services, settings.metric_retention), name="retention"),
                  asyncio.create_task(_stale_after_grace(services, settings.agent_grace), name="stale")]
+        if _o.environ.get("OCX_TRIM"):  # EXPERIMENT (temporary)
+            async def _trim() -> None:
+                import ctypes
+                libc = ctypes.CDLL("libc.so.6")
+                while True:
+                    await asyncio.sleep(float(_o.environ["OCX_TRIM"]))
+                    t0 = time.perf_counter()
+                    libc.malloc_trim(0)
+                    log.warning("malloc_trim took %.1f ms", (time.perf_counter() - t0) * 1000)
+            tasks.append(asyncio.create_task(_trim()))
         yield
         services.registry.end_all("the controller is shutting down")
         await server.stop(grace=2)

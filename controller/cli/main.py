@@ -15,7 +15,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from controller.cli import agents, output
+from controller.cli import agents, clouds, inventory, output
 from controller.cli.client import (
     AUTH,
     FAILED,
@@ -261,34 +261,6 @@ def cmd_whoami(args: argparse.Namespace) -> int:
     return OK
 
 
-def _list_params(args: argparse.Namespace) -> dict[str, Any]:
-    return {"search": args.search, "sort": args.sort, "limit": args.limit, "start": args.start}
-
-
-def cmd_machines(args: argparse.Namespace) -> int:
-    client, _ = _client()
-    if args.id:
-        m = client.request("GET", f"/api/v2/machines/{quote(args.id, safe='')}")["data"]
-        if args.json:
-            output.emit_json(m)
-        else:
-            output.fields(m, ["id", "name", "state", "cloud", "hostname", "public_ips",
-                              "private_ips", "tags", "size", "image", "location", "os_type",
-                              "created", "last_seen", "unreachable_since"])
-        return OK
-    resp = client.request("GET", "/api/v2/machines", params=_list_params(args))
-    if args.json:
-        output.emit_json(resp["data"])
-        return OK
-    output.table(resp["data"], ["id", "name", "state", "cloud", "public_ips", "tags"],
-                 empty="no machines")
-    meta = resp["meta"]
-    if meta["total"] > meta["returned"]:
-        warn(f"showing {meta['returned']} of {meta['total']} from {meta['start']}; "
-             "use --start/--limit for more")
-    return OK
-
-
 def _log_row(e: dict[str, Any]) -> dict[str, Any]:
     actor = e.get("actor", {})
     target = e.get("target", {})
@@ -388,13 +360,6 @@ def _admin_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data directory (overrides the settings)")
 
 
-def _list_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--search", help="filter, e.g. 'state:running AND tags.env:prod'")
-    p.add_argument("--sort", help="fields, '-' for descending, e.g. -created,name")
-    p.add_argument("--limit", type=int, help="how many (default 100)")
-    p.add_argument("--start", help="offset or id to start from")
-
-
 def parser() -> argparse.ArgumentParser:
     from overcast import __version__
 
@@ -451,12 +416,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_whoami)
 
-    p = sub.add_parser("machines", help="list machines, or show one")
-    p.add_argument("id", nargs="?", help="a machine id: show it")
-    p.add_argument("--json", action="store_true")
-    _list_opts(p)
-    p.set_defaults(func=cmd_machines)
-
     p = sub.add_parser("logs", help="the audit log of your organisation")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
@@ -486,6 +445,8 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_token_revoke)
 
     agents.register(sub, tsub, duration)
+    clouds.register(sub)
+    inventory.register(sub)
     return ap
 
 

@@ -99,7 +99,7 @@ CREATE_MACHINE = obj(("cloud", "name"), cloud=string(1, 100), name=string(1, 200
 @inventory.route("POST", "/api/v2/machines", op="create_machine", body=CREATE_MACHINE,
                  summary="Create machines (a job; dry: check and show the plan only)")
 async def create_machine(ctx: Ctx) -> Any:
-    r = await asyncio.to_thread(ctx.services.actions.create_machines, ctx.principal, ctx.actor, ctx.body)
+    r = ctx.services.actions.create_machines(ctx.principal, ctx.actor, ctx.body)
     if r["dry"]:
         return one(r)
     return Reply({"data": r["job"], "job_id": r["job"]["id"], "jobId": r["job"]["id"],
@@ -152,8 +152,7 @@ VOLUME_ATTACH = obj(("machine",), machine=string(1, 200), device=string(0, 64))
 @inventory.route("POST", "/api/v2/volumes", op="create_volume", body=CREATE_VOLUME,
                  summary="Create a volume (a job)")
 async def create_volume(ctx: Ctx) -> Any:
-    return _job_reply(await asyncio.to_thread(ctx.services.actions.create_volume, ctx.principal,
-                                              ctx.actor, ctx.body))
+    return _job_reply(ctx.services.actions.create_volume(ctx.principal, ctx.actor, ctx.body))
 
 
 @inventory.route("DELETE", "/api/v2/volumes/{volume}", op="delete_volume", summary="Delete a volume (a job)")
@@ -185,8 +184,7 @@ CREATE_SUBNET = obj(("cidr",), name=string(0, 200), cidr=string(1, 64), location
 @inventory.route("POST", "/api/v2/networks", op="create_network", body=CREATE_NETWORK,
                  summary="Create a network (a job)")
 async def create_network(ctx: Ctx) -> Any:
-    return _job_reply(await asyncio.to_thread(ctx.services.actions.create_network, ctx.principal,
-                                              ctx.actor, ctx.body))
+    return _job_reply(ctx.services.actions.create_network(ctx.principal, ctx.actor, ctx.body))
 
 
 @inventory.route("DELETE", "/api/v2/networks/{network}", op="delete_network",
@@ -220,8 +218,7 @@ CREATE_RECORD = obj(("name", "type", "data"), name=string(0, 253),
 
 @inventory.route("POST", "/api/v2/zones", op="create_zone", body=CREATE_ZONE, summary="Create a DNS zone (a job)")
 async def create_zone(ctx: Ctx) -> Any:
-    return _job_reply(await asyncio.to_thread(ctx.services.actions.create_zone, ctx.principal,
-                                              ctx.actor, ctx.body))
+    return _job_reply(ctx.services.actions.create_zone(ctx.principal, ctx.actor, ctx.body))
 
 
 @inventory.route("DELETE", "/api/v2/zones/{zone}", op="delete_zone", summary="Delete a DNS zone (a job)")

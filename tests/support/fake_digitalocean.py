@@ -26,7 +26,14 @@ from aiohttp import web
 
 Json = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 TAG_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:-_")
+
+
+async def _body(request: web.Request) -> Json:
+    """The JSON body (the middleware has read and checked it; aiohttp keeps the bytes)."""
+    body = json.loads(await request.read() or b"{}")
+    return body if isinstance(body, dict) else {}
 
 
 class ApiError(Exception):
@@ -176,7 +183,6 @@ class Api:
                     body = json.loads(await request.read() or b"{}")
                 except ValueError:
                     raise ApiError(400, "bad_request", "unable to parse request body") from None
-            request["body"] = body
             self.s.requests.append((request.method, request.path, body))
             return await handler(request)
         except web.HTTPNotFound:
@@ -205,7 +211,7 @@ class Api:
         if last > 1:
             def link(n: int) -> str:
                 return str(request.url.with_query({"page": n, "per_page": per_page}))
-            pages = {}
+            pages: dict[str, str] = {}
             if page > 1:
                 pages.update(first=link(1), prev=link(page - 1))
             if page < last:
@@ -232,7 +238,7 @@ class Api:
         return web.json_response({"droplet": self.s.droplet(request.match_info["id"])})
 
     async def create_droplet(self, request: web.Request) -> web.Response:
-        b: Json = request["body"]
+        b: Json = await _body(request)
         if not b.get("name"):
             raise _422("Name is required and must be a valid hostname.")
         size, image = self.s.find("size", b.get("size")), self.s.find("image", b.get("image"))
@@ -269,7 +275,7 @@ class Api:
 
     async def droplet_action(self, request: web.Request) -> web.Response:
         self.s.settle()
-        d, b = self.s.droplet(request.match_info["id"]), request["body"]
+        d, b = self.s.droplet(request.match_info["id"]), await _body(request)
         type_ = b.get("type")
         on = d["status"] == "active"
         if type_ == "power_on":
@@ -300,7 +306,7 @@ class Api:
 
     # -- SSH keys ---------------------------------------------------------------------------------
     async def create_key(self, request: web.Request) -> web.Response:
-        b = request["body"]
+        b = await _body(request)
         public_key = str(b.get("public_key") or "").strip()
         try:
             fp = fingerprint(public_key)
@@ -325,7 +331,7 @@ class Api:
         return web.json_response({"volume": self.volume(request.match_info["id"])})
 
     async def create_volume(self, request: web.Request) -> web.Response:
-        b = request["body"]
+        b = await _body(request)
         name, size = str(b.get("name") or ""), b.get("size_gigabytes")
         if not name or not name[0].isalpha() or not name.replace("-", "").isalnum() \
                 or name.lower() != name or len(name) > 64:
@@ -356,15 +362,19 @@ class Api:
 
     async def volume_action(self, request: web.Request) -> web.Response:
         """By id (``/v2/volumes/{id}/actions``) or by ``volume_name`` + ``region``."""
-        b = request["body"]
+        b = await _body(request)
         if "id" in request.match_info:
             v = self.volume(request.match_info["id"])
         else:
-            v = next((v for v in self.s.volumes.values() if v["name"] == b.get("volume_name")
-                      and v["region"]["slug"] == b.get("region")), None)
-            if v is None:
+            found: Json | None = next((v for v in self.s.volumes.values()
+                                       if v["name"] == b.get("volume_name")
+                                       and v["region"]["slug"] == b.get("region")), None)
+            if found is None:
                 raise NOT_FOUND
-        d = self.s.droplet(b.get("droplet_id", ""))
+            v = found
+        if not isinstance(b.get("droplet_id"), int):
+            raise ApiError(400, "bad_request", "droplet_id must be an integer")
+        d = self.s.droplet(b["droplet_id"])
         if b.get("type") == "attach":
             if d["region"]["slug"] != v["region"]["slug"]:
                 raise _422("Droplet and volume must be in the same region.")
@@ -397,7 +407,7 @@ class Api:
         return rec
 
     async def create_domain(self, request: web.Request) -> web.Response:
-        b = request["body"]
+        b = await _body(request)
         name = str(b.get("name") or "").lower().rstrip(".")
         if "." not in name:
             raise _422("Name is invalid")
@@ -425,7 +435,7 @@ class Api:
         return await self.page(request, "domain_records", self.s.records[name])
 
     async def create_record(self, request: web.Request) -> web.Response:
-        name, b = self.domain(request.match_info["name"])["name"], request["body"]
+        name, b = self.domain(request.match_info["name"])["name"], await _body(request)
         type_, data = b.get("type"), str(b.get("data") or "")
         if type_ not in ("A", "AAAA", "CAA", "CNAME", "MX", "NS", "TXT", "SRV"):
             raise _422("Type is not a valid record type")

@@ -55,7 +55,10 @@ class FakeJsonApi:
         self.default_body = default_body if default_body is not None else {"error": "not found"}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # libcloud keeps connections alive: do not wait for its idle ones when closing
+        self._server.block_on_close = False
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={
+            "poll_interval": 0.02}, daemon=True)
 
     @property
     def host(self) -> str:

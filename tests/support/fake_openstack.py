@@ -27,7 +27,14 @@ from tests.support.fake_digitalocean import ThreadedApp
 
 Json = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 C, N, V = "/compute/v2.1", "/networking/v2.0", "/volume/v3/{project}"
+
+
+async def _body(request: web.Request) -> Json:
+    """The JSON body (the middleware has read and checked it; aiohttp keeps the bytes)."""
+    body = json.loads(await request.read() or b"{}")
+    return body if isinstance(body, dict) else {}
 
 
 class ApiError(Exception):
@@ -197,7 +204,6 @@ class Api:
                     raise nova(400, "Malformed request body") from None
             if request.match_info.get("project", self.s.project_id) != self.s.project_id:
                 raise nova(403, "Policy doesn't allow this for another project.")
-            request["body"] = body
             self.s.requests.append((request.method, request.path_qs, body))
             return await handler(request)
         except web.HTTPNotFound:
@@ -226,7 +232,7 @@ class Api:
 
     # -- keystone --------------------------------------------------------------------------------
     async def auth(self, request: web.Request) -> web.Response:
-        a = request["body"].get("auth", {})
+        a = (await _body(request)).get("auth", {})
         user = a.get("identity", {}).get("password", {}).get("user", {})
         project = a.get("scope", {}).get("project", {})
         pdomain = project.get("domain", {})
@@ -270,7 +276,7 @@ class Api:
         return web.json_response({"server": self.server(request.match_info["id"])})
 
     async def create_server(self, request: web.Request) -> web.Response:
-        b = request["body"].get("server") or {}
+        b = (await _body(request)).get("server") or {}
         flavor = next((f for f in self.s.flavors if f["id"] == b.get("flavorRef")), None)
         if not b.get("name") or flavor is None:
             raise nova(400, "Invalid flavorRef provided." if b.get("name") else "name is required")
@@ -307,7 +313,7 @@ class Api:
             ports.append((nid, sub["id"]))
             addresses.setdefault(net["name"], []).append({
                 "version": ip.version, "addr": str(ip), "OS-EXT-IPS:type": "fixed",
-                "OS-EXT-IPS-MAC:mac_addr": "fa:16:3e:%02x:%02x:%02x" % tuple(uuid.uuid4().bytes[:3])})
+                "OS-EXT-IPS-MAC:mac_addr": "fa:16:3e:" + uuid.uuid4().bytes[:3].hex(":")})
         link = f"{request.scheme}://{request.host}{C}/servers/{sid}"
         self.s.servers[sid] = srv = {
             "id": sid, "name": b["name"], "status": "BUILD", "tenant_id": self.s.project_id,
@@ -327,7 +333,7 @@ class Api:
             "security_groups": [{"name": "default"}], "adminPass": uuid.uuid4().hex[:12]}}, status=202)
 
     async def update_server(self, request: web.Request) -> web.Response:
-        srv, b = self.server(request.match_info["id"]), request["body"].get("server") or {}
+        srv, b = self.server(request.match_info["id"]), (await _body(request)).get("server") or {}
         if "name" in b:
             if not str(b["name"]).strip():
                 raise nova(400, "Invalid input for field/attribute name.")
@@ -344,7 +350,7 @@ class Api:
         return web.Response(status=204)
 
     async def server_action(self, request: web.Request) -> web.Response:
-        srv, b = self.server(request.match_info["id"]), request["body"]
+        srv, b = self.server(request.match_info["id"]), await _body(request)
         if len(b) != 1:
             raise nova(400, "There is no such action: " + ",".join(b))
         (action, arg), = b.items()
@@ -386,7 +392,7 @@ class Api:
 
     async def attach(self, request: web.Request) -> web.Response:
         srv = self.server(request.match_info["id"])
-        vid = (request["body"].get("volumeAttachment") or {}).get("volumeId", "")
+        vid = ((await _body(request)).get("volumeAttachment") or {}).get("volumeId", "")
         vol = self.volume(vid)
         if vol["status"] != "available":
             raise nova(400, f"Invalid volume: volume '{vid}' status must be 'available'. "
@@ -415,7 +421,7 @@ class Api:
         return web.json_response({"keypairs": [{"keypair": k} for k in self.s.keypairs.values()]})
 
     async def import_keypair(self, request: web.Request) -> web.Response:
-        k = request["body"].get("keypair") or {}
+        k = (await _body(request)).get("keypair") or {}
         name, public_key = str(k.get("name") or ""), str(k.get("public_key") or "").strip()
         if not name:
             raise nova(400, "Keypair data is invalid: Keypair name must be string and between 1 and 255 characters long")
@@ -466,7 +472,7 @@ class Api:
         return web.json_response({"network": self.network(request.match_info["id"])})
 
     async def create_network(self, request: web.Request) -> web.Response:
-        b = request["body"].get("network") or {}
+        b = (await _body(request)).get("network") or {}
         net = self.s.add_network(str(b.get("name") or ""))
         net.update({k: b[k] for k in ("description", "admin_state_up", "mtu") if k in b})
         return web.json_response({"network": net}, status=201)
@@ -485,7 +491,7 @@ class Api:
         return web.json_response({"subnets": list(self.s.subnets.values())})
 
     async def create_subnet(self, request: web.Request) -> web.Response:
-        b = request["body"].get("subnet") or {}
+        b = (await _body(request)).get("subnet") or {}
         net = self.network(str(b.get("network_id") or ""))
         try:
             cidr = ipaddress.ip_network(str(b.get("cidr")), strict=False)
@@ -526,7 +532,7 @@ class Api:
         return web.json_response({"volume": self.volume(request.match_info["id"])})
 
     async def create_volume(self, request: web.Request) -> web.Response:
-        b = request["body"].get("volume") or {}
+        b = (await _body(request)).get("volume") or {}
         if not isinstance(b.get("size"), int) or b["size"] < 1:
             raise nova(400, "Invalid input received: 'size' parameter must be an integer and "
                             "greater than 0.")

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from controller.errors import (
+    Conflict,
     Invalid,
     NotFound,
     OvercastError,
@@ -85,6 +86,8 @@ def _by_status(provider: str, code: int, message: str, doing: str) -> OvercastEr
         return ProviderAuthError(f"{provider} refused the credentials{doing}: {message}", details)
     if code == 404:
         return NotFound(f"{provider} has no such resource{doing}: {message}", details)
+    if code == 409:
+        return Conflict(f"{provider} refused{doing}, as things stand: {message}", details)
     if code in (400, 422):
         return Invalid(f"{provider} refused the request{doing}: {message}", None, **details)
     if code in (429, 502, 503, 504):

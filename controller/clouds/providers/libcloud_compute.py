@@ -66,6 +66,18 @@ def price(value: Any) -> float | None:
     return p if p > 0 else None
 
 
+def set_timeout(driver: Any, timeout: float) -> None:
+    """Bound every HTTP call of a libcloud driver. The connection copies its timeout into the
+    HTTP session when it connects, which some drivers do while being built: set both."""
+    connection = getattr(driver, "connection", None)
+    if connection is None:
+        return
+    connection.timeout = timeout
+    session = getattr(getattr(connection, "connection", None), "session", None)
+    if session is not None:
+        session.timeout = timeout
+
+
 class LibcloudComputeAdapter(Adapter):
     capabilities = frozenset({Capability.MACHINES, Capability.START, Capability.STOP,
                               Capability.REBOOT, Capability.DESTROY, Capability.SIZES,
@@ -86,9 +98,7 @@ class LibcloudComputeAdapter(Adapter):
         if self._driver is None:
             with libcloud_errors(self.provider, "connecting"):
                 self._driver = self.driver()
-                connection = getattr(self._driver, "connection", None)
-                if connection is not None:
-                    connection.timeout = self.timeout
+                set_timeout(self._driver, self.timeout)
         return self._driver
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:

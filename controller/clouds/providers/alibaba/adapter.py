@@ -12,7 +12,7 @@ from controller.clouds.providers.libcloud_compute import LibcloudComputeAdapter,
 from controller.errors import Invalid
 
 # a region id goes into the endpoint's host name: nothing but its documented shape
-_REGION = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]+){1,3}")
+_REGION = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]+){1,4}")
 # the driver's error is the str() of a dict; Aliyun answers a wrong AccessKey with 404
 # (InvalidAccessKeyId.NotFound) and a wrong secret with 400 (SignatureDoesNotMatch)
 _CODE = re.compile(r"'code': '([^']*)'")

@@ -43,6 +43,14 @@ FEATURED_PER_FAMILY = 3
 VOLUME_TYPES = ("gp3", "gp2", "io1", "io2", "st1", "sc1", "standard")
 
 
+def _count(value: Any) -> int:
+    """libcloud's "vcpu" is a string ("2", sometimes "NA")."""
+    try:
+        return int(str(value).split()[0])
+    except (ValueError, IndexError):
+        return 0
+
+
 class AmazonAdapter(LibcloudComputeAdapter):
     provider = "amazon"
     capabilities = SPEC.capabilities
@@ -50,6 +58,7 @@ class AmazonAdapter(LibcloudComputeAdapter):
     def __init__(self, config: dict[str, JSON], secrets: dict[str, str], timeout: float = 30.0) -> None:
         super().__init__(config, secrets, timeout)
         self._sizes: list[Any] | None = None
+        self._size_records: dict[str, SizeRecord] | None = None
         self.dns = AmazonDns(config, secrets, timeout)
 
     # -- building ----------------------------------------------------------------------------
@@ -78,16 +87,19 @@ class AmazonAdapter(LibcloudComputeAdapter):
         m.os_type = "windows" if extra.get("platform") == "windows" else "linux"
         m.macs = sorted({str(i.extra.get("mac_address")) for i in extra.get("network_interfaces") or []
                          if getattr(i, "extra", {}).get("mac_address")})
-        size = next((s for s in self._size_list() if str(s.id) == m.size), None)
-        if size is not None:
-            m.cores = int((size.extra or {}).get("vcpu") or 0)
+        try:
+            self.list_sizes()
+        except Exception:  # cores are a nicety, as prices are (see size_price)
+            pass
+        size = (self._size_records or {}).get(m.size)
+        m.cores = size.cpus if size is not None else 0
         return m
 
     @staticmethod
     def to_size(s: Any) -> SizeRecord:
         extra = dict(s.extra or {})
         return SizeRecord(external_id=str(s.id), name=str(s.name or s.id),
-                          cpus=int(str(extra.get("vcpu") or "0").split()[0] or 0),
+                          cpus=_count(extra.get("vcpu")),
                           ram_mb=int(s.ram or 0), disk_gb=int(s.disk or 0),
                           price_per_hour=price(s.price),
                           extra={k: json_safe(extra.get(k)) for k in (
@@ -126,18 +138,16 @@ class AmazonAdapter(LibcloudComputeAdapter):
         return self._sizes
 
     def list_sizes(self) -> list[SizeRecord]:
-        return [self.to_size(s) for s in self._size_list()]
+        if self._size_records is None:
+            self._size_records = {str(s.id): self.to_size(s) for s in self._size_list()}
+        return list(self._size_records.values())
 
     def list_images(self) -> list[ImageRecord]:
         d = self.conn
         own = self._call("listing images", d.list_images, ex_owner="self")
-        owners = sorted({owner for owner, _ in FEATURED_IMAGES})
-        params = {"Action": "DescribeImages"}
-        params.update({f"Owner.{n}": owner for n, owner in enumerate(owners, start=1)})
-        params.update(d._build_filters({"name": [p for _, p in FEATURED_IMAGES],
-                                        "state": "available"}))
-        public = self._call("listing images", lambda: d._to_images(
-            d.connection.request(d.path, params=params).object))
+        public = self._call("listing images", d.ex_list_images_named,
+                            sorted({owner for owner, _ in FEATURED_IMAGES}),
+                            [pattern for _, pattern in FEATURED_IMAGES])
         seen = {str(i.id) for i in own}
         images = list(own)
         for _, pattern in FEATURED_IMAGES:

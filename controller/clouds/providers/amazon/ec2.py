@@ -121,6 +121,15 @@ class Driver(EC2NodeDriver):
         types: dict[str, Any] = INSTANCE_TYPES
         return [NodeSize(driver=self, **{**attrs, "price": None}) for attrs in types.values()]
 
+    # -- images -----------------------------------------------------------------------------------
+    def ex_list_images_named(self, owners: list[str], names: list[str]) -> list[Any]:
+        """Available images of any of ``owners`` whose name matches any of ``names`` (AWS
+        wildcards ``*`` and ``?``), in one DescribeImages call."""
+        params: dict[str, str] = {"Action": "DescribeImages"}
+        params.update({f"Owner.{n}": owner for n, owner in enumerate(owners, start=1)})
+        params.update(self._build_filters({"name": names, "state": "available"}))
+        return list(self._to_images(self.connection.request(self.path, params=params).object))
+
     # -- key pairs --------------------------------------------------------------------------------
     def ex_import_key(self, name: str, public_key: str) -> None:
         """Import ``public_key`` under ``name``; an existing pair of that name is kept (names

@@ -6,8 +6,8 @@ or gateway in front of the API, and for tests against a local stand-in; a path p
 (``https://gw.example/do``) is kept.
 
 Machines are droplets: start is ``power_on``, stop a graceful ``shutdown`` (``params.force``
-sends ``power_off``), reboot, destroy, rename, resize (the droplet must be off; CPU and RAM
-only, so it can be undone, unless ``params.disk`` is true). Create takes a size slug, an image
+sends ``power_off``), reboot (``params.hard`` sends ``power_cycle``), destroy, rename, resize
+(the droplet must be off; CPU and RAM only, so it can be undone, unless ``params.disk``). Create takes a size slug, an image
 id or slug and a region slug; the public key is matched to the account's keys by
 fingerprint or imported, ``extra.ssh_keys`` adds keys by id or fingerprint, tags become
 DigitalOcean tags (``key:value``). Locations are the regions open for new droplets."""

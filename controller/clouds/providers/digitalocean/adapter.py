@@ -3,8 +3,8 @@
 Blocking, like every adapter. A few calls go through the driver's connection directly,
 where libcloud's helper would send the wrong thing (see ``driver.py`` for the others):
 
-* create: libcloud's ``NodeImage`` and ``Node`` turn ids into strings, and DigitalOcean
-  reads a numeric string as an image *slug*; the body here sends integers as integers.
+* create: libcloud's ``NodeImage`` turns every id into a string, where the API documents
+  an image as an integer id or a slug; the body here sends ids (image, SSH keys) as integers.
 * volume attach/detach: libcloud sends ``droplet_id`` as a string where the API documents an
   integer, and its detach detaches from every droplet; here exactly one, by integer id.
 * zone create: libcloud always sends ``ip_address`` (127.0.0.1 when none is given), which
@@ -25,6 +25,7 @@ from typing import Any
 from libcloud.compute.base import Node, NodeLocation, StorageVolume
 from libcloud.compute.types import NodeState
 from libcloud.dns.base import Record, Zone
+from libcloud.dns.types import RecordType
 
 from controller.clouds.providers.base import (
     JSON,
@@ -52,7 +53,7 @@ from controller.errors import Invalid, NotFound
 
 _DROPLET_ID = re.compile(r"^[0-9]{1,20}$")
 _VOLUME_ID = re.compile(r"^[0-9a-fA-F-]{1,64}$")
-_ZONE = re.compile(r"^[A-Za-z0-9_.-]{1,253}$")
+_ZONE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
 _NODE_EXTRA = ("memory", "vcpus", "disk", "locked", "features", "region", "volume_ids",
                "backup_ids", "snapshot_ids")
 
@@ -128,7 +129,7 @@ class DigitalOceanAdapter(LibcloudComputeAdapter):
 
     @staticmethod
     def _id(kind: str, value: str, shape: re.Pattern[str]) -> str:
-        if not shape.match(value or ""):
+        if not shape.fullmatch(value or ""):
             raise NotFound(f"digitalocean has no {kind} {value!r}", {"external_id": value})
         return value
 
@@ -208,7 +209,7 @@ class DigitalOceanAdapter(LibcloudComputeAdapter):
             else:
                 self._call(what, d.ex_shutdown_node, node)
         elif action == Capability.REBOOT:
-            self._call(what, d.reboot_node, node)
+            self._call(what, d.ex_hard_reboot if params.get("hard") else d.reboot_node, node)
         elif action == Capability.DESTROY:
             self._call(what, d.destroy_node, node)
         elif action == Capability.RENAME:
@@ -265,7 +266,7 @@ class DigitalOceanAdapter(LibcloudComputeAdapter):
         if not location:
             raise Invalid("DigitalOcean needs a region to create a volume", field="location")
         d = self.conn
-        region = NodeLocation(id=location, name=location, country=None, driver=d)
+        region = NodeLocation(id=location, name=location, country="", driver=d)
         return self.to_volume(self._call("creating the volume", d.create_volume, size_gb, name,
                                          location=region))
 
@@ -290,7 +291,7 @@ class DigitalOceanAdapter(LibcloudComputeAdapter):
     # -- DNS -------------------------------------------------------------------------------------
     def _zone(self, zone_id: str) -> Any:
         zid = self._id("zone", zone_id, _ZONE)
-        return Zone(id=zid, domain=zid, type="master", ttl=None, driver=self.dns)
+        return Zone(id=zid, domain=zid, type="master", ttl=0, driver=self.dns)
 
     def list_zones(self) -> list[ZoneRecord]:
         return [ZoneRecord(external_id=str(z.id), domain=str(z.domain), ttl=int(z.ttl or 0))
@@ -341,8 +342,9 @@ class DigitalOceanAdapter(LibcloudComputeAdapter):
     def delete_record(self, zone_id: str, record_id: str) -> None:
         rid = self._id("record", record_id, _DROPLET_ID)
         zone = self._zone(zone_id)
+        type_: Any = RecordType.A  # not used to delete; libcloud's Record wants one
         self._call("deleting the DNS record", self.dns.delete_record,
-                   Record(id=rid, name="", type="A", data="", zone=zone, driver=self.dns))
+                   Record(id=rid, name="", type=type_, data="", zone=zone, driver=self.dns))
 
     def close(self) -> None:
         for drv in (self._driver, self._dns):

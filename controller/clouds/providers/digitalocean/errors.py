@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from controller.clouds.providers.errors import libcloud_errors
-from controller.errors import ProviderAuthError
+from controller.errors import Conflict, ProviderAuthError, ProviderError
 
 PROVIDER = "digitalocean"
 
@@ -15,7 +15,8 @@ PROVIDER = "digitalocean"
 def do_errors(what: str = "") -> Iterator[None]:
     """Run a libcloud call against DigitalOcean; raise the domain's errors. A 401 (libcloud's
     ``InvalidCredsError``) becomes :class:`ProviderAuthError` saying the API token was refused;
-    the token itself never appears."""
+    the token itself never appears. A 409 (the resource is busy: attached, in use)
+    is :class:`Conflict`."""
     try:
         with libcloud_errors(PROVIDER, what):
             yield
@@ -24,3 +25,8 @@ def do_errors(what: str = "") -> Iterator[None]:
         raise ProviderAuthError(
             f"DigitalOcean refused the API token{doing} (revoked, expired, mistyped, or "
             f"without the scope this needs)", exc.details) from None
+    except ProviderError as exc:
+        if exc.details.get("status") != 409:
+            raise
+        # TODO: drop once providers.errors maps 409 itself (it reports it as a plain failure)
+        raise Conflict(exc.message, exc.details) from None

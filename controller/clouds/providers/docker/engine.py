@@ -176,7 +176,7 @@ def _by_status(status: int, message: str, what: str, where: str) -> OvercastErro
                                  details)
     if status == 404:
         return NotFound(f"docker has no such resource{doing}: {message}", details)
-    if status == 409:
+    if status == 409 or (status == 500 and "already in use" in message):  # podman says 500
         return Conflict(f"docker refused{doing}: {message}", details)
     if status in (400, 422):
         return Invalid(f"docker refused the request{doing}: {message}", **details)

@@ -67,6 +67,9 @@ class EquinixAdapter(LibcloudComputeAdapter):
         raise NotFound(f"{self.provider} has no machine {external_id!r}",
                        {"external_id": external_id})
 
+    def size_price(self, size_id: str) -> float | None:
+        return None  # not by listing plans: each device carries its plan and price
+
     def to_machine(self, node: Any) -> MachineRecord:
         record = super().to_machine(node)
         extra = node.extra or {}

@@ -7,8 +7,8 @@ services), ``domain`` (the user's domain name, default "Default"; the project is
 the default domain), ``region`` (which catalog region to use when there are several) and
 ``computeEndpoint`` (nova's URL, when the catalog's is not reachable from here).
 
-Machines are servers: start/stop (``os-start``/``os-stop``), reboot (soft), destroy, rename,
-suspend/resume, resize (waits for ``VERIFY_RESIZE`` and confirms it). Create takes a flavor
+Machines are servers: start/stop (``os-start``/``os-stop``), reboot (soft; ``params.hard``
+for hard), destroy, rename, suspend/resume, resize (waits for ``VERIFY_RESIZE``, confirms). Create takes a flavor
 id, an image id and optionally an availability zone; the public key is matched by fingerprint
 to the user's key pairs or imported, ``extra.networks`` lists network ids (needed when the
 project has more than one), ``extra.key_name`` an existing key pair, tags become server

@@ -50,11 +50,17 @@ from controller.clouds.providers.libcloud_compute import (
 from controller.clouds.providers.openstack import SPEC
 from controller.clouds.providers.openstack.driver import build
 from controller.clouds.providers.openstack.errors import os_errors, token_refused
-from controller.errors import Invalid, NotFound, ProviderAuthError, ProviderError, ProviderUnavailable
+from controller.errors import (
+    Invalid,
+    NotFound,
+    ProviderAuthError,
+    ProviderError,
+    ProviderUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
-_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _NODE_EXTRA = ("vm_state", "task_state", "power_state", "key_name", "hostId", "tenantId",
                "volumes_attached", "fault", "access_ip")
 
@@ -108,7 +114,7 @@ class OpenStackAdapter(LibcloudComputeAdapter):
 
     @staticmethod
     def _id(kind: str, value: str) -> str:
-        if not _ID.match(value or ""):
+        if not _ID.fullmatch(value or ""):
             raise NotFound(f"openstack has no {kind} {value!r}", {"external_id": value})
         return value
 
@@ -207,7 +213,7 @@ class OpenStackAdapter(LibcloudComputeAdapter):
         if not flavor:
             raise Invalid("resize needs a size (flavor id)", field="size")
         d = self.conn
-        size = NodeSize(id=flavor, name=flavor, ram=0, disk=0, bandwidth=None, price=None, driver=d)
+        size = NodeSize(id=flavor, name=flavor, ram=0, disk=0, bandwidth=None, price=0.0, driver=d)
         self._call("resizing the server", d.ex_resize, node, size)
         deadline, delay = time.monotonic() + self.timeout, 0.1
         while True:
@@ -234,7 +240,7 @@ class OpenStackAdapter(LibcloudComputeAdapter):
         kwargs: dict[str, Any] = {
             "name": req.name,
             "size": NodeSize(id=req.size, name=req.size, ram=0, disk=0, bandwidth=None,
-                             price=None, driver=d),
+                             price=0.0, driver=d),
             "image": NodeImage(id=req.image, name=req.image, driver=d),
             "ex_metadata": {str(k): str(v) for k, v in req.tags.items()}}
         if req.location:

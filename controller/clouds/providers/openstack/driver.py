@@ -15,7 +15,7 @@ Quirks worked around here (libcloud 3.8/3.9):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from libcloud.compute.drivers.openstack import (
@@ -29,6 +29,8 @@ from libcloud.compute.drivers.openstack import (
 )
 
 from controller.errors import Invalid
+
+T = TypeVar("T")
 
 
 def auth_base(url: str) -> str:
@@ -44,43 +46,19 @@ def auth_base(url: str) -> str:
     return url
 
 
-class _Compute(OpenStack_2_Connection):  # type: ignore[misc]
-    service_name = None
-    service_region = None
-
-
-class _Image(OpenStack_2_ImageConnection):  # type: ignore[misc]
-    service_name = None
-    service_region = None
-
-
-class _Network(OpenStack_2_NetworkConnection):  # type: ignore[misc]
-    service_name = None
-    service_region = None
-
-
-class _VolumeV2(OpenStack_2_VolumeV2Connection):  # type: ignore[misc]
-    service_name = None
-    service_region = None
-
-
-class _VolumeV3(OpenStack_2_VolumeV3Connection):  # type: ignore[misc]
-    service_name = None
-    service_region = None
-
-
-class _Reservation(OpenStack_2_ReservationConnection):  # type: ignore[misc]
-    service_name = None
-    service_region = None
+def _by_type(base: type[T]) -> type[T]:
+    """``base`` finding its endpoint by service type (and the configured region) alone."""
+    cls: Any = type(f"{base.__name__}ByType", (base,), {"service_name": None, "service_region": None})
+    return cls  # type: ignore[no-any-return]
 
 
 class NodeDriver(OpenStack_2_NodeDriver):  # type: ignore[misc]
-    connectionCls = _Compute
-    image_connectionCls = _Image
-    network_connectionCls = _Network
-    volumev2_connectionCls = _VolumeV2
-    volumev3_connectionCls = _VolumeV3
-    reservation_connectionCls = _Reservation
+    connectionCls = _by_type(OpenStack_2_Connection)
+    image_connectionCls = _by_type(OpenStack_2_ImageConnection)
+    network_connectionCls = _by_type(OpenStack_2_NetworkConnection)
+    volumev2_connectionCls = _by_type(OpenStack_2_VolumeV2Connection)
+    volumev3_connectionCls = _by_type(OpenStack_2_VolumeV3Connection)
+    reservation_connectionCls = _by_type(OpenStack_2_ReservationConnection)
 
 
 def build(user: str, password: str, auth_url: str, tenant: str, domain: str = "",

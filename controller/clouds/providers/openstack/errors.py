@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from controller.clouds.providers.errors import libcloud_errors
-from controller.errors import ProviderAuthError
+from controller.errors import Conflict, ProviderAuthError, ProviderError
 
 PROVIDER = "openstack"
 
@@ -21,7 +21,8 @@ def token_refused(exc: ProviderAuthError) -> bool:
 def os_errors(what: str = "") -> Iterator[None]:
     """Run a libcloud call against OpenStack; raise the domain's errors. Keystone refusing
     the password (libcloud's ``InvalidCredsError``) becomes :class:`ProviderAuthError` that
-    says so; the password never appears."""
+    says so; the password never appears. A 409 (the resource is busy: wrong state,
+    in use) is :class:`Conflict`."""
     try:
         with libcloud_errors(PROVIDER, what):
             yield
@@ -34,3 +35,8 @@ def os_errors(what: str = "") -> Iterator[None]:
         raise ProviderAuthError(
             f"OpenStack's identity service (keystone) refused the user, password, domain or "
             f"project{doing}", exc.details) from None
+    except ProviderError as exc:
+        if exc.details.get("status") != 409:
+            raise
+        # TODO: drop once providers.errors maps 409 itself (it reports it as a plain failure)
+        raise Conflict(exc.message, exc.details) from None

@@ -1,0 +1,182 @@
+"""AWS end to end through the REST API against a local moto server, as a user would: add the
+cloud (credentials checked), create machines (a job), see them with sizes, prices and
+costs, stop one and see the state change with its audit entries, resize and rename it,
+volumes, networks and DNS through their endpoints, tags, costs, and destroy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.clouds import audit, machines, poll, wait_job
+from tests.support.controller import Controller, Http
+from tests.support.moto import ACCESS_KEY, SECRET_KEY, MotoServer, moto_fixture
+
+moto = moto_fixture("module")
+
+
+@pytest.fixture(scope="module")
+def aws(controller: Controller, moto: MotoServer) -> Iterator[tuple[Http, dict[str, Any]]]:
+    h = controller.session()
+    r = h.post("/api/v2/clouds", {"name": "AWS test", "provider": "amazon", "credentials": {
+        "apikey": ACCESS_KEY, "apisecret": SECRET_KEY, "region": "us-east-1", "endpoint": moto.url}})
+    assert r.status == 201, r.body
+    yield h, r.body["data"]
+
+
+def image(h: Http, cloud: str) -> str:
+    poll(h, cloud)
+    r = h.get(f"/api/v2/images?cloud={cloud}&search=al2023&limit=1000")
+    assert r.status == 200 and r.body["data"], r.body
+    return str(r.body["data"][0]["id"])
+
+
+def create(h: Http, cloud: str, **kw: Any) -> list[dict[str, Any]]:
+    body = {"cloud": cloud, "name": "web", "size": "t2.micro", "image": image(h, cloud), **kw}
+    r = h.post("/api/v2/machines", body)
+    assert r.status == 202, r.body
+    job = wait_job(h, r.body["job_id"])
+    assert job["status"] == "succeeded", job
+    poll(h, cloud)
+    made = {m["id"] for m in job["result"]}
+    return [m for m in machines(h, cloud) if m["id"] in made]
+
+
+def test_the_secret_is_never_shown(aws: tuple[Http, dict[str, Any]]) -> None:
+    h, cloud = aws
+    assert SECRET_KEY not in str(cloud) and cloud["credentials_set"] == ["apisecret"]
+    assert cloud["config"]["apikey"] == ACCESS_KEY
+    assert SECRET_KEY not in str(h.get(f"/api/v2/clouds/{cloud['id']}").body)
+    assert SECRET_KEY not in str(audit(h, "cloud.add"))
+
+
+def test_create_stop_resize_rename_destroy(aws: tuple[Http, dict[str, Any]]) -> None:
+    h, cloud = aws
+    dry = h.post("/api/v2/machines", {"cloud": cloud["id"], "name": "x", "size": "t2.micro",
+                                      "image": image(h, cloud["id"]), "dry": True, "quantity": 2})
+    assert dry.status == 200 and dry.body["data"]["plan"]["names"] == ["x-1", "x-2"], dry.body
+    [m] = create(h, cloud["id"], tags={"team": "web"})
+    assert m["state"] == "running" and m["size"] == "t2.micro" and m["provider"] == "amazon"
+    assert m["cost"]["source"] == "pricing" and m["cost"]["hourly"] > 0
+    assert m["tags"]["Name"] == "web"
+    assert audit(h, "machine.create") and audit(h, "machine.detected", m["id"])
+    r = h.post(f"/api/v2/machines/{m['id']}/actions/stop")
+    assert r.status == 202, r.body
+    job = wait_job(h, r.body["job_id"])
+    assert job["status"] == "succeeded" and job["progress"], job
+    poll(h, cloud["id"])
+    stopped = h.get(f"/api/v2/machines/{m['id']}").body["data"]
+    assert stopped["state"] == "stopped" and stopped["cost"]["hourly"] == 0
+    [entry] = [e for e in audit(h, "machine.stop", m["id"])]
+    assert entry["outcome"] == "success" and entry["actor"]["email"]
+    changed = audit(h, "machine.changed", m["id"])
+    assert any(e["details"]["changes"].get("state", {}).get("to") == "stopped" for e in changed)
+    r = h.post(f"/api/v2/machines/{m['id']}/actions/resize", {"size": "t2.small"})
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded"
+    r = h.post(f"/api/v2/machines/{m['id']}/actions/rename", {"name": "web-renamed"})
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded"
+    poll(h, cloud["id"])
+    cur = h.get(f"/api/v2/machines/{m['id']}").body["data"]
+    assert cur["size"] == "t2.small" and cur["name"] == "web-renamed"
+    # a failing action is a failed job, audited as failed, with the provider's reason
+    r = h.post(f"/api/v2/machines/{m['id']}/actions/resize", {"size": "t9.huge"})
+    job = wait_job(h, r.body["job_id"])
+    assert job["status"] == "failed" and "t9.huge" in job["error"]["message"]
+    assert any(e["outcome"] == "failed" for e in audit(h, "machine.resize", m["id"]))
+    # unsupported: a 422 before any job
+    r = h.post(f"/api/v2/machines/{m['id']}/actions/suspend")
+    assert r.status == 422 and r.body["error"]["code"] == "unsupported"
+    r = h.post(f"/api/v2/machines/{m['id']}/actions/destroy")
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded"
+    poll(h, cloud["id"])
+    assert h.get(f"/api/v2/machines/{m['id']}").body["data"]["state"] == "terminated"
+
+
+def test_volumes_networks_and_dns(aws: tuple[Http, dict[str, Any]]) -> None:
+    h, cloud = aws
+    cid = cloud["id"]
+    [m] = create(h, cid, name="db")
+    loc = m["location"]
+    r = h.post("/api/v2/volumes", {"cloud": cid, "name": "data", "size": 8, "location": loc})
+    assert r.status == 202 and wait_job(h, r.body["job_id"])["status"] == "succeeded"
+    poll(h, cid)
+    [vol] = [v for v in h.get(f"/api/v2/volumes?cloud={cid}").body["data"] if v["name"] == "data"]
+    assert vol["size"] == 8
+    r = h.post(f"/api/v2/volumes/{vol['id']}/actions/attach", {"machine": m["id"], "device": "/dev/sdf"})
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded"
+    poll(h, cid)
+    assert h.get(f"/api/v2/volumes/{vol['id']}").body["data"]["attached_to"] == [m["id"]]
+    r = h.post(f"/api/v2/volumes/{vol['id']}/actions/detach", {"machine": m["id"]})
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded"
+    r = h.delete(f"/api/v2/volumes/{vol['id']}")
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded"
+    poll(h, cid)
+    assert h.get(f"/api/v2/volumes/{vol['id']}").body["data"]["missing_since"]
+
+    r = h.post("/api/v2/networks", {"cloud": cid, "name": "lan", "cidr": "10.42.0.0/16"})
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded"
+    poll(h, cid)
+    [net] = [n for n in h.get(f"/api/v2/networks?cloud={cid}").body["data"] if n["name"] == "lan"]
+    r = h.post(f"/api/v2/networks/{net['id']}/subnets", {"cidr": "10.42.1.0/24", "location": loc})
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded"
+    poll(h, cid)
+    net = h.get(f"/api/v2/networks/{net['id']}").body["data"]
+    assert [s["cidr"] for s in net["subnets"]] == ["10.42.1.0/24"]
+
+    r = h.post("/api/v2/zones", {"cloud": cid, "domain": "example.org"})
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded"
+    poll(h, cid)
+    [zone] = [z for z in h.get(f"/api/v2/zones?cloud={cid}").body["data"] if z["domain"] == "example.org"]
+    r = h.post(f"/api/v2/zones/{zone['id']}/records", {"name": "www", "type": "A", "data": "10.42.1.5",
+                                                       "ttl": 300})
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded", r.body
+    poll(h, cid)
+    recs = h.get(f"/api/v2/zones/{zone['id']}/records").body["data"]
+    [www] = [x for x in recs if x["type"] == "A"]
+    assert www["rdata"] == ["10.42.1.5"]
+    r = h.delete(f"/api/v2/zones/{zone['id']}/records/{www['id']}")
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded"
+    poll(h, cid)
+    assert h.get(f"/api/v2/zones/{zone['id']}/records/{www['id']}").body["data"]["missing_since"]
+
+
+def test_tags_and_costs(aws: tuple[Http, dict[str, Any]]) -> None:
+    h, cloud = aws
+    [m] = create(h, cloud["id"], name="tagged")
+    r = h.post("/api/v2/tags", {"operations": [{"operation": "add", "resources": [
+        {"resource_type": "machine", "resource_id": m["id"]}], "tags": [
+        {"key": "owner", "value": "ops"}, {"key": "cost_per_month", "value": "50"}]}]})
+    assert r.status == 200, r.body
+    poll(h, cloud["id"])  # a poll keeps tags users set
+    cur = h.get(f"/api/v2/machines/{m['id']}").body["data"]
+    assert cur["tags"]["owner"] == "ops" and cur["cost"] == {
+        "hourly": pytest.approx(50 / 730, abs=1e-6), "monthly": 50.0, "currency": "USD", "source": "tag"}
+    assert h.get("/api/v2/machines?search=tags.owner:ops").body["meta"]["total"] >= 1
+    tags = h.get("/api/v2/tags?types=machines").body["data"]
+    assert {"key": "owner", "value": "ops"}.items() <= next(t for t in tags if t["key"] == "owner").items()
+    costs = h.get("/api/v2/costs?tag=owner").body["data"]
+    assert costs["org"]["monthly"] >= 50.0
+    assert any(c["id"] == cloud["id"] and c["monthly"] >= 50 for c in costs["clouds"])
+    assert any(t["value"] == "ops" and t["monthly"] == 50.0 for t in costs["tags"])
+    # all or nothing: one bad resource refuses the whole request
+    r = h.post("/api/v2/tags", {"operations": [{"operation": "add", "resources": [
+        {"resource_type": "machine", "resource_id": m["id"]},
+        {"resource_type": "machine", "resource_id": "nope"}], "tags": [{"key": "x", "value": "1"}]}]})
+    assert r.status == 404
+    assert "x" not in h.get(f"/api/v2/machines/{m['id']}").body["data"]["tags"]
+
+
+def test_bad_credentials_and_unreachable_endpoints(controller: Controller, moto: MotoServer) -> None:
+    h = controller.session()
+    base = {"apikey": ACCESS_KEY, "apisecret": SECRET_KEY, "region": "us-east-1"}
+    r = h.post("/api/v2/clouds", {"name": "Closed", "provider": "amazon",
+                                  "credentials": dict(base, endpoint="http://127.0.0.1:9")})
+    assert r.status == 503 and r.body["error"]["code"] == "provider_unavailable", r.body
+    r = h.post("/api/v2/clouds", {"name": "Bad", "provider": "amazon",
+                                  "credentials": dict(base, region="mars-1", endpoint=moto.url)})
+    assert r.status == 422 and r.body["error"]["details"]["field"] == "credentials.region"
+    r = h.post("/api/v2/clouds", {"name": "Bad", "provider": "amazon",
+                                  "credentials": {"apikey": ACCESS_KEY, "region": "us-east-1"}})
+    assert r.status == 422 and r.body["error"]["details"]["field"] == "credentials.apisecret"
