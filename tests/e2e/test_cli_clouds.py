@@ -279,3 +279,85 @@ def test_tree_survives_a_loop_of_parents() -> None:
     loop: list[dict[str, Any]] = [{"id": "a", "parent": "b"}, {"id": "b", "parent": "a"},
                                   {"id": "c", "parent": "c"}]
     assert sorted(m["id"] for _, m in tree(loop)) == ["a", "b", "c"]
+
+
+# ---- jobs and --wait, with moto as AWS ----------------------------------------------------------
+try:
+    import boto3
+
+    from tests.support.moto import ACCESS_KEY, SECRET_KEY, MotoServer, moto_fixture
+
+    moto = moto_fixture("module")
+    no_moto = ""
+except ImportError as exc:  # moto or boto3 missing: the lead's environment decides
+    no_moto = f"moto is not available: {exc}"
+
+
+@pytest.mark.skipif(bool(no_moto), reason=no_moto)
+def test_actions_run_as_jobs_and_wait_shows_their_progress(cli: Run, moto: MotoServer) -> None:
+    moto.reset()
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto.url,
+                       aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    ec2.run_instances(ImageId=image, InstanceType="t2.micro", MinCount=1, MaxCount=1,
+                      TagSpecifications=[{"ResourceType": "instance",
+                                          "Tags": [{"Key": "Name", "Value": "web"}]}])
+    r = cli("clouds", "add", "amazon", "--name", "aws", "--cred", f"apikey={ACCESS_KEY}",
+            "--cred", "apisecret=-", "--cred", "region=us-east-1", "--cred", f"endpoint={moto.url}",
+            input=SECRET_KEY + "\n")
+    assert r.returncode == 0 and SECRET_KEY not in r.stdout + r.stderr, r
+    assert fields(ok(cli("clouds", "show", "aws")))["credentials_set"] == "apisecret"
+    ok(cli("clouds", "poll", "aws"))
+    [m] = json.loads(ok(cli("machines", "--cloud", "aws", "--json")))
+    mid = m["id"]
+    assert m["name"] == "web" and m["state"] == "running" and m["cost"]["source"] == "pricing"
+    for kind in ("sizes", "images", "locations", "volumes", "networks"):
+        assert json.loads(ok(cli(kind, "--cloud", "aws", "--json", "--limit", "5"))), kind
+    assert "us-east-1a" in ok(cli("locations", "--cloud", "aws"))
+
+    # --wait: the job's progress on stderr as it comes (stdout is not a terminal), the
+    # outcome on stdout, exit 0
+    r = cli("machines", "stop", mid, "--wait")
+    assert r.returncode == 0, r
+    assert "stop web on aws (amazon)" in r.stderr and "refreshing the inventory" in r.stderr
+    [line] = r.stdout.splitlines()
+    assert line.startswith("machine.stop web: succeeded (job ")
+    stop_job = line.rsplit(" ", 1)[1].rstrip(")")
+    ok(cli("clouds", "poll", "aws"))
+    assert json.loads(ok(cli("machines", "show", mid, "--json")))["state"] == "stopped"
+    job = json.loads(ok(cli("machines", "resize", mid, "--size", "t2.small", "--wait", "--json")))
+    assert job["status"] == "succeeded" and job["action"] == "machine.resize"
+    ok(cli("machines", "start", mid, "--wait"))
+    # a job that fails: exit 1, its error in words, its id to look it up
+    r = cli("machines", "resize", mid, "--size", "t2.medium", "--wait")
+    assert r.returncode == 1, r
+    assert "overcast: machine.resize web failed: amazon can change the size of a stopped machine " \
+           "only" in r.stderr and "stop it first" in r.stderr
+    failed_job = r.stderr.rsplit("(job ", 1)[1].split(")")[0]
+
+    jobs = json.loads(ok(cli("jobs", "--json")))
+    by_id = {j["id"]: j for j in jobs}
+    assert by_id[stop_job]["status"] == "succeeded" and by_id[failed_job]["status"] == "failed"
+    assert jobs[0]["id"] == failed_job  # newest first
+    out = ok(cli("jobs"))
+    assert out.splitlines()[0].split()[:4] == ["ID", "ACTION", "TARGET", "STATUS"]
+    shown = ok(cli("jobs", "show", stop_job))
+    assert fields(shown)["status"] == "succeeded" and "stop web on aws (amazon)" in shown
+    r = cli("jobs", "show", failed_job)
+    assert r.returncode == 1 and "stop it first" in r.stdout, r
+
+    # without --wait: the job as it starts (JSON: a list, one per machine); `jobs wait` follows
+    [started] = json.loads(ok(cli("machines", "stop", mid, "--json")))
+    assert started["action"] == "machine.stop" and started["status"] in ("queued", "running", "succeeded")
+    out = ok(cli("jobs", "wait", started["id"]))
+    assert out.startswith("machine.stop web: succeeded")
+    # several machines, one unknown: the others still run, the exit code says what failed
+    r = cli("machines", "start", mid, "nope", "--wait")
+    assert r.returncode == 4 and "overcast: start nope: no such machine" in r.stderr, r
+    assert "machine.start web: succeeded" in r.stdout
+
+    out = ok(cli("machines", "create", "--cloud", "aws", "--name", "api", "--size", "t2.micro",
+                 "--image", image, "--quantity", "2", "--tag", "env=dev", "--dry-run"))
+    assert fields(out)["names"] == "api-1, api-2" and fields(out)["image"] == image
+    assert len(json.loads(ok(cli("machines", "--cloud", "aws", "--json")))) == 1
+    ok(cli("clouds", "remove", "aws", "--yes"))

@@ -30,6 +30,6 @@ SPEC = ProviderSpec(
         Capability.VOLUMES, Capability.ATTACH, Capability.DNS, Capability.SIZES,
         Capability.IMAGES, Capability.LOCATIONS}),
     adapter="controller.clouds.providers.digitalocean.adapter:DigitalOceanAdapter",
-    proved="fake-api:tests/support/fake_digitalocean.py (libcloud over HTTP)",
+    proved="e2e:local server answering like the DigitalOcean API (tests/support/fake_digitalocean.py)",
     stopped_is_free=False,  # a powered-off droplet is billed until destroyed
 )

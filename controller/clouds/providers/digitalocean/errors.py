@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from controller.clouds.providers.errors import libcloud_errors
-from controller.errors import Conflict, ProviderAuthError, ProviderError
+from controller.errors import ProviderAuthError
 
 PROVIDER = "digitalocean"
 
@@ -25,8 +25,3 @@ def do_errors(what: str = "") -> Iterator[None]:
         raise ProviderAuthError(
             f"DigitalOcean refused the API token{doing} (revoked, expired, mistyped, or "
             f"without the scope this needs)", exc.details) from None
-    except ProviderError as exc:
-        if exc.details.get("status") != 409:
-            raise
-        # TODO: drop once providers.errors maps 409 itself (it reports it as a plain failure)
-        raise Conflict(exc.message, exc.details) from None

@@ -37,6 +37,6 @@ SPEC = ProviderSpec(
         Capability.SUSPEND, Capability.RESUME, Capability.VOLUMES, Capability.ATTACH,
         Capability.NETWORKS, Capability.SIZES, Capability.IMAGES, Capability.LOCATIONS}),
     adapter="controller.clouds.providers.openstack.adapter:OpenStackAdapter",
-    proved="fake-api:tests/support/fake_openstack.py (libcloud over HTTP)",
+    proved="e2e:local server answering like Keystone, Nova, Glance, Neutron and Cinder (tests/support/fake_openstack.py)",
     stopped_is_free=False,  # a SHUTOFF server keeps its resources (and public clouds bill it)
 )
