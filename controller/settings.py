@@ -79,6 +79,9 @@ class Settings:
     cloud_fast_poll_interval: int = 15
     cloud_workers: int = 8
     cloud_call_timeout: int = 60
+    # clouds whose endpoint is this host (loopback, a local libvirt URI, a Docker socket) or a
+    # link-local address (metadata services) are refused unless this is on
+    allow_local_clouds: bool = False
 
     # derived
     @property

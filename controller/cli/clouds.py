@@ -1,7 +1,7 @@
 """CLI commands for clouds: add (credentials from flags, files or standard input, never
-echoed), list, show, remove, poll; providers; tag and tags; costs; jobs, and waiting for jobs
-(``--wait``) while showing their progress. The inventory (machines, volumes, networks, DNS,
-sizes, images, locations) is in ``controller.cli.inventory``."""
+echoed), list, show, remove, poll; providers; jobs, and waiting for jobs (``--wait``) while
+showing their progress. What clouds hold (machines, volumes, networks, DNS, sizes, images,
+locations), tags and costs are in ``controller.cli.inventory``."""
 
 from __future__ import annotations
 
@@ -234,8 +234,8 @@ def cmd_providers(args: argparse.Namespace) -> int:
         print(f"{s['provider']}: {s['title']}")
         print(f"capabilities: {', '.join(s['capabilities'])}")
         print(f"proved by: {s['proved']}")
-        rows = [dict(f, required="yes" if f["required"] else "", secret="yes" if f["secret"] else "",
-                     choices=" ".join(f.get("choices") or [])) for f in s["fields"]]
+        rows = [dict(f, required="yes" if f["required"] else "", secret="yes" if f["secret"] else "")
+                for f in s["fields"]]
         output.table(rows, ["name", "required", "secret", "type", "default", "help"])
         return OK
     specs = providers(c)
@@ -267,6 +267,15 @@ def _trim(text: str) -> str:
     return text if "\n" in stripped else stripped
 
 
+def read_text(path: str, what: str) -> str:
+    """A file named on the command line; one that cannot be read is a usage error."""
+    try:
+        return Path(path).expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not a text file"
+        raise CliError(f"cannot read {what} from {path}: {reason}", USAGE) from None
+
+
 def secret_value(value: str, what: str) -> str:
     """``-`` reads standard input, ``@path`` reads a file, ``@@x`` is the text ``@x``."""
     if value == "-":
@@ -274,12 +283,7 @@ def secret_value(value: str, what: str) -> str:
     if value.startswith("@@"):
         return value[1:]
     if value.startswith("@"):
-        path = Path(value[1:]).expanduser()
-        try:
-            return _trim(path.read_text())
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not a text file"
-            raise CliError(f"cannot read {what} from {path}: {reason}", USAGE) from None
+        return _trim(read_text(value[1:], what))
     return value
 
 
@@ -322,11 +326,7 @@ def _read_document(source: str) -> dict[str, Any]:
     if source == "-":
         text, where = _Stdin.read("--from-file"), "standard input"
     else:
-        try:
-            text, where = Path(source).expanduser().read_text(), source
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not a text file"
-            raise CliError(f"cannot read {source}: {reason}", USAGE) from None
+        text, where = read_text(source, "the cloud"), source
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:  # the position only: the text may hold secrets
@@ -496,61 +496,9 @@ def cmd_clouds_poll(args: argparse.Namespace) -> int:
     return OK
 
 
-# ---- tags and costs ----------------------------------------------------------------------------
-def cmd_tag(args: argparse.Namespace) -> int:
-    tags = key_values(args.tags, "tag")
-    op = {"operation": "remove" if args.remove else "add",
-          "resources": [{"resource_type": args.resource_type, "resource_id": rid} for rid in args.ids],
-          "tags": [{"key": k, "value": v} for k, v in tags.items()]}
-    r = client().request("POST", "/api/v2/tags", {"operations": [op]})["data"]
-    if args.json:
-        output.emit_json(r)
-    else:
-        listed = ", ".join(k if args.remove else f"{k}={v}" for k, v in tags.items())
-        print(f"{'removed' if args.remove else 'set'} {listed} on {r.get('resources', 0)} "
-              f"{args.resource_type.rstrip('s')}(s)")
-    return OK
-
-
-def cmd_tags(args: argparse.Namespace) -> int:
-    params = {"types": args.type, "search": args.search, "limit": 1000}
-    data = client().request("GET", "/api/v2/tags", params=params)["data"]
-    if args.json:
-        output.emit_json(data)
-    else:
-        output.table(data, ["key", "value", "count", "resources"], empty="no tags")
-    return OK
-
-
-def _cost_row(t: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {**extra, "machines": t.get("machines", 0), "hourly": f"${float(t.get('hourly', 0)):.4f}",
-            "monthly": f"${float(t.get('monthly', 0)):,.2f}", "unpriced": t.get("unknown", 0)}
-
-
-def cmd_costs(args: argparse.Namespace) -> int:
-    data = client().request("GET", "/api/v2/costs", params={"tag": args.tag})["data"]
-    if args.json:
-        output.emit_json(data)
-        return OK
-    org = data.get("org") or {}
-    print(f"estimated: ${float(org.get('hourly', 0)):.4f}/hour, ${float(org.get('monthly', 0)):,.2f}"
-          f"/month for {org.get('machines', 0)} machine(s)"
-          + (f" ({org['unknown']} without a known price)" if org.get("unknown") else ""))
-    cols = ["machines", "hourly", "monthly", "unpriced"]
-    if data.get("clouds"):
-        print()
-        output.table([_cost_row(t, cloud=t.get("name") or t.get("id")) for t in data["clouds"]],
-                     ["cloud", *cols])
-    if args.tag:
-        print()
-        output.table([_cost_row(t, **{args.tag: t.get("value")}) for t in data.get("tags", [])],
-                     [args.tag, *cols], empty=f"no machines tagged {args.tag}")
-    return OK
-
-
 # ---- parser ------------------------------------------------------------------------------------
 def register(sub: Any) -> None:
-    """Add clouds, providers, tag, tags, costs and jobs to the CLI's parser."""
+    """Add clouds, providers and jobs to the CLI's parser."""
     p = sub.add_parser("clouds", help="clouds: add, list, show, remove, poll",
                        description="Without a subcommand: list the clouds.")
     p.add_argument("--search", help="filter, e.g. provider:amazon")
@@ -598,27 +546,6 @@ def register(sub: Any) -> None:
     p.add_argument("provider", nargs="?", help="describe this provider's fields")
     json_opt(p)
     p.set_defaults(func=cmd_providers)
-
-    p = sub.add_parser("tag", help="add (or --remove) tags on resources",
-                       epilog="e.g. overcast tag machine ID env=prod team=web")
-    p.add_argument("resource_type", metavar="RESOURCE_TYPE",
-                   help="machine, cloud, volume, network, zone, record or image")
-    p.add_argument("ids", nargs=1, metavar="ID")
-    p.add_argument("tags", nargs="+", metavar="KEY=VALUE", help="with --remove: KEY alone")
-    p.add_argument("--remove", action="store_true", help="remove these tags")
-    json_opt(p)
-    p.set_defaults(func=cmd_tag)
-
-    p = sub.add_parser("tags", help="tags in use, with counts per resource type")
-    p.add_argument("--type", help="only these types: machine,volume,...")
-    p.add_argument("--search", help="filter, e.g. key:env")
-    json_opt(p)
-    p.set_defaults(func=cmd_tags)
-
-    p = sub.add_parser("costs", help="estimated costs: the organisation, per cloud, per tag value")
-    p.add_argument("--tag", metavar="KEY", help="also per value of this tag")
-    json_opt(p)
-    p.set_defaults(func=cmd_costs)
 
     p = sub.add_parser("jobs", help="background jobs (actions on clouds): list, show, wait",
                        description="Without a subcommand: list the newest jobs.")

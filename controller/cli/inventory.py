@@ -1,12 +1,12 @@
 """CLI commands for what clouds hold: machines (list, tree of hosts and guests, show, actions,
-create), volumes, networks, DNS zones and records, and the sizes, images and locations to
-create machines from. Actions run as jobs (``--wait`` follows them; see ``cli.clouds``)."""
+create), volumes, networks, DNS zones and records, the sizes, images and locations to create
+machines from; tags on all of them, and costs. Actions run as jobs (``--wait`` follows them;
+see ``cli.clouds``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.cli import output
@@ -17,6 +17,7 @@ from controller.cli.clouds import (
     key_values,
     money,
     q,
+    read_text,
     report_jobs,
     run_job,
     wait_jobs,
@@ -153,14 +154,6 @@ def cmd_machines_action(args: argparse.Namespace) -> int:
     return code or rc
 
 
-def _read_text(path: str, what: str) -> str:
-    try:
-        return Path(path).expanduser().read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not a text file"
-        raise CliError(f"cannot read {what} from {path}: {reason}", USAGE) from None
-
-
 def cmd_machines_create(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"cloud": args.cloud, "name": args.name, "quantity": args.quantity,
                             "dry": args.dry_run}
@@ -168,12 +161,12 @@ def cmd_machines_create(args: argparse.Namespace) -> int:
         if getattr(args, k):
             body[k] = getattr(args, k)
     if args.key_file:
-        key = _read_text(args.key_file, "the public key").strip()
+        key = read_text(args.key_file, "the public key").strip()
         if "PRIVATE KEY" in key:  # never send a private key to install
             raise CliError(f"{args.key_file} is a private key: give the public one (.pub)", USAGE)
         body["key"] = key
     if args.cloud_init:
-        body["cloudinit"] = _read_text(args.cloud_init, "cloud-init")
+        body["cloudinit"] = read_text(args.cloud_init, "cloud-init")
     if args.tag:
         body["tags"] = key_values(args.tag, "--tag")
     c = client()
@@ -423,7 +416,81 @@ def _register_resources(sub: Any) -> None:
         p.set_defaults(func=cmd_list, kind=kind)
 
 
+# ---- tags and costs ----------------------------------------------------------------------------
+def cmd_tag(args: argparse.Namespace) -> int:
+    tags = key_values(args.tags, "tag")
+    op = {"operation": "remove" if args.remove else "add",
+          "resources": [{"resource_type": args.resource_type, "resource_id": rid} for rid in args.ids],
+          "tags": [{"key": k, "value": v} for k, v in tags.items()]}
+    r = client().request("POST", "/api/v2/tags", {"operations": [op]})["data"]
+    if args.json:
+        output.emit_json(r)
+    else:
+        listed = ", ".join(k if args.remove else f"{k}={v}" for k, v in tags.items())
+        print(f"{'removed' if args.remove else 'set'} {listed} on {r.get('resources', 0)} "
+              f"{args.resource_type.rstrip('s')}(s)")
+    return OK
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    params = {"types": args.type, "search": args.search, "limit": 1000}
+    data = client().request("GET", "/api/v2/tags", params=params)["data"]
+    if args.json:
+        output.emit_json(data)
+    else:
+        output.table(data, ["key", "value", "count", "resources"], empty="no tags")
+    return OK
+
+
+def _cost_row(t: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {**extra, "machines": t.get("machines", 0), "hourly": f"${float(t.get('hourly', 0)):.4f}",
+            "monthly": f"${float(t.get('monthly', 0)):,.2f}", "unpriced": t.get("unknown", 0)}
+
+
+def cmd_costs(args: argparse.Namespace) -> int:
+    data = client().request("GET", "/api/v2/costs", params={"tag": args.tag})["data"]
+    if args.json:
+        output.emit_json(data)
+        return OK
+    org = data.get("org") or {}
+    print(f"estimated: ${float(org.get('hourly', 0)):.4f}/hour, ${float(org.get('monthly', 0)):,.2f}"
+          f"/month for {org.get('machines', 0)} machine(s)"
+          + (f" ({org['unknown']} without a known price)" if org.get("unknown") else ""))
+    cols = ["machines", "hourly", "monthly", "unpriced"]
+    if data.get("clouds"):
+        print()
+        output.table([_cost_row(t, cloud=t.get("name") or t.get("id")) for t in data["clouds"]],
+                     ["cloud", *cols])
+    if args.tag:
+        print()
+        output.table([_cost_row(t, **{args.tag: t.get("value")}) for t in data.get("tags", [])],
+                     [args.tag, *cols], empty=f"no machines tagged {args.tag}")
+    return OK
+
+
 def register(sub: Any) -> None:
-    """Add machines, volumes, networks, zones, sizes, images and locations to the parser."""
+    """Add machines, volumes, networks, zones, sizes, images, locations, tag, tags and costs
+    to the CLI's parser."""
     _register_machines(sub)
     _register_resources(sub)
+
+    p = sub.add_parser("tag", help="add (or --remove) tags on resources",
+                       epilog="e.g. overcast tag machine ID env=prod team=web")
+    p.add_argument("resource_type", metavar="RESOURCE_TYPE",
+                   help="machine, cloud, volume, network, zone, record or image")
+    p.add_argument("ids", nargs=1, metavar="ID")
+    p.add_argument("tags", nargs="+", metavar="KEY=VALUE", help="with --remove: KEY alone")
+    p.add_argument("--remove", action="store_true", help="remove these tags")
+    json_opt(p)
+    p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser("tags", help="tags in use, with counts per resource type")
+    p.add_argument("--type", help="only these types: machine,volume,...")
+    p.add_argument("--search", help="filter, e.g. key:env")
+    json_opt(p)
+    p.set_defaults(func=cmd_tags)
+
+    p = sub.add_parser("costs", help="estimated costs: the organisation, per cloud, per tag value")
+    p.add_argument("--tag", metavar="KEY", help="also per value of this tag")
+    json_opt(p)
+    p.set_defaults(func=cmd_costs)

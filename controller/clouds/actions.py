@@ -160,7 +160,7 @@ class ActionService:
                 r = a.create_machine(CreateMachine(
                     name=n, size=req["size"], image=req["image"], location=req["location"],
                     public_key=str(body.get("key") or ""), cloud_init=str(body.get("cloudinit") or ""),
-                    tags={str(k): str(v) for k, v in tags.items()}))
+                    tags={str(k): str(v) for k, v in tags.items()}, extra=dict(body.get("extra") or {})))
                 made.append({"name": n, "external_id": r.external_id,
                              "id": resource_id(cloud["id"], "machine", r.external_id)})
             return made

@@ -29,7 +29,8 @@ from controller.clouds.model import (
 from controller.clouds.providers import registry
 from controller.clouds.providers.base import Adapter, Capability, Field, ProviderSpec
 from controller.clouds.runner import CloudRunner
-from controller.errors import Conflict, Invalid, NotFound, OvercastError
+from controller.clouds.targets import local_targets
+from controller.errors import Conflict, Forbidden, Invalid, NotFound, OvercastError
 from controller.events.model import Actor
 from controller.events.writer import Change, Writer
 from controller.listing import Query, apply
@@ -214,6 +215,7 @@ class CloudService:
         self._unique_name(p.org_id, name, "")
         creds = check_fields(spec, body.get("credentials") or {})
         config, secrets = self._split(spec, creds)
+        await self._check_targets(config)
         cloud_id = uuid.uuid4().hex
         doc = {"id": cloud_id, "org": p.org_id, "name": name, "provider": spec.name,
                "config": config, "credentials_set": sorted(secrets), "_rev": uuid.uuid4().hex,
@@ -239,6 +241,15 @@ class CloudService:
         self.writer.commit(actor, change)
         self._changed(p.org_id, cloud_id, False)
         return self.view(doc)
+
+    async def _check_targets(self, config: dict[str, Any]) -> None:
+        if self.settings.allow_local_clouds:
+            return
+        reasons = await asyncio.to_thread(local_targets, config)
+        if reasons:
+            raise Forbidden(f"{reasons[0]}: clouds on the controller's own host or on link-local "
+                            "addresses are refused unless the operator sets allow_local_clouds",
+                            {"reasons": reasons})
 
     def _unique_name(self, org: str, name: str, except_id: str) -> None:
         for _, raw in self.store.scan(f"cloud/{org}/"):
@@ -281,6 +292,7 @@ class CloudService:
                 merged_config = dict(doc.get("config", {}), **config)
                 merged_secrets = dict(self._open(doc), **secrets)
                 check_fields(spec, {**merged_config, **merged_secrets})  # still complete
+            await self._check_targets(merged_config)
             await self.runner.once(lambda: registry.build(spec.name, merged_config, merged_secrets,
                                                           float(self.settings.cloud_call_timeout)),
                                    lambda a: a.check(), what="checking the credentials")

@@ -20,8 +20,10 @@ if command -v dpkg-query >/dev/null 2>&1; then
     case "$what" in
         bench) like wrk ;;
         # libvirt-python (KVM clouds) builds against libvirt's headers
-        # and the clouds tests run a real sshd in network namespaces
-        test) want libvirt-dev; want pkg-config; want gcc; want openssh-server; want iproute2 ;;
+        # the clouds tests run a real sshd in network namespaces, and a real Docker-API
+        # service (podman with runc; a busybox image is built from busybox-static)
+        test) want libvirt-dev; want pkg-config; want gcc; want openssh-server; want iproute2
+              want podman; want runc; want busybox-static ;;
     esac
     if [ -n "$need_apt$nice_apt" ] && [ "$(id -u)" != 0 ]; then
         if [ -n "$need_apt" ]; then

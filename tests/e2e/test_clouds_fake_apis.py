@@ -6,12 +6,13 @@ missing; a wrong credential is refused in words."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.clouds import audit, machines, poll, wait_job
-from tests.support.controller import Controller, Http
+from tests.support.controller import ADMIN_EMAIL, ADMIN_PASSWORD, Controller, Http
 from tests.support.fake_digitalocean import FakeServer, start_fake_digitalocean
 from tests.support.fake_openstack import start_fake_openstack
 
@@ -87,3 +88,21 @@ def test_openstack(controller: Controller, os_api: Any) -> None:
     poll(h, cid)
     image = h.get(f"/api/v2/images?cloud={cid}").body["data"][0]["external_id"]
     lifecycle(h, cid, {"size": "1", "image": image})
+
+
+def test_clouds_on_the_controllers_own_host_need_the_operators_consent(
+        tmp_path: Path, do_api: FakeServer) -> None:
+    c = Controller(tmp_path, {"OVERCAST_ALLOW_LOCAL_CLOUDS": "false"})
+    c.adduser(ADMIN_EMAIL, ADMIN_PASSWORD, "--admin", "--org", "Careful")
+    c.start()
+    try:
+        h = c.session()
+        for provider, creds in (
+                ("digitalocean", {"token": do_api.token, "endpoint": do_api.url}),
+                ("kvm", {"uri": "qemu:///system"}),
+                ("openstack", {"authUrl": "http://169.254.169.254/v3", "user": "u", "password": "p"})):
+            r = h.post("/api/v2/clouds", {"name": provider, "provider": provider, "credentials": creds})
+            assert r.status == 403 and "allow_local_clouds" in r.body["error"]["message"], r.body
+        assert h.get("/api/v2/clouds").body["meta"]["total"] == 0
+    finally:
+        c.stop()
