@@ -73,6 +73,29 @@ def agents_server(pki: Pki) -> Callable[[web.Application], AsyncIterator[None]]:
         tasks = [asyncio.create_task(services.ingestor.run(), name="ingest"),
                  asyncio.create_task(_retention(services, settings.metric_retention), name="retention"),
                  asyncio.create_task(_stale_after_grace(services, settings.agent_grace), name="stale")]
+        if _o.environ.get("OCX_DUMP"):  # EXPERIMENT (temporary)
+            import tracemalloc
+            tracemalloc.start(int(_o.environ.get("OCX_DEPTH", "1")))
+            async def _dump() -> None:
+                import collections, sys as _s
+                i = 0
+                while True:
+                    await asyncio.sleep(float(_o.environ.get("OCX_DUMP_EVERY", "30")))
+                    i += 1
+                    snap = tracemalloc.take_snapshot()
+                    key = _o.environ.get("OCX_KEY", "lineno")
+                    stats = snap.statistics(key)
+                    counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
+                    with open(f"{_o.environ['OCX_DUMP']}.{i}", "w") as f:
+                        f.write(f"sessions {len(services.registry)} traced {tracemalloc.get_traced_memory()}\n")
+                        for st in stats[:60]:
+                            f.write(f"{st.size/1024:10.1f} KiB {st.count:8d} {st.traceback.format()[-1] if key=='traceback' else st.traceback}\n")
+                            if key == 'traceback':
+                                f.write('    ' + '\n    '.join(st.traceback.format()[-8:]) + '\n')
+                        f.write("objects:\n")
+                        for k, v in counts.most_common(40):
+                            f.write(f"{v:9d} {k}\n")
+            tasks.append(asyncio.create_task(_dump()))
         if _o.environ.get("OCX_TRIM"):  # EXPERIMENT (temporary)
             async def _trim() -> None:
                 import ctypes

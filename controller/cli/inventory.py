@@ -331,7 +331,7 @@ def _job_cmd(build: Any) -> Any:
 
 
 def _opt(args: argparse.Namespace, **fields: str) -> dict[str, Any]:
-    return {k: getattr(args, v) for k, v in fields.items() if getattr(args, v) not in (None, "")}
+    return {k: getattr(args, v, None) for k, v in fields.items() if getattr(args, v, None) not in (None, "")}
 
 
 def _group(sub: Any, kind: str, help: str) -> Any:
@@ -419,10 +419,12 @@ def _register_resources(sub: Any) -> None:
 # ---- tags and costs ----------------------------------------------------------------------------
 def cmd_tag(args: argparse.Namespace) -> int:
     tags = key_values(args.tags, "tag")
+    c = client()
+    ids = [cloud_id(c, i) for i in args.ids] if args.resource_type.rstrip("s") == "cloud" else args.ids
     op = {"operation": "remove" if args.remove else "add",
-          "resources": [{"resource_type": args.resource_type, "resource_id": rid} for rid in args.ids],
+          "resources": [{"resource_type": args.resource_type, "resource_id": rid} for rid in ids],
           "tags": [{"key": k, "value": v} for k, v in tags.items()]}
-    r = client().request("POST", "/api/v2/tags", {"operations": [op]})["data"]
+    r = c.request("POST", "/api/v2/tags", {"operations": [op]})["data"]
     if args.json:
         output.emit_json(r)
     else:
@@ -478,7 +480,7 @@ def register(sub: Any) -> None:
                        epilog="e.g. overcast tag machine ID env=prod team=web")
     p.add_argument("resource_type", metavar="RESOURCE_TYPE",
                    help="machine, cloud, volume, network, zone, record or image")
-    p.add_argument("ids", nargs=1, metavar="ID")
+    p.add_argument("ids", nargs=1, metavar="ID", help="its id (a cloud: id or name)")
     p.add_argument("tags", nargs="+", metavar="KEY=VALUE", help="with --remove: KEY alone")
     p.add_argument("--remove", action="store_true", help="remove these tags")
     json_opt(p)

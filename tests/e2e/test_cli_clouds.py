@@ -130,6 +130,11 @@ def test_bad_input_is_refused_with_clear_messages(cli: Run, controller: Controll
     fails(cli("tag", "planet", "x", "a=b"), 1, "type 'planet'")
     fails(cli("tag", "machine", "x", "=b"), 2, "KEY=VALUE")
     fails(cli("machines", "resize", "x"), 2, "--size")
+    private = tmp_path / "id_test"
+    private.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n")
+    err = fails(cli("machines", "create", "--cloud", "c", "--name", "n", "--key-file", str(private)),
+                2, "is a private key")
+    assert "AAAA" not in err
     # not logged in: exit 3
     fails(controller.cli("clouds", env={"XDG_CONFIG_HOME": str(tmp_path / "none")}), 3, "not logged in")
 
@@ -172,6 +177,12 @@ def test_a_bare_metal_cloud_through_the_cli(cli: Run, world: World, tmp_path: Pa
     assert "polled every 3600 s" in r.stdout
     assert json.loads(ok(cli("clouds", "show", "Rack 2", "--json")))["poll_interval"] == 3600
     ok(cli("clouds", "remove", "Rack 2", "-y"))
+    # a list credential from a file given to --cred, its key read from another file
+    listed_hosts = tmp_path / "list.json"
+    listed_hosts.write_text(json.dumps([{"host": world.sshd.host.address, "key": f"@{world.key_file}"}]))
+    r = cli("clouds", "add", "other", "--name", "Rack 3", "--cred", f"hosts=@{listed_hosts}")
+    assert r.returncode == 0 and "added cloud Rack 3" in r.stdout, r
+    ok(cli("clouds", "remove", "Rack 3", "--yes"))
 
     out = ok(cli("clouds", "poll", "Rack"))
     assert out.startswith("polled Rack: ok") and "1 machines" in out
@@ -214,7 +225,7 @@ def test_a_bare_metal_cloud_through_the_cli(cli: Run, world: World, tmp_path: Pa
     ok(cli("tag", "machine", m["id"], "temp", "--remove"))
     tags = json.loads(ok(cli("machines", "show", m["id"], "--json")))["tags"]
     assert tags == {"env": "lab", "cost_per_month": "73"}
-    ok(cli("tag", "cloud", cid, "team=ops"))
+    ok(cli("tag", "cloud", "Rack", "team=ops"))
     listed_tags = json.loads(ok(cli("tags", "--json")))
     assert {"key": "env", "value": "lab", "resources": {"machine": 1}, "count": 1} in listed_tags
     assert any(t["key"] == "team" and t["resources"] == {"cloud": 1} for t in listed_tags)
@@ -361,3 +372,59 @@ def test_actions_run_as_jobs_and_wait_shows_their_progress(cli: Run, moto: MotoS
     assert fields(out)["names"] == "api-1, api-2" and fields(out)["image"] == image
     assert len(json.loads(ok(cli("machines", "--cloud", "aws", "--json")))) == 1
     ok(cli("clouds", "remove", "aws", "--yes"))
+
+
+COMMANDS = [("clouds",), ("clouds", "add"), ("clouds", "list"), ("clouds", "show"),
+            ("clouds", "remove"), ("clouds", "poll"), ("providers",), ("machines",),
+            ("machines", "show"), ("machines", "stop"), ("machines", "resize"),
+            ("machines", "rename"), ("machines", "create"), ("volumes",), ("volumes", "attach"),
+            ("networks", "create"), ("zones",), ("zones", "records"), ("zones", "record-create"),
+            ("zones", "record-delete"), ("sizes",), ("images",), ("locations",), ("tag",),
+            ("tags",), ("costs",), ("jobs",), ("jobs", "show"), ("jobs", "wait")]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
+def test_help(controller: Controller, cmd: tuple[str, ...]) -> None:
+    r = controller.cli(*cmd, "--help")
+    assert r.returncode == 0 and r.stderr == "", r
+    assert r.stdout.startswith(f"usage: overcast {' '.join(cmd)}")
+
+
+@pytest.mark.skipif(bool(no_moto), reason=no_moto)
+def test_volumes_and_dns_records_through_the_cli(cli: Run, moto: MotoServer) -> None:
+    moto.reset()
+    kw: dict[str, Any] = {"region_name": "us-east-1", "endpoint_url": moto.url,
+                          "aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY}
+    ec2, route53 = boto3.client("ec2", **kw), boto3.client("route53", **kw)
+    route53.create_hosted_zone(Name="example.com", CallerReference="cli-test")
+    vol = ec2.create_volume(Size=5, AvailabilityZone="us-east-1a")["VolumeId"]
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    ec2.run_instances(ImageId=image, InstanceType="t2.micro", MinCount=1, MaxCount=1)
+    ok(cli("clouds", "add", "amazon", "--name", "aws2", "--cred", f"apikey={ACCESS_KEY}", "--cred",
+           f"apisecret={SECRET_KEY}", "--cred", "region=us-east-1", "--cred", f"endpoint={moto.url}"))
+    ok(cli("clouds", "poll", "aws2"))
+    [zone] = json.loads(ok(cli("zones", "--cloud", "aws2", "--json")))
+    assert zone["domain"] == "example.com"
+    out = ok(cli("zones", "record-create", zone["id"], "--name", "www", "--type", "a", "--data",
+                 "192.0.2.10", "--wait"))
+    assert out.startswith("record.create www: succeeded")
+    ok(cli("clouds", "poll", "aws2"))
+    records = json.loads(ok(cli("zones", "records", zone["id"], "--json")))
+    [www] = [r for r in records if r["name"] == "www"]
+    assert www["type"] == "A" and www["rdata"] == ["192.0.2.10"]
+    assert any(ln.split()[1:4] == ["www", "A", "192.0.2.10"]
+               for ln in ok(cli("zones", "records", zone["id"])).splitlines())
+    ok(cli("zones", "record-delete", zone["id"], www["id"], "--wait"))
+
+    [volume] = [v for v in json.loads(ok(cli("volumes", "--cloud", "aws2", "--json")))
+                if v["external_id"] == vol]
+    [machine] = json.loads(ok(cli("machines", "--cloud", "aws2", "--json")))
+    ok(cli("volumes", "attach", volume["id"], "--machine", machine["id"], "--device", "/dev/sdf",
+           "--wait"))
+    ok(cli("clouds", "poll", "aws2"))
+    assert json.loads(ok(cli("volumes", "--json", "--search", f"external_id:{vol}")))[0][
+        "attached_to"] == [machine["id"]]
+    ok(cli("volumes", "detach", volume["id"], "--machine", machine["id"], "--wait"))
+    job = json.loads(ok(cli("volumes", "delete", volume["id"], "--wait", "--json")))
+    assert job["action"] == "volume.delete" and job["status"] == "succeeded"
+    ok(cli("clouds", "remove", "aws2", "--yes"))

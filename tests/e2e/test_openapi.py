@@ -149,7 +149,7 @@ def test_documented_body_schemas_are_the_ones_enforced(controller: Controller,
                 continue
             schema = op["requestBody"]["content"]["application/json"]["schema"]
             assert schema["type"] == "object" and schema["additionalProperties"] is False
-            concrete = path.format(org=org)
+            concrete = path.format_map(collections.defaultdict(lambda: "none", org=org))
             required = {k: "x" for k in schema.get("required", [])}
             r = h.request(method.upper(), concrete, dict(required, zz_not_documented=1))
             assert r.status == 422, (method, path, r.body)
@@ -171,8 +171,10 @@ def test_list_endpoints_are_documented_and_answer_the_envelope(
         op = item.get("get")
         if op is None or not any(p["name"] == "limit" for p in op["parameters"]):
             continue
-        lists += 1
         params = {p["name"] for p in op["parameters"] if p["in"] == "query"}
+        if "{" in path.replace("{org}", ""):
+            continue  # lists under another resource (a zone's records): their own tests
+        lists += 1
         assert {"search", "sort", "start", "limit", "only"} <= params, path
         assert op["responses"]["200"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/ListResponse"}
