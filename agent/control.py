@@ -16,10 +16,9 @@ from typing import Any
 
 import grpc
 
-from agent import AGENT_VERSION
+from agent import AGENT_VERSION, PROTOCOL_VERSION
 from agent.collect.inventory import fingerprint, inventory
 from agent.collect.metrics import MetricsCollector
-from agent.enroll import PROTOCOL_VERSION
 from agent.spool import Spool
 from agent.state import AgentState, make_key_and_csr
 from overcast.agent.v1 import agent_pb2 as pb
@@ -42,6 +41,38 @@ BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 
 class Revoked(Exception):
     """The controller refuses this agent's identity: it will not change by retrying."""
+
+
+# (metric, sorted labels) -> its reference on the current stream
+SeriesTable = dict[tuple[str, tuple[tuple[str, str], ...]], int]
+
+
+def compact_batch(batch: pb.MetricBatch, series: SeriesTable) -> pb.MetricBatch:
+    """``batch`` in the protocol's compact form for a stream whose series so far are
+    ``series`` (updated): series new on the stream defined, then one reference and one value
+    per sample. Samples taken at another time than the first one's (and any without a
+    metric name) stay as they are: a batch may carry both forms."""
+    out = pb.MetricBatch(seq=batch.seq, dropped=batch.dropped)
+    if not batch.samples:
+        return out
+    t = out.time_ms = batch.samples[0].time_ms
+    refs: list[int] = []
+    values: list[float] = []
+    for s in batch.samples:
+        if s.time_ms != t or not s.metric:
+            out.samples.append(s)
+            continue
+        labels = tuple(sorted(s.labels.items()))
+        key = (s.metric, labels)
+        ref = series.get(key)
+        if ref is None:
+            ref = series[key] = len(series)
+            out.series.add(ref=ref, metric=s.metric, labels=dict(labels))
+        refs.append(ref)
+        values.append(s.value)
+    out.refs.extend(refs)
+    out.values.extend(values)
+    return out
 
 
 def backoff_delays(rng: random.Random | None = None) -> Any:
@@ -160,7 +191,9 @@ class Agent:
             self.connected.set()
             log.info("connected to %s as %s", self.state.grpc_endpoint, welcome.agent_id)
             acked = asyncio.Event()
-            sender = asyncio.create_task(self._send(call, acked))
+            # the controller takes the compact form: series defined once on this stream
+            series: SeriesTable | None = {} if welcome.compact_metrics else None
+            sender = asyncio.create_task(self._send(call, acked, series))
             try:
                 while True:
                     msg = await call.read()
@@ -205,8 +238,9 @@ class Agent:
         # read lazily: after a long outage the spool holds thousands of batches
         return list(itertools.islice(self.spool.pending(after_seq=after), IN_FLIGHT))
 
-    async def _send(self, call: Any, acked: asyncio.Event) -> None:
-        """Replay the spool in order, then send each new batch, at most IN_FLIGHT unacked."""
+    async def _send(self, call: Any, acked: asyncio.Event, series: SeriesTable | None) -> None:
+        """Replay the spool in order, then send each new batch, at most IN_FLIGHT unacked
+        (the controller acknowledges every few batches: half the window asks for it at once)."""
         last_sent = self.spool.stats()["acked_seq"]
         while True:
             sent_any = False
@@ -214,7 +248,10 @@ class Agent:
                 while batch.seq - self.spool.stats()["acked_seq"] > IN_FLIGHT:
                     acked.clear()
                     await acked.wait()
-                await call.write(pb.AgentMessage(metrics=batch))
+                wire = compact_batch(batch, series) if series is not None else batch
+                if batch.seq - self.spool.stats()["acked_seq"] >= IN_FLIGHT // 2:
+                    wire.ack_now = True
+                await call.write(pb.AgentMessage(metrics=wire))
                 last_sent = batch.seq
                 sent_any = True
             if self._inventory_changed.is_set() and self._inventory is not None:

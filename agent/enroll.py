@@ -12,10 +12,10 @@ import urllib.request
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from agent import AGENT_VERSION
+from agent import AGENT_VERSION, PROTOCOL_VERSION
 from agent.state import AgentState, make_key_and_csr
 
-PROTOCOL_VERSION = 1
+__all__ = ["PROTOCOL_VERSION", "Bootstrap", "EnrolError", "bootstrap", "enroll"]
 
 
 class EnrolError(Exception):

@@ -1,13 +1,19 @@
 """Metric ingest with group commit: batches from many agents wait at most ``max_delay`` and
 are written together in one synced store write, then each agent is acknowledged. A batch
 whose sequence number is at or below the agent's stored one is a replay: acknowledged,
-not stored again (exactly once, across controller crashes and agent reconnects)."""
+not stored again (exactly once, across controller crashes and agent reconnects).
+
+A batch comes as samples (metric, labels, value, time) or in the protocol's compact form
+(:class:`Compact`: references to series defined earlier on the stream, values, one time),
+which costs a tenth: no labels to merge, sort and look up per sample."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -17,14 +23,30 @@ from controller.store.base import Batch, Store
 log = logging.getLogger(__name__)
 
 Sample = tuple[str, Mapping[str, str], float, int]  # metric, labels, value, time_ms
+_DOUBLE = struct.Struct(">d")  # how the TSDB stores a value
 
 
-@dataclass
+@dataclass(slots=True)
+class Compact:
+    """The compact samples of one batch: ``values[i]`` of series ``sids[refs[i]]`` at
+    ``t_ms``. ``sids`` is the stream's table (ref -> series id); ``defs`` are the series this
+    batch defines, (metric, labels) in ref order, appended to it when the batch is taken —
+    also when the batch is a replay, since later batches use them."""
+
+    sids: array[int]
+    defs: list[tuple[str, Mapping[str, str]]]
+    refs: Sequence[int]
+    values: Sequence[float]
+    t_ms: int
+
+
+@dataclass(slots=True)
 class _Item:
     agent_id: str
     org: str
     seq: int
     samples: Sequence[Sample]
+    compact: Compact | None
     done: asyncio.Future[bool] = field(repr=False)
 
 
@@ -51,15 +73,16 @@ class Ingestor:
             seq = self._acked[agent_id] = int(raw) if raw else 0
         return seq
 
-    async def submit(self, agent_id: str, org: str, seq: int, samples: Sequence[Sample]) -> bool:
+    async def submit(self, agent_id: str, org: str, seq: int, samples: Sequence[Sample],
+                     compact: Compact | None = None) -> bool:
         """Resolves once the batch is durably stored (True) or known as a replay (False)."""
-        if seq <= self.acked(agent_id):
+        if seq <= self.acked(agent_id) and (compact is None or not compact.defs):
             self.replays += 1
             return False
         loop = asyncio.get_running_loop()
-        item = _Item(agent_id, org, seq, samples, loop.create_future())
+        item = _Item(agent_id, org, seq, samples, compact, loop.create_future())
         self._queue.append(item)
-        self._queued_samples += len(samples)
+        self._queued_samples += len(samples) + (len(compact.values) if compact else 0)
         if self._wake is None:
             self._wake = asyncio.Event()
         self._wake.set()
@@ -84,10 +107,17 @@ class Ingestor:
         n = 0
         try:
             for it in items:
+                c = it.compact
+                if c is not None and c.defs:
+                    sid_for = self.tsdb.sid_for
+                    c.sids.extend(sid_for(batch, it.org, m, labels) for m, labels in c.defs)
                 if it.seq <= self.acked(it.agent_id):
                     results.append((it, False))
                     continue
-                n += self.tsdb.add(batch, it.org, it.samples)
+                if it.samples:
+                    n += self.tsdb.add(batch, it.org, it.samples)
+                if c is not None and c.refs:
+                    n += _add_compact(batch, c)
                 self._acked[it.agent_id] = it.seq
                 batch.put(f"agentseq/{it.agent_id}", str(it.seq).encode())
                 results.append((it, True))
@@ -108,3 +138,16 @@ class Ingestor:
         for it, stored in results:
             if not it.done.done():
                 it.done.set_result(stored)
+
+
+def _add_compact(batch: Batch, c: Compact) -> int:
+    """Put compact samples into ``batch`` (the keys and values of ``TSDB.add``:
+    ``tsdb.sample_key(sid, t_ms)`` -> big-endian double, made inline here: a tenth of the
+    cost per sample)."""
+    put = batch.puts.__setitem__
+    pack = _DOUBLE.pack
+    sids = c.sids
+    tail = f"/{c.t_ms:012x}"
+    for ref, value in zip(c.refs, c.values, strict=True):
+        put(f"ts/{sids[ref]:08x}{tail}", pack(value))
+    return len(c.refs)

@@ -1,26 +1,64 @@
-"""Which agents are connected now: one session per agent, with its outbound queue. A newer
-connection of the same agent replaces the older; revoking ends the session at once."""
+"""Which agents are connected now: one session per agent. A newer connection of the same
+agent replaces the older; revoking ends the session at once.
+
+A session is the state of one agent's stream, kept small (``__slots__``, no queue, no task
+of its own): a controller holds ten thousand of them. The stream's handler runs in one task
+that reads the agent's messages and writes the answers itself; ``end()`` cancels that task,
+which then closes the stream with the reason."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from array import array
 from typing import Any
 
 
-@dataclass(eq=False)
 class Session:
-    agent_id: str
-    org: str
-    ip: str
-    outbox: asyncio.Queue[Any] = field(default_factory=lambda: asyncio.Queue(10_000))
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    reason: str = ""
+    __slots__ = ("agent_id", "org", "ip", "reason", "ended", "task", "context", "lock",
+                 "sids", "stored", "acked", "ack_timer")
+
+    def __init__(self, agent_id: str, org: str, ip: str) -> None:
+        self.agent_id = agent_id
+        self.org = org
+        self.ip = ip
+        self.reason = ""
+        self.ended = False
+        self.task: asyncio.Task[Any] | None = None  # the stream's handler
+        self.context: Any = None  # its grpc.aio.ServicerContext, to write to the agent
+        self.lock = asyncio.Lock()  # one write at a time
+        # the compact form's series references on this stream: ref -> series id
+        self.sids = array("I")
+        # batch seqs: the highest stored for this stream's agent, the highest acknowledged
+        # to it, and the timer that acknowledges a lone batch later (see servicer.py)
+        self.stored = 0
+        self.acked = 0
+        self.ack_timer: asyncio.TimerHandle | None = None
 
     def end(self, reason: str) -> None:
-        if not self.ended.is_set():
-            self.reason = reason
-            self.ended.set()
+        """Close the stream: its handler is cancelled and ends it with ``reason``."""
+        if self.ended:
+            return
+        self.reason = reason
+        self.ended = True
+        if self.ack_timer is not None:
+            self.ack_timer.cancel()
+            self.ack_timer = None
+        task = self.task
+        if task is not None and not task.done() and task is not _current_task():
+            task.cancel()
+
+    async def write(self, message: Any) -> None:
+        """Send one message to the agent. gRPC allows one write at a time per stream: the
+        handler writes most of them, a timer may write too."""
+        async with self.lock:
+            await self.context.write(message)
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop (a call from another thread: a bug, but harmless)
+        return None
 
 
 class Registry:

@@ -43,7 +43,8 @@ from controller.timeutil import iso
 log = logging.getLogger(__name__)
 
 POLLER = Actor(kind="system", id="poller", via="poller")
-CATALOG_EVERY = 3600.0  # sizes, images and locations change rarely: refreshed hourly
+CATALOG_EVERY = 3600.0
+POLL_CALLS = 5  # a poll may take this many call timeouts  # sizes, images and locations change rarely: refreshed hourly
 MAX_INTERVAL = 24 * 3600
 
 
@@ -200,9 +201,10 @@ class CloudService:
         timeout = float(self.settings.cloud_call_timeout)
         return lambda: registry.build(provider, config, secrets, timeout)
 
-    async def call(self, doc: dict[str, Any], purpose: str, fn: Any, what: str = "") -> Any:
+    async def call(self, doc: dict[str, Any], purpose: str, fn: Any, what: str = "",
+                   timeout: float | None = None) -> Any:
         return await self.runner.call(doc["id"], purpose, doc.get("_rev", ""),
-                                      self.adapter_factory(doc), fn, what=what)
+                                      self.adapter_factory(doc), fn, timeout=timeout, what=what)
 
     # ---- add, edit, remove -----------------------------------------------------------------
     async def add(self, p: Principal, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
@@ -364,9 +366,12 @@ class CloudService:
         try:
             spec = registry.spec(doc["provider"])
             catalog = time.time() - float(status.get("catalog_at", 0)) > CATALOG_EVERY
+            # a poll is several calls (machines, volumes, networks, each zone's records...)
             snap = await self.call(doc, "poll", lambda a: _snapshot(a, spec, doc, catalog),
-                                   what="polling")
+                                   what="polling", timeout=POLL_CALLS * self.settings.cloud_call_timeout)
             outcome = await asyncio.to_thread(reconcile, self.store, doc, snap, spec.stopped_is_free)
+            if self.store.get(cloud_key(org, cloud_id)) is None:
+                return {"state": "removed"}  # removed while the provider answered: keep nothing
             if outcome.changes:
                 self.writer.commit_many(POLLER, outcome.changes)
             if outcome.quiet:

@@ -349,7 +349,7 @@ def test_actions_run_as_jobs_and_wait_shows_their_progress(cli: Run, moto: MotoS
     jobs = json.loads(ok(cli("jobs", "--json")))
     by_id = {j["id"]: j for j in jobs}
     assert by_id[stop_job]["status"] == "succeeded" and by_id[failed_job]["status"] == "failed"
-    assert jobs[0]["id"] == failed_job  # newest first
+    assert jobs[0]["created"] == max(j["created"] for j in jobs)  # newest first (to the second)
     out = ok(cli("jobs"))
     assert out.splitlines()[0].split()[:4] == ["ID", "ACTION", "TARGET", "STATUS"]
     shown = ok(cli("jobs", "show", stop_job))
@@ -422,8 +422,9 @@ def test_volumes_and_dns_records_through_the_cli(cli: Run, moto: MotoServer) -> 
     ok(cli("volumes", "attach", volume["id"], "--machine", machine["id"], "--device", "/dev/sdf",
            "--wait"))
     ok(cli("clouds", "poll", "aws2"))
-    assert json.loads(ok(cli("volumes", "--json", "--search", f"external_id:{vol}")))[0][
-        "attached_to"] == [machine["id"]]
+    [attached] = json.loads(ok(cli("volumes", "--cloud", "aws2", "--json", "--search",
+                                   f"external_id:{vol}")))
+    assert attached["attached_to"] == [machine["id"]]
     ok(cli("volumes", "detach", volume["id"], "--machine", machine["id"], "--wait"))
     job = json.loads(ok(cli("volumes", "delete", volume["id"], "--wait", "--json")))
     assert job["action"] == "volume.delete" and job["status"] == "succeeded"

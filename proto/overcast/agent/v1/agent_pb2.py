@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dovercast/agent/v1/agent.proto\x12\x11overcast.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"w\n\rEnrollRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\x12\x15\n\ragent_version\x18\x05 \x01(\t\"\x87\x01\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\x12-\n\tnot_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03org\x18\x05 \x01(\t\"\xbd\x03\n\x0c\x41gentMessage\x12)\n\x05hello\x18\n \x01(\x0b\x32\x18.overcast.agent.v1.HelloH\x00\x12\x31\n\tinventory\x18\x0b \x01(\x0b\x32\x1c.overcast.agent.v1.InventoryH\x00\x12\x31\n\x07metrics\x18\x0c \x01(\x0b\x32\x1e.overcast.agent.v1.MetricBatchH\x00\x12:\n\x0e\x63ommand_output\x18\r \x01(\x0b\x32 .overcast.agent.v1.CommandOutputH\x00\x12:\n\x0e\x63ommand_result\x18\x0e \x01(\x0b\x32 .overcast.agent.v1.CommandResultH\x00\x12\x32\n\nshell_data\x18\x0f \x01(\x0b\x32\x1c.overcast.agent.v1.ShellDataH\x00\x12\x36\n\x0cshell_closed\x18\x10 \x01(\x0b\x32\x1e.overcast.agent.v1.ShellClosedH\x00\x12\x30\n\x05renew\x18\x11 \x01(\x0b\x32\x1f.overcast.agent.v1.RenewRequestH\x00\x42\x06\n\x04\x62ody\"\xad\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12/\n\tinventory\x18\x04 \x01(\x0b\x32\x1c.overcast.agent.v1.Inventory\x12\x17\n\x0fspooled_batches\x18\x05 \x01(\x04\x12\x17\n\x0f\x64ropped_batches\x18\x06 \x01(\x04\"\x8e\x03\n\tInventory\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x0f\n\x07os_name\x18\x03 \x01(\t\x12\x12\n\nos_version\x18\x04 \x01(\t\x12\x0e\n\x06kernel\x18\x05 \x01(\t\x12\x0c\n\x04\x61rch\x18\x06 \x01(\t\x12\x0c\n\x04\x63pus\x18\x07 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x08 \x01(\x04\x12&\n\x05\x64isks\x18\t \x03(\x0b\x32\x17.overcast.agent.v1.Disk\x12\x32\n\x0b\x66ilesystems\x18\n \x03(\x0b\x32\x1d.overcast.agent.v1.Filesystem\x12\x33\n\ninterfaces\x18\x0b \x03(\x0b\x32\x1f.overcast.agent.v1.NetInterface\x12-\n\tboot_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\r \x01(\t\x12\x11\n\tcpu_model\x18\x0e \x01(\t\x12\x12\n\nswap_bytes\x18\x0f \x01(\x04\"\x14\n\x04\x44isk\x12\x0c\n\x04name\x18\x01 \x01(\t\"U\n\nFilesystem\x12\x12\n\nmountpoint\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0e\n\x06\x66stype\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\"U\n\x0cNetInterface\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03mac\x18\x02 \x01(\t\x12\x11\n\taddresses\x18\x03 \x03(\t\x12\n\n\x02up\x18\x04 \x01(\x08\x12\x0b\n\x03mtu\x18\x05 \x01(\r\"W\n\x0bMetricBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12*\n\x07samples\x18\x02 \x03(\x0b\x32\x19.overcast.agent.v1.Sample\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\x04\"\x9e\x01\n\x06Sample\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x35\n\x06labels\x18\x02 \x03(\x0b\x32%.overcast.agent.v1.Sample.LabelsEntry\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0f\n\x07time_ms\x18\x04 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x01\n\rCommandOutput\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x37\n\x06stream\x18\x02 \x01(\x0e\x32\'.overcast.agent.v1.CommandOutput.Stream\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\" \n\x06Stream\x12\n\n\x06STDOUT\x10\x00\x12\n\n\x06STDERR\x10\x01\"\x85\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x11\n\ttimed_out\x18\x04 \x01(\x08\x12\x11\n\tcancelled\x18\x05 \x01(\x08\x12\x18\n\x10output_truncated\x18\x06 \x01(\x08\"-\n\tShellData\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"C\n\x0bShellClosed\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"\xe1\x03\n\x11\x43ontrollerMessage\x12-\n\x07welcome\x18\n \x01(\x0b\x32\x1a.overcast.agent.v1.WelcomeH\x00\x12+\n\x06\x63onfig\x18\x0b \x01(\x0b\x32\x19.overcast.agent.v1.ConfigH\x00\x12\x30\n\tbatch_ack\x18\x0c \x01(\x0b\x32\x1b.overcast.agent.v1.BatchAckH\x00\x12-\n\x07\x63ommand\x18\r \x01(\x0b\x32\x1a.overcast.agent.v1.CommandH\x00\x12\x32\n\x06\x63\x61ncel\x18\x0e \x01(\x0b\x32 .overcast.agent.v1.CancelCommandH\x00\x12\x32\n\nshell_data\x18\x0f \x01(\x0b\x32\x1c.overcast.agent.v1.ShellDataH\x00\x12\x36\n\x0cshell_resize\x18\x10 \x01(\x0b\x32\x1e.overcast.agent.v1.ShellResizeH\x00\x12\x34\n\x0bshell_close\x18\x11 \x01(\x0b\x32\x1d.overcast.agent.v1.ShellCloseH\x00\x12\x31\n\x05renew\x18\x12 \x01(\x0b\x32 .overcast.agent.v1.RenewResponseH\x00\x42\x06\n\x04\x62ody\"s\n\x07Welcome\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12)\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x19.overcast.agent.v1.Config\x12\x11\n\tacked_seq\x18\x04 \x01(\x04\"\x89\x01\n\x06\x43onfig\x12\x19\n\x11metric_interval_s\x18\x01 \x01(\r\x12\x35\n\x06labels\x18\x02 \x03(\x0b\x32%.overcast.agent.v1.Config.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x17\n\x08\x42\x61tchAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x8c\x01\n\x07\x43ommand\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttimeout_s\x18\x02 \x01(\r\x12+\n\x03run\x18\n \x01(\x0b\x32\x1c.overcast.agent.v1.RunScriptH\x00\x12-\n\x05shell\x18\x0b \x01(\x0b\x32\x1c.overcast.agent.v1.OpenShellH\x00\x42\x06\n\x04kind\"\xc7\x01\n\tRunScript\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x13\n\x0binterpreter\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12\x32\n\x03\x65nv\x18\x04 \x03(\x0b\x32%.overcast.agent.v1.RunScript.EnvEntry\x12\x0c\n\x04user\x18\x05 \x01(\t\x12\x18\n\x10max_output_bytes\x18\x06 \x01(\x04\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\tOpenShell\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\t\x12\x0c\n\x04\x63ols\x18\x03 \x01(\r\x12\x0c\n\x04rows\x18\x04 \x01(\r\x12\x0c\n\x04user\x18\x05 \x01(\t\"#\n\rCancelCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\"=\n\x0bShellResize\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\x12\x0c\n\x04rows\x18\x03 \x01(\r\" \n\nShellClose\x12\x12\n\nsession_id\x18\x01 \x01(\t\"W\n\rRenewResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12-\n\tnot_after\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2d\n\x0c\x41gentService\x12T\n\x07\x43onnect\x12\x1f.overcast.agent.v1.AgentMessage\x1a$.overcast.agent.v1.ControllerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dovercast/agent/v1/agent.proto\x12\x11overcast.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"w\n\rEnrollRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\x12\x15\n\ragent_version\x18\x05 \x01(\t\"\x87\x01\n\x0e\x45nrollResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\x12-\n\tnot_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03org\x18\x05 \x01(\t\"\xbd\x03\n\x0c\x41gentMessage\x12)\n\x05hello\x18\n \x01(\x0b\x32\x18.overcast.agent.v1.HelloH\x00\x12\x31\n\tinventory\x18\x0b \x01(\x0b\x32\x1c.overcast.agent.v1.InventoryH\x00\x12\x31\n\x07metrics\x18\x0c \x01(\x0b\x32\x1e.overcast.agent.v1.MetricBatchH\x00\x12:\n\x0e\x63ommand_output\x18\r \x01(\x0b\x32 .overcast.agent.v1.CommandOutputH\x00\x12:\n\x0e\x63ommand_result\x18\x0e \x01(\x0b\x32 .overcast.agent.v1.CommandResultH\x00\x12\x32\n\nshell_data\x18\x0f \x01(\x0b\x32\x1c.overcast.agent.v1.ShellDataH\x00\x12\x36\n\x0cshell_closed\x18\x10 \x01(\x0b\x32\x1e.overcast.agent.v1.ShellClosedH\x00\x12\x30\n\x05renew\x18\x11 \x01(\x0b\x32\x1f.overcast.agent.v1.RenewRequestH\x00\x42\x06\n\x04\x62ody\"\xad\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12/\n\tinventory\x18\x04 \x01(\x0b\x32\x1c.overcast.agent.v1.Inventory\x12\x17\n\x0fspooled_batches\x18\x05 \x01(\x04\x12\x17\n\x0f\x64ropped_batches\x18\x06 \x01(\x04\"\x8e\x03\n\tInventory\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x0f\n\x07os_name\x18\x03 \x01(\t\x12\x12\n\nos_version\x18\x04 \x01(\t\x12\x0e\n\x06kernel\x18\x05 \x01(\t\x12\x0c\n\x04\x61rch\x18\x06 \x01(\t\x12\x0c\n\x04\x63pus\x18\x07 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x08 \x01(\x04\x12&\n\x05\x64isks\x18\t \x03(\x0b\x32\x17.overcast.agent.v1.Disk\x12\x32\n\x0b\x66ilesystems\x18\n \x03(\x0b\x32\x1d.overcast.agent.v1.Filesystem\x12\x33\n\ninterfaces\x18\x0b \x03(\x0b\x32\x1f.overcast.agent.v1.NetInterface\x12-\n\tboot_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\r \x01(\t\x12\x11\n\tcpu_model\x18\x0e \x01(\t\x12\x12\n\nswap_bytes\x18\x0f \x01(\x04\"\x14\n\x04\x44isk\x12\x0c\n\x04name\x18\x01 \x01(\t\"U\n\nFilesystem\x12\x12\n\nmountpoint\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0e\n\x06\x66stype\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\"U\n\x0cNetInterface\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03mac\x18\x02 \x01(\t\x12\x11\n\taddresses\x18\x03 \x03(\t\x12\n\n\x02up\x18\x04 \x01(\x08\x12\x0b\n\x03mtu\x18\x05 \x01(\r\"\xc5\x01\n\x0bMetricBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12*\n\x07samples\x18\x02 \x03(\x0b\x32\x19.overcast.agent.v1.Sample\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\x04\x12,\n\x06series\x18\x04 \x03(\x0b\x32\x1c.overcast.agent.v1.SeriesDef\x12\x0c\n\x04refs\x18\x05 \x03(\r\x12\x0e\n\x06values\x18\x06 \x03(\x01\x12\x0f\n\x07time_ms\x18\x07 \x01(\x03\x12\x0f\n\x07\x61\x63k_now\x18\x08 \x01(\x08\"\x91\x01\n\tSeriesDef\x12\x0b\n\x03ref\x18\x01 \x01(\r\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x38\n\x06labels\x18\x03 \x03(\x0b\x32(.overcast.agent.v1.SeriesDef.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9e\x01\n\x06Sample\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x35\n\x06labels\x18\x02 \x03(\x0b\x32%.overcast.agent.v1.Sample.LabelsEntry\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0f\n\x07time_ms\x18\x04 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x01\n\rCommandOutput\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x37\n\x06stream\x18\x02 \x01(\x0e\x32\'.overcast.agent.v1.CommandOutput.Stream\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\" \n\x06Stream\x12\n\n\x06STDOUT\x10\x00\x12\n\n\x06STDERR\x10\x01\"\x85\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x11\n\ttimed_out\x18\x04 \x01(\x08\x12\x11\n\tcancelled\x18\x05 \x01(\x08\x12\x18\n\x10output_truncated\x18\x06 \x01(\x08\"-\n\tShellData\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"C\n\x0bShellClosed\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"\xe1\x03\n\x11\x43ontrollerMessage\x12-\n\x07welcome\x18\n \x01(\x0b\x32\x1a.overcast.agent.v1.WelcomeH\x00\x12+\n\x06\x63onfig\x18\x0b \x01(\x0b\x32\x19.overcast.agent.v1.ConfigH\x00\x12\x30\n\tbatch_ack\x18\x0c \x01(\x0b\x32\x1b.overcast.agent.v1.BatchAckH\x00\x12-\n\x07\x63ommand\x18\r \x01(\x0b\x32\x1a.overcast.agent.v1.CommandH\x00\x12\x32\n\x06\x63\x61ncel\x18\x0e \x01(\x0b\x32 .overcast.agent.v1.CancelCommandH\x00\x12\x32\n\nshell_data\x18\x0f \x01(\x0b\x32\x1c.overcast.agent.v1.ShellDataH\x00\x12\x36\n\x0cshell_resize\x18\x10 \x01(\x0b\x32\x1e.overcast.agent.v1.ShellResizeH\x00\x12\x34\n\x0bshell_close\x18\x11 \x01(\x0b\x32\x1d.overcast.agent.v1.ShellCloseH\x00\x12\x31\n\x05renew\x18\x12 \x01(\x0b\x32 .overcast.agent.v1.RenewResponseH\x00\x42\x06\n\x04\x62ody\"\x8c\x01\n\x07Welcome\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12)\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x19.overcast.agent.v1.Config\x12\x11\n\tacked_seq\x18\x04 \x01(\x04\x12\x17\n\x0f\x63ompact_metrics\x18\x05 \x01(\x08\"\x89\x01\n\x06\x43onfig\x12\x19\n\x11metric_interval_s\x18\x01 \x01(\r\x12\x35\n\x06labels\x18\x02 \x03(\x0b\x32%.overcast.agent.v1.Config.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x17\n\x08\x42\x61tchAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x8c\x01\n\x07\x43ommand\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttimeout_s\x18\x02 \x01(\r\x12+\n\x03run\x18\n \x01(\x0b\x32\x1c.overcast.agent.v1.RunScriptH\x00\x12-\n\x05shell\x18\x0b \x01(\x0b\x32\x1c.overcast.agent.v1.OpenShellH\x00\x42\x06\n\x04kind\"\xc7\x01\n\tRunScript\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x13\n\x0binterpreter\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12\x32\n\x03\x65nv\x18\x04 \x03(\x0b\x32%.overcast.agent.v1.RunScript.EnvEntry\x12\x0c\n\x04user\x18\x05 \x01(\t\x12\x18\n\x10max_output_bytes\x18\x06 \x01(\x04\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\tOpenShell\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\t\x12\x0c\n\x04\x63ols\x18\x03 \x01(\r\x12\x0c\n\x04rows\x18\x04 \x01(\r\x12\x0c\n\x04user\x18\x05 \x01(\t\"#\n\rCancelCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\"=\n\x0bShellResize\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\x12\x0c\n\x04rows\x18\x03 \x01(\r\" \n\nShellClose\x12\x12\n\nsession_id\x18\x01 \x01(\t\"W\n\rRenewResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12-\n\tnot_after\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2d\n\x0c\x41gentService\x12T\n\x07\x43onnect\x12\x1f.overcast.agent.v1.AgentMessage\x1a$.overcast.agent.v1.ControllerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'overcast.agent.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SERIESDEF_LABELSENTRY']._loaded_options = None
+  _globals['_SERIESDEF_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLE_LABELSENTRY']._loaded_options = None
   _globals['_SAMPLE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_CONFIG_LABELSENTRY']._loaded_options = None
@@ -54,50 +56,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FILESYSTEM']._serialized_end=1476
   _globals['_NETINTERFACE']._serialized_start=1478
   _globals['_NETINTERFACE']._serialized_end=1563
-  _globals['_METRICBATCH']._serialized_start=1565
-  _globals['_METRICBATCH']._serialized_end=1652
-  _globals['_SAMPLE']._serialized_start=1655
-  _globals['_SAMPLE']._serialized_end=1813
-  _globals['_SAMPLE_LABELSENTRY']._serialized_start=1768
-  _globals['_SAMPLE_LABELSENTRY']._serialized_end=1813
-  _globals['_COMMANDOUTPUT']._serialized_start=1816
-  _globals['_COMMANDOUTPUT']._serialized_end=1956
-  _globals['_COMMANDOUTPUT_STREAM']._serialized_start=1924
-  _globals['_COMMANDOUTPUT_STREAM']._serialized_end=1956
-  _globals['_COMMANDRESULT']._serialized_start=1959
-  _globals['_COMMANDRESULT']._serialized_end=2092
-  _globals['_SHELLDATA']._serialized_start=2094
-  _globals['_SHELLDATA']._serialized_end=2139
-  _globals['_SHELLCLOSED']._serialized_start=2141
-  _globals['_SHELLCLOSED']._serialized_end=2208
-  _globals['_RENEWREQUEST']._serialized_start=2210
-  _globals['_RENEWREQUEST']._serialized_end=2241
-  _globals['_CONTROLLERMESSAGE']._serialized_start=2244
-  _globals['_CONTROLLERMESSAGE']._serialized_end=2725
-  _globals['_WELCOME']._serialized_start=2727
-  _globals['_WELCOME']._serialized_end=2842
-  _globals['_CONFIG']._serialized_start=2845
-  _globals['_CONFIG']._serialized_end=2982
-  _globals['_CONFIG_LABELSENTRY']._serialized_start=1768
-  _globals['_CONFIG_LABELSENTRY']._serialized_end=1813
-  _globals['_BATCHACK']._serialized_start=2984
-  _globals['_BATCHACK']._serialized_end=3007
-  _globals['_COMMAND']._serialized_start=3010
-  _globals['_COMMAND']._serialized_end=3150
-  _globals['_RUNSCRIPT']._serialized_start=3153
-  _globals['_RUNSCRIPT']._serialized_end=3352
-  _globals['_RUNSCRIPT_ENVENTRY']._serialized_start=3310
-  _globals['_RUNSCRIPT_ENVENTRY']._serialized_end=3352
-  _globals['_OPENSHELL']._serialized_start=3354
-  _globals['_OPENSHELL']._serialized_end=3441
-  _globals['_CANCELCOMMAND']._serialized_start=3443
-  _globals['_CANCELCOMMAND']._serialized_end=3478
-  _globals['_SHELLRESIZE']._serialized_start=3480
-  _globals['_SHELLRESIZE']._serialized_end=3541
-  _globals['_SHELLCLOSE']._serialized_start=3543
-  _globals['_SHELLCLOSE']._serialized_end=3575
-  _globals['_RENEWRESPONSE']._serialized_start=3577
-  _globals['_RENEWRESPONSE']._serialized_end=3664
-  _globals['_AGENTSERVICE']._serialized_start=3666
-  _globals['_AGENTSERVICE']._serialized_end=3766
+  _globals['_METRICBATCH']._serialized_start=1566
+  _globals['_METRICBATCH']._serialized_end=1763
+  _globals['_SERIESDEF']._serialized_start=1766
+  _globals['_SERIESDEF']._serialized_end=1911
+  _globals['_SERIESDEF_LABELSENTRY']._serialized_start=1866
+  _globals['_SERIESDEF_LABELSENTRY']._serialized_end=1911
+  _globals['_SAMPLE']._serialized_start=1914
+  _globals['_SAMPLE']._serialized_end=2072
+  _globals['_SAMPLE_LABELSENTRY']._serialized_start=1866
+  _globals['_SAMPLE_LABELSENTRY']._serialized_end=1911
+  _globals['_COMMANDOUTPUT']._serialized_start=2075
+  _globals['_COMMANDOUTPUT']._serialized_end=2215
+  _globals['_COMMANDOUTPUT_STREAM']._serialized_start=2183
+  _globals['_COMMANDOUTPUT_STREAM']._serialized_end=2215
+  _globals['_COMMANDRESULT']._serialized_start=2218
+  _globals['_COMMANDRESULT']._serialized_end=2351
+  _globals['_SHELLDATA']._serialized_start=2353
+  _globals['_SHELLDATA']._serialized_end=2398
+  _globals['_SHELLCLOSED']._serialized_start=2400
+  _globals['_SHELLCLOSED']._serialized_end=2467
+  _globals['_RENEWREQUEST']._serialized_start=2469
+  _globals['_RENEWREQUEST']._serialized_end=2500
+  _globals['_CONTROLLERMESSAGE']._serialized_start=2503
+  _globals['_CONTROLLERMESSAGE']._serialized_end=2984
+  _globals['_WELCOME']._serialized_start=2987
+  _globals['_WELCOME']._serialized_end=3127
+  _globals['_CONFIG']._serialized_start=3130
+  _globals['_CONFIG']._serialized_end=3267
+  _globals['_CONFIG_LABELSENTRY']._serialized_start=1866
+  _globals['_CONFIG_LABELSENTRY']._serialized_end=1911
+  _globals['_BATCHACK']._serialized_start=3269
+  _globals['_BATCHACK']._serialized_end=3292
+  _globals['_COMMAND']._serialized_start=3295
+  _globals['_COMMAND']._serialized_end=3435
+  _globals['_RUNSCRIPT']._serialized_start=3438
+  _globals['_RUNSCRIPT']._serialized_end=3637
+  _globals['_RUNSCRIPT_ENVENTRY']._serialized_start=3595
+  _globals['_RUNSCRIPT_ENVENTRY']._serialized_end=3637
+  _globals['_OPENSHELL']._serialized_start=3639
+  _globals['_OPENSHELL']._serialized_end=3726
+  _globals['_CANCELCOMMAND']._serialized_start=3728
+  _globals['_CANCELCOMMAND']._serialized_end=3763
+  _globals['_SHELLRESIZE']._serialized_start=3765
+  _globals['_SHELLRESIZE']._serialized_end=3826
+  _globals['_SHELLCLOSE']._serialized_start=3828
+  _globals['_SHELLCLOSE']._serialized_end=3860
+  _globals['_RENEWRESPONSE']._serialized_start=3862
+  _globals['_RENEWRESPONSE']._serialized_end=3949
+  _globals['_AGENTSERVICE']._serialized_start=3951
+  _globals['_AGENTSERVICE']._serialized_end=4051
 # @@protoc_insertion_point(module_scope)

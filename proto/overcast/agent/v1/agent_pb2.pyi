@@ -141,14 +141,41 @@ class NetInterface(_message.Message):
     def __init__(self, name: _Optional[str] = ..., mac: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., up: _Optional[bool] = ..., mtu: _Optional[int] = ...) -> None: ...
 
 class MetricBatch(_message.Message):
-    __slots__ = ("seq", "samples", "dropped")
+    __slots__ = ("seq", "samples", "dropped", "series", "refs", "values", "time_ms", "ack_now")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    REFS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    ACK_NOW_FIELD_NUMBER: _ClassVar[int]
     seq: int
     samples: _containers.RepeatedCompositeFieldContainer[Sample]
     dropped: int
-    def __init__(self, seq: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
+    series: _containers.RepeatedCompositeFieldContainer[SeriesDef]
+    refs: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    time_ms: int
+    ack_now: bool
+    def __init__(self, seq: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., dropped: _Optional[int] = ..., series: _Optional[_Iterable[_Union[SeriesDef, _Mapping]]] = ..., refs: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., time_ms: _Optional[int] = ..., ack_now: _Optional[bool] = ...) -> None: ...
+
+class SeriesDef(_message.Message):
+    __slots__ = ("ref", "metric", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    REF_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    ref: int
+    metric: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, ref: _Optional[int] = ..., metric: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Sample(_message.Message):
     __slots__ = ("metric", "labels", "value", "time_ms")
@@ -248,16 +275,18 @@ class ControllerMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., config: _Optional[_Union[Config, _Mapping]] = ..., batch_ack: _Optional[_Union[BatchAck, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., cancel: _Optional[_Union[CancelCommand, _Mapping]] = ..., shell_data: _Optional[_Union[ShellData, _Mapping]] = ..., shell_resize: _Optional[_Union[ShellResize, _Mapping]] = ..., shell_close: _Optional[_Union[ShellClose, _Mapping]] = ..., renew: _Optional[_Union[RenewResponse, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("agent_id", "protocol_version", "config", "acked_seq")
+    __slots__ = ("agent_id", "protocol_version", "config", "acked_seq", "compact_metrics")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_METRICS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     protocol_version: int
     config: Config
     acked_seq: int
-    def __init__(self, agent_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., config: _Optional[_Union[Config, _Mapping]] = ..., acked_seq: _Optional[int] = ...) -> None: ...
+    compact_metrics: bool
+    def __init__(self, agent_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., config: _Optional[_Union[Config, _Mapping]] = ..., acked_seq: _Optional[int] = ..., compact_metrics: _Optional[bool] = ...) -> None: ...
 
 class Config(_message.Message):
     __slots__ = ("metric_interval_s", "labels")
