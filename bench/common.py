@@ -275,30 +275,43 @@ def _varint(n: int) -> bytes:
 
 
 class BatchEncoder:
-    """``AgentMessage{metrics: MetricBatch{seq, samples}}`` as wire bytes, built by hand from
-    pre-encoded (metric, labels) parts: a simulator sending thousands of batches a second
-    should spend its CPU on the connection, not on protobuf objects. ``check()`` compares the
-    bytes with what protobuf makes of the same batch."""
+    """``AgentMessage{metrics: MetricBatch}`` as wire bytes, built by hand from pre-encoded
+    parts: a simulator sending thousands of batches a second should spend its CPU on the
+    connection, not on protobuf objects. ``encode`` makes the first form (``samples``, each
+    with its metric, labels and time: what agents before the compact form sent and what the
+    spool keeps), ``encode_compact`` the compact one the real agent sends when the Welcome
+    offers it (series 0..n-1 defined in the stream's first batch, then references and
+    values). ``check()`` compares the bytes with what protobuf (and the agent's own
+    ``agent.control.compact_batch``) makes of the same batch."""
 
     def __init__(self, shapes: list[tuple[str, dict[str, str]]]) -> None:
         import random
+        import struct
 
         self.shapes = shapes
         self.prefixes: list[bytes] = []
-        for metric, labels in shapes:
+        defs: list[bytes] = []
+        for ref, (metric, labels) in enumerate(shapes):
             m = metric.encode()
             p = b"\x0a" + _varint(len(m)) + m
+            entries = b""
             for k, v in labels.items():
                 kb, vb = k.encode(), v.encode()
                 entry = b"\x0a" + _varint(len(kb)) + kb + b"\x12" + _varint(len(vb)) + vb
                 p += b"\x12" + _varint(len(entry)) + entry
+                entries += b"\x1a" + _varint(len(entry)) + entry
             self.prefixes.append(p)
+            body = (b"\x08" + _varint(ref) if ref else b"") + b"\x12" + _varint(len(m)) + m + entries
+            defs.append(b"\x22" + _varint(len(body)) + body)
+        self.defs = b"".join(defs)
+        packed = b"".join(_varint(i) for i in range(len(shapes)))
+        self.refs = b"\x2a" + _varint(len(packed)) + packed if shapes else b""
+        self.values_head = b"\x32" + _varint(8 * len(shapes)) if shapes else b""
         rng = random.Random(7)
-        import struct
+        self._raw = [struct.pack("<d", rng.uniform(0, 1e9)) for _ in range(997)]
+        self._dbl = [b"\x19" + d for d in self._raw]
 
-        self._dbl = [b"\x19" + struct.pack("<d", rng.uniform(0, 1e9)) for _ in range(997)]
-
-    def encode(self, seq: int, t_ms: int) -> bytes:
+    def encode(self, seq: int, t_ms: int, ack_now: bool = False) -> bytes:
         tail = b"\x20" + _varint(t_ms)
         dbl = self._dbl
         k = len(dbl)
@@ -306,22 +319,47 @@ class BatchEncoder:
         for i, p in enumerate(self.prefixes):
             body = p + dbl[(seq * 31 + i) % k] + tail
             parts.append(b"\x12" + _varint(len(body)) + body)
+        if ack_now:
+            parts.append(b"\x40\x01")
         inner = b"".join(parts)
         return b"\x62" + _varint(len(inner)) + inner
 
+    def encode_compact(self, seq: int, t_ms: int, define: bool, ack_now: bool = False) -> bytes:
+        """The compact form; ``define``: the stream's first batch (it defines the series)."""
+        raw = self._raw
+        k = len(raw)
+        n = len(self.shapes)
+        start = seq * 31
+        values = b"".join([raw[(start + i) % k] for i in range(n)])
+        inner = b"".join([b"\x08" + _varint(seq), self.defs if define else b"", self.refs,
+                          self.values_head, values, b"\x38" + _varint(t_ms),
+                          b"\x40\x01" if ack_now else b""])
+        return b"\x62" + _varint(len(inner)) + inner
+
     def check(self) -> None:
+        from agent.control import compact_batch
         from overcast.agent.v1 import agent_pb2 as pb
 
-        raw = self.encode(42, 1_800_000_000_123)
+        t = 1_800_000_000_123
+        raw = self.encode(42, t)
         msg = pb.AgentMessage.FromString(raw)
         assert msg.WhichOneof("body") == "metrics" and msg.metrics.seq == 42
         assert len(msg.metrics.samples) == len(self.shapes)
         for s, (metric, labels) in zip(msg.metrics.samples, self.shapes, strict=True):
-            assert s.metric == metric and dict(s.labels) == labels and s.time_ms == 1_800_000_000_123
+            assert s.metric == metric and dict(s.labels) == labels and s.time_ms == t
         again = pb.AgentMessage(metrics=pb.MetricBatch(seq=42, samples=[
             pb.Sample(metric=s.metric, labels=dict(s.labels), value=s.value, time_ms=s.time_ms)
             for s in msg.metrics.samples]))
         assert pb.AgentMessage.FromString(again.SerializeToString()) == msg
+        assert pb.AgentMessage.FromString(self.encode(42, t, ack_now=True)).metrics.ack_now
+        # the compact form says the same as the agent's own conversion of that batch
+        table: dict[Any, int] = {}
+        for define in (True, False):
+            mine = pb.AgentMessage.FromString(self.encode_compact(42, t, define, ack_now=not define))
+            agents = compact_batch(msg.metrics, table)
+            agents.ack_now = not define
+            assert mine.metrics == agents, (mine, agents)
+        assert not pb.AgentMessage.FromString(self.encode_compact(43, t, False)).metrics.series
 
 
 # ---- simulated agents: worker processes ------------------------------------------------------
@@ -349,7 +387,8 @@ def _sim_inventory_bytes(hostname: str) -> Any:
 class _SimAgent:
     __slots__ = ("w", "i", "agent_id", "key", "cert", "seq", "acked", "sent", "pending",
                  "wake", "up", "welcomed_once", "sessions", "failures", "down_at", "up_at",
-                 "attempts_since_down", "last_error", "task", "hello", "flood_base", "downs")  # noqa: E501
+                 "attempts_since_down", "last_error", "task", "hello", "flood_base", "downs",
+                 "compact", "defined")
 
     def __init__(self, w: Any, i: int, agent_id: str, key: bytes, cert: bytes) -> None:
         import asyncio
@@ -370,6 +409,8 @@ class _SimAgent:
         self.task: Any = None
         self.hello = b""
         self.flood_base = 1_700_000_000_000 + i * 10_000_000
+        self.compact = False  # this stream takes the compact form
+        self.defined = False  # its series are defined (they are, after its first batch)
 
     # the collector: called by the worker's ticker (or by the sender in flood mode)
     def collect(self, now: float) -> None:
@@ -435,6 +476,7 @@ class _SimAgent:
                     if msg is grpc.aio.EOF:
                         break
                     if msg.WhichOneof("body") == "batch_ack":
+                        self.w.ack_msgs += 1
                         self._ack(msg.batch_ack.seq)
                     if sender.done():
                         sender.result()
@@ -473,6 +515,8 @@ class _SimAgent:
             await ch.close()
             raise
         acked = first.welcome.acked_seq
+        self.compact = w.compact and first.welcome.compact_metrics
+        self.defined = False
         self._ack(acked, record=False)
         self.sent = max(self.acked, acked)
         self.sessions += 1
@@ -490,13 +534,17 @@ class _SimAgent:
         self.acked = seq
         now = time.time()
         p = self.pending
-        lat = self.w.lat if record and self.w.recording else None
+        w = self.w
+        lat = w.lat if record and w.recording else None
+        probe = w.probe_every
         n = 0
         while p and p[0][0] <= seq:
-            _, t = p.popleft()
+            s, t = p.popleft()
             n += 1
             if lat is not None:
                 lat.append(now - t)
+                if probe and s % probe == 0:
+                    w.store_lat.append(now - t)
         self.w.acks += n  # batches acknowledged
         self.wake.set()
 
@@ -515,7 +563,13 @@ class _SimAgent:
                     break
                 s = max(self.sent + 1, p[0][0])
                 t = p[s - p[0][0]][1]
-                await call.write(enc.encode(s, self._t_ms(s, t)))
+                probe = w.probe_every > 0 and s % w.probe_every == 0
+                if self.compact:
+                    data = enc.encode_compact(s, self._t_ms(s, t), not self.defined, probe)
+                    self.defined = True
+                else:
+                    data = enc.encode(s, self._t_ms(s, t), probe)
+                await call.write(data)
                 self.sent = s
                 w.sent += 1
             self.wake.clear()
@@ -532,6 +586,11 @@ class _SimWorker:
         self.interval = float(cfg.get("interval", 10.0))
         self.in_flight = int(cfg.get("in_flight", 32))
         self.spool_max = int(cfg.get("spool_max", 6000))
+        # the compact form when the controller offers it (as the real agent); every
+        # probe_every-th batch asks for its acknowledgement at once (ack_now): its lag is
+        # the store's, the others' include the controller's acknowledging every few batches
+        self.compact = bool(cfg.get("compact", True))
+        self.probe_every = int(cfg.get("probe_every", 10))
         self.encoder = BatchEncoder(agent_sample_shapes(int(cfg.get("samples", 100))))
         self.encoder.check()
         self.inv = _sim_inventory_bytes("sim")
@@ -543,8 +602,10 @@ class _SimWorker:
         self.flood = False
         self.recording = False
         self.lat: list[float] = []
+        self.store_lat: list[float] = []
         self.up_count = 0
         self.sent = self.acks = self.dropped = 0
+        self.ack_msgs = 0  # BatchAck messages (one may acknowledge several batches)
         self.mark_t = 0.0
 
     def inventory_for(self, i: int) -> Any:
@@ -646,15 +707,18 @@ class _SimWorker:
         import resource
 
         ru = resource.getrusage(resource.RUSAGE_SELF)
-        out = {"lat_ms": [round(x * 1000, 2) for x in self.lat], "up": self.up_count,
+        out = {"lat_ms": [round(x * 1000, 2) for x in self.lat],
+               "store_lat_ms": [round(x * 1000, 2) for x in self.store_lat], "up": self.up_count,
                "agents": len(self.agents), "sent": self.sent, "acks": self.acks,
+               "ack_msgs": self.ack_msgs,
                "dropped": self.dropped, "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
                "maxrss_mib": round(ru.ru_maxrss / 1024, 1),
                "failures": sum(a.failures for a in self.agents),
                "unacked_batches": sum(len(a.pending) for a in self.agents)}
         if reset:
             self.lat = []
-            self.sent = self.acks = 0
+            self.store_lat = []
+            self.sent = self.acks = self.ack_msgs = 0
         self.recording = record
         return out
 
@@ -855,9 +919,11 @@ class SimPool:
                 p.wait()
 
 
-def merge_latencies(replies: list[dict[str, Any]]) -> dict[str, float]:
-    """Percentiles of the simulators' ack latencies (milliseconds in, milliseconds out)."""
-    lat = [x / 1000 for r in replies for x in r.get("lat_ms", [])]
+def merge_latencies(replies: list[dict[str, Any]], key: str = "lat_ms") -> dict[str, float]:
+    """Percentiles of the simulators' latencies (milliseconds in, milliseconds out): ``lat_ms``
+    from each batch's sample time to the acknowledgement that covered it, ``store_lat_ms``
+    the same for the batches that asked to be acknowledged at once (the store's lag)."""
+    lat = [x / 1000 for r in replies for x in r.get(key, [])]
     return percentiles(lat)
 
 

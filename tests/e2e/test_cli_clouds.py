@@ -428,4 +428,23 @@ def test_volumes_and_dns_records_through_the_cli(cli: Run, moto: MotoServer) -> 
     ok(cli("volumes", "detach", volume["id"], "--machine", machine["id"], "--wait"))
     job = json.loads(ok(cli("volumes", "delete", volume["id"], "--wait", "--json")))
     assert job["action"] == "volume.delete" and job["status"] == "succeeded"
+
+    # creating: machines, volumes, networks and zones, each a job the CLI waits for
+    made = json.loads(ok(cli("machines", "create", "--cloud", "aws2", "--name", "cli-made",
+                             "--size", "t2.micro", "--image", image, "--quantity", "2",
+                             "--tag", "env=dev", "--wait", "--json")))
+    made_job = made[0] if isinstance(made, list) else made
+    assert made_job["status"] == "succeeded", made_job
+    assert sorted(m["name"] for m in made_job["result"]) == ["cli-made-1", "cli-made-2"]
+    ok(cli("volumes", "create", "--cloud", "aws2", "--name", "cli-vol", "--size", "3",
+           "--location", "us-east-1a", "--wait"))
+    ok(cli("networks", "create", "--cloud", "aws2", "--name", "cli-net", "--cidr", "10.77.0.0/16",
+           "--wait"))
+    ok(cli("zones", "create", "--cloud", "aws2", "--domain", "cli.example", "--wait"))
+    ok(cli("clouds", "poll", "aws2"))
+    names = {m["name"] for m in json.loads(ok(cli("machines", "--cloud", "aws2", "--json")))}
+    assert {"cli-made-1", "cli-made-2"} <= names
+    assert any(v["name"] == "cli-vol" for v in json.loads(ok(cli("volumes", "--cloud", "aws2", "--json"))))
+    assert any(n["name"] == "cli-net" for n in json.loads(ok(cli("networks", "--cloud", "aws2", "--json"))))
+    assert any(z["domain"] == "cli.example" for z in json.loads(ok(cli("zones", "--cloud", "aws2", "--json"))))
     ok(cli("clouds", "remove", "aws2", "--yes"))
