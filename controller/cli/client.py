@@ -180,6 +180,10 @@ def _http_error(exc: urllib.error.HTTPError) -> CliError:
     if details.get("field"):
         message += f" (field: {details['field']})"
     code = {401: AUTH, 403: AUTH, 404: NOT_FOUND}.get(exc.code, UNREACHABLE if exc.code >= 500 else FAILED)
+    if str(err.get("code", "")).startswith("provider_"):
+        code = FAILED  # the controller answered: a cloud refused or did not answer it
+    elif err.get("code") == "forbidden" and exc.code == 403 and "allow_local_clouds" in message:
+        code = FAILED
     return CliError(message, code, exc.code, details)
 
 
