@@ -81,13 +81,17 @@ class ActionService:
     # ---- running ------------------------------------------------------------------------------
     def _launch(self, p: Principal, actor: Actor, cloud: dict[str, Any], action: str,
                 target_kind: str, target_id: str, params: dict[str, Any],
-                fn: Callable[[Adapter], Any], describe: str) -> dict[str, Any]:
+                fn: Callable[[Adapter], Any], describe: str, calls: int = 3) -> dict[str, Any]:
+        """Run ``fn`` as a job. ``calls``: how many provider calls it may make (an action is
+        several: find the machine, act, wait for a resize to settle...), each bounded by
+        ``cloud_call_timeout``."""
         job = self.jobs.create(p.org_id, action, target_kind, target_id,
                                p.user.get("email", ""), params)
+        timeout = calls * float(self.clouds.settings.cloud_call_timeout)
 
         async def work(h: JobHandle) -> Any:
             h.progress(f"{describe} on {cloud['name']} ({cloud['provider']})")
-            result = await self.clouds.call(cloud, "action", fn, what=describe)
+            result = await self.clouds.call(cloud, "action", fn, what=describe, timeout=timeout)
             h.progress("done; refreshing the inventory")
             self.poke(p.org_id, cloud["id"])
             return result
@@ -166,7 +170,8 @@ class ActionService:
             return made
 
         job = self._launch(p, actor, cloud, "machine.create", "cloud", cloud["id"],
-                           {"names": names, **req}, create, f"create {len(names)} machine(s)")
+                           {"names": names, **req}, create, f"create {len(names)} machine(s)",
+                           calls=4 + 2 * len(names))
         return {"dry": False, "job": job, "plan": plan}
 
     # ---- volumes ---------------------------------------------------------------------------

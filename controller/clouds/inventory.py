@@ -58,6 +58,15 @@ class Outcome:
     changes: list[Change] = field(default_factory=list)  # audited, one entry each
     quiet: Batch = field(default_factory=Batch)           # refreshed without an audit entry
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    # every document written, with the bytes it was read as: the write is refused (Conflict)
+    # when anything else (a tag, a link) changed one of them meanwhile, and the poll redoes
+    # its diff instead of overwriting that change
+    expect: dict[str, bytes | None] = field(default_factory=dict)
+
+    def batch(self) -> Batch:
+        """The quiet writes with every expectation: for the first change, or alone."""
+        b = Batch(dict(self.quiet.puts), set(self.quiet.deletes), dict(self.expect))
+        return b
 
 
 def _machine(cloud: dict[str, Any], r: MachineRecord) -> dict[str, Any]:
@@ -153,8 +162,9 @@ def _sync(store: Store, cloud: dict[str, Any], kind: str, docs: dict[str, dict[s
         known[k[len(prefix):]] = v.decode() or doc_key(kind, org, k[len(prefix):])
     stamp = iso(now)
     for rid, fresh in docs.items():
-        key = doc_key(kind, org, rid, fresh.get("zone", ""))
-        raw = store.get(known.get(rid, key))
+        key = known.get(rid, doc_key(kind, org, rid, fresh.get("zone", "")))
+        raw = store.get(key)
+        out.expect[key] = raw
         old = json.loads(raw) if raw is not None else None
         if old is not None and not fresh.get("created"):
             fresh = dict(fresh, created=old.get("created", ""))
@@ -194,6 +204,7 @@ def _sync(store: Store, cloud: dict[str, Any], kind: str, docs: dict[str, dict[s
         if only_zones is not None and not any(key.startswith(f"record/{org}/{z}/") for z in only_zones):
             continue
         raw = store.get(key)
+        out.expect[key] = raw
         if raw is None:
             out.quiet.delete(prefix + rid)
             continue

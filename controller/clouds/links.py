@@ -32,8 +32,10 @@ def _agent_macs(m: dict[str, Any]) -> set[str]:
 def link_agents(store: Store, org: str, cloud_id: str) -> list[Change]:
     """Changes that link this cloud's machines to the organisation's unlinked agents."""
     unlinked: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    raws: dict[str, bytes] = {}
     for _, raw in store.scan(f"agent/{org}/"):
         a = json.loads(raw)
+        raws[a["id"]] = raw
         if a.get("revoked") or (a.get("machine") and a["machine"] != a["id"]):
             continue
         mraw = store.get(machine_key(org, a["id"]))
@@ -78,7 +80,9 @@ def link_agents(store: Store, org: str, cloud_id: str) -> list[Change]:
                    details={"agent": agent["id"], "matched_by": how, "cloud": cloud_id,
                             "detected_by": "polling"})
         c.put(k.decode(), json.dumps(linked, separators=(",", ":"), ensure_ascii=False).encode())
+        c.expect(k.decode(), mdoc)
         c.put(f"agent/{org}/{agent['id']}", json.dumps(dict(agent, machine=m["id"])).encode())
+        c.expect(f"agent/{org}/{agent['id']}", raws[agent["id"]])
         c.delete(machine_key(org, agent["id"]))
         c.event("changed", "machine", m["id"], {"agent": agent["id"]})
         c.event("deleted", "machine", agent["id"], {"merged_into": m["id"]})

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from controller.errors import Invalid
 from controller.store.docs import DocKind
 
 CLOUD = DocKind("cloud")
@@ -33,6 +34,25 @@ KINDS = (CLOUD, VOLUME, NETWORK, ZONE, RECORD, SIZE, IMAGE, LOCATION)
 INVENTORY = ("machine", "volume", "network", "zone", "record", "size", "image", "location")
 # kinds whose changes are audited one by one; the others are the provider's catalogue
 AUDITED = ("machine", "volume", "network", "zone", "record")
+
+
+TAG_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-/")
+
+
+def check_tags(tags: Any, where: str = "tags") -> dict[str, str]:
+    """Tags as users give them: an object of key -> value (text; null is "")."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, dict) or len(tags) > 100:
+        raise Invalid(f"{where} must be an object of at most 100 key -> value", field=where)
+    out = {}
+    for k, v in tags.items():
+        if not k or not set(k) <= TAG_KEY_CHARS or len(k) > 64:
+            raise Invalid(f"{where}: bad tag key {k!r}: letters, digits and _.-/", field=where)
+        if v is not None and not isinstance(v, str | int | float | bool):
+            raise Invalid(f"{where}.{k} must be text", field=where)
+        out[k] = "" if v is None else str(v)[:256]
+    return out
 
 
 def agents_cloud_id(org: str) -> str:

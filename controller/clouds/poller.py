@@ -32,9 +32,11 @@ class Pollers:
         self._wake: dict[str, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._boost: dict[str, list[float]] = {}
+        self._event_loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        self.clouds.on_change.append(self._on_change)
+        self._event_loop = asyncio.get_running_loop()
+        self.clouds.on_change.append(self._on_change_any_thread)
         for org, cid in self.clouds.pollable():
             self._ensure(org, cid, first_delay=random.uniform(0, 5))
 
@@ -47,11 +49,24 @@ class Pollers:
                 await t
         self._tasks.clear()
 
+    def _on_change_any_thread(self, org: str, cloud_id: str, removed: bool) -> None:
+        """Clouds change from request handlers, some in worker threads: act on the loop."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if self._event_loop is not None and running is not self._event_loop:
+            self._event_loop.call_soon_threadsafe(self._on_change, org, cloud_id, removed)
+        else:
+            self._on_change(org, cloud_id, removed)
+
     def _on_change(self, org: str, cloud_id: str, removed: bool) -> None:
         if removed:
             task = self._tasks.pop(cloud_id, None)
             if task is not None:
                 task.cancel()
+            for d in (self._wake, self._locks, self._boost):
+                d.pop(cloud_id, None)  # type: ignore[attr-defined]
             return
         self._ensure(org, cloud_id, first_delay=0)
         self.poke(org, cloud_id)

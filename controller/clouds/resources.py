@@ -90,7 +90,9 @@ class ResourceService:
                     originals[key] = raw
                     staged[key] = json.loads(raw)
                 doc = staged[key]
-                user = dict(doc.get("_user_tags", {}))
+                # a cloud's tags are all its users' (older cloud documents kept them in "tags")
+                base = doc.get("_user_tags", doc.get("tags", {}) if kind == "cloud" else {})
+                user = dict(base or {})
                 if op["operation"] == "add":
                     user.update(tags)
                 else:

@@ -12,7 +12,7 @@ from controller.clouds.providers import registry
 from controller.clouds.resources import LISTED
 from controller.http.api import LIST_PARAMS, Ctx, Reply, RouteTable, envelope, one
 from controller.http.schema import BOOLEAN, integer, obj, string
-from controller.listing import apply
+from controller.listing import apply, project
 
 routes = RouteTable("clouds")
 inventory = RouteTable("inventory")
@@ -62,7 +62,8 @@ async def add_cloud(ctx: Ctx) -> Any:
 
 @routes.route("GET", "/api/v2/clouds/{cloud}", op="get_cloud", summary="Show a cloud", params=("only", "deref"))
 async def get_cloud(ctx: Ctx) -> Any:
-    return one(await asyncio.to_thread(ctx.services.clouds.get, ctx.principal, ctx.match("cloud")))
+    doc = await asyncio.to_thread(ctx.services.clouds.get, ctx.principal, ctx.match("cloud"))
+    return one(project(doc, ctx.query().only))
 
 
 @routes.route("PUT", "/api/v2/clouds/{cloud}", op="edit_cloud", body=EDIT_CLOUD,
@@ -131,7 +132,7 @@ def _list_route(kind: str) -> None:
 
     async def get_kind(ctx: Ctx) -> Any:
         doc = ctx.services.resources.get(ctx.principal, kind, ctx.match(kind))
-        return one(doc)
+        return one(project(doc, ctx.query().only))
 
     inventory.route("GET", f"/api/v2/{plural}", op=f"list_{plural}", summary=f"List {plural}",
                     params=(*LIST_PARAMS, "cloud"))(list_kind)

@@ -8,6 +8,7 @@ secret fields are set, never their values."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ from controller.clouds.links import link_agents, unlink_cloud
 from controller.clouds.model import (
     CLOUD,
     agents_cloud_id,
+    check_tags,
     cloud_key,
     doc_key,
     index_prefix,
@@ -29,8 +31,15 @@ from controller.clouds.model import (
 from controller.clouds.providers import registry
 from controller.clouds.providers.base import Adapter, Capability, Field, ProviderSpec
 from controller.clouds.runner import CloudRunner
-from controller.clouds.targets import local_targets
-from controller.errors import Conflict, Forbidden, Invalid, NotFound, OvercastError
+from controller.clouds.targets import ADDRESS_FIELDS, local_targets
+from controller.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    OvercastError,
+    ProviderError,
+)
 from controller.events.model import Actor
 from controller.events.writer import Change, Writer
 from controller.listing import Query, apply
@@ -44,7 +53,12 @@ log = logging.getLogger(__name__)
 
 POLLER = Actor(kind="system", id="poller", via="poller")
 CATALOG_EVERY = 3600.0
-POLL_CALLS = 5  # a poll may take this many call timeouts  # sizes, images and locations change rarely: refreshed hourly
+POLL_CALLS = 5  # a poll may take this many call timeouts
+# credential fields that are not secret but not shown whole either (access key ids, users)
+IDENTIFIERS = frozenset({"apikey", "key", "username", "user", "email"})
+MAX_DIFFS = 3  # a poll's diff is redone when a document changed under it, this many times
+# fields that say where the controller connects (with the cloud's secrets)
+TARGET_FIELDS = (*ADDRESS_FIELDS, "uri", "socket", "port")  # sizes, images and locations change rarely: refreshed hourly
 MAX_INTERVAL = 24 * 3600
 
 
@@ -140,6 +154,8 @@ class CloudService:
             out.update(title="Overcast agents", config={}, credentials_set=[])
         else:
             s = registry.spec(doc["provider"])
+            out["config"] = {k: (_hint(v) if k in IDENTIFIERS else v)
+                             for k, v in (doc.get("config") or {}).items()}
             out["title"] = s.title
             out["capabilities"] = sorted(s.capabilities)
             out["proved"] = s.proved
@@ -203,7 +219,7 @@ class CloudService:
 
     async def call(self, doc: dict[str, Any], purpose: str, fn: Any, what: str = "",
                    timeout: float | None = None) -> Any:
-        return await self.runner.call(doc["id"], purpose, doc.get("_rev", ""),
+        return await self.runner.call(doc["org"], doc["id"], purpose, doc.get("_rev", ""),
                                       self.adapter_factory(doc), fn, timeout=timeout, what=what)
 
     # ---- add, edit, remove -----------------------------------------------------------------
@@ -219,15 +235,16 @@ class CloudService:
         config, secrets = self._split(spec, creds)
         await self._check_targets(config)
         cloud_id = uuid.uuid4().hex
-        doc = {"id": cloud_id, "org": p.org_id, "name": name, "provider": spec.name,
+        doc: dict[str, Any] = {"id": cloud_id, "org": p.org_id, "name": name, "provider": spec.name,
                "config": config, "credentials_set": sorted(secrets), "_rev": uuid.uuid4().hex,
                "features": _features(spec, body.get("features")), "enabled": body.get("enabled", True),
                "poll_interval": _interval(body.get("poll_interval"), self.settings.cloud_poll_interval),
-               "tags": body.get("tags") or {}, "created": iso(), "created_by": p.user.get("email", ""),
+               "tags": check_tags(body.get("tags")), "created": iso(), "created_by": p.user.get("email", ""),
                "owned_by": p.user.get("email", "")}
+        doc["_user_tags"] = doc["tags"]
         details = {"provider": spec.name, "name": name}
         try:
-            await self.runner.once(lambda: registry.build(spec.name, config, secrets,
+            await self.runner.once(p.org_id, lambda: registry.build(spec.name, config, secrets,
                                                           float(self.settings.cloud_call_timeout)),
                                    lambda a: a.check(), what="checking the credentials")
         except OvercastError as exc:
@@ -281,6 +298,8 @@ class CloudService:
                     new[k] = _interval(body[k], self.settings.cloud_poll_interval)
                 elif k == "features":
                     new[k] = _features(spec, body[k])
+                elif k == "tags":
+                    new["tags"] = new["_user_tags"] = check_tags(body[k])
                 else:
                     new[k] = body[k]
                 changed.append(k)
@@ -292,10 +311,18 @@ class CloudService:
                 merged_config, merged_secrets = config, secrets
             else:
                 merged_config = dict(doc.get("config", {}), **config)
-                merged_secrets = dict(self._open(doc), **secrets)
+                kept = {k: v for k, v in self._open(doc).items() if k not in secrets}
+                moved = [k for k in TARGET_FIELDS
+                         if merged_config.get(k) != doc.get("config", {}).get(k)]
+                if moved and kept:
+                    # the stored secrets go only where they went before: a new address needs
+                    # them given again (else anyone who may edit could have them sent away)
+                    raise Invalid(f"changing {', '.join(moved)} needs the secret fields again: "
+                                  f"{', '.join(sorted(kept))}", field=f"credentials.{sorted(kept)[0]}")
+                merged_secrets = dict(kept, **secrets)
                 check_fields(spec, {**merged_config, **merged_secrets})  # still complete
             await self._check_targets(merged_config)
-            await self.runner.once(lambda: registry.build(spec.name, merged_config, merged_secrets,
+            await self.runner.once(doc["org"], lambda: registry.build(spec.name, merged_config, merged_secrets,
                                                           float(self.settings.cloud_call_timeout)),
                                    lambda a: a.check(), what="checking the credentials")
             new.update(config=merged_config, credentials_set=sorted(merged_secrets),
@@ -369,16 +396,22 @@ class CloudService:
             # a poll is several calls (machines, volumes, networks, each zone's records...)
             snap = await self.call(doc, "poll", lambda a: _snapshot(a, spec, doc, catalog),
                                    what="polling", timeout=POLL_CALLS * self.settings.cloud_call_timeout)
-            outcome = await asyncio.to_thread(reconcile, self.store, doc, snap, spec.stopped_is_free)
-            if self.store.get(cloud_key(org, cloud_id)) is None:
-                return {"state": "removed"}  # removed while the provider answered: keep nothing
-            if outcome.changes:
-                self.writer.commit_many(POLLER, outcome.changes)
-            if outcome.quiet:
-                self.store.write(outcome.quiet)
+            outcome = None
+            for _ in range(MAX_DIFFS):
+                cloud_raw = self.store.get(cloud_key(org, cloud_id))
+                if cloud_raw is None:
+                    return {"state": "removed"}  # removed while the provider answered: keep nothing
+                outcome = await asyncio.to_thread(reconcile, self.store, doc, snap,
+                                                  spec.stopped_is_free)
+                if self._store_outcome(outcome, cloud_key(org, cloud_id), cloud_raw):
+                    break
+            else:
+                raise ProviderError(f"the inventory kept changing while this poll stored it "
+                                    f"({MAX_DIFFS} tries); the next poll will try again")
             links = await asyncio.to_thread(link_agents, self.store, org, cloud_id)
-            if links:
-                self.writer.commit_many(POLLER, links)
+            for link in links:
+                with contextlib.suppress(Conflict):  # changed meanwhile: the next poll links
+                    self.writer.commit(POLLER, link)
             new = {"state": "ok", "failures": 0, "last_poll": iso(), "last_success": iso(),
                    "duration_ms": round((time.monotonic() - started) * 1000),
                    "catalog_at": time.time() if catalog else status.get("catalog_at", 0),
@@ -402,6 +435,26 @@ class CloudService:
         b.put(status_key(org, cloud_id), json.dumps(new).encode())
         self.store.write(b)
         return new
+
+    def _store_outcome(self, outcome: Any, cloud_k: str, cloud_raw: bytes) -> bool:
+        """Write a poll's diff in one atomic batch, on the condition that neither the cloud
+        nor any document it read changed since; False (nothing written) otherwise."""
+        batch = outcome.batch()
+        batch.expect[cloud_k] = cloud_raw
+        try:
+            if outcome.changes:
+                first = outcome.changes[0]
+                for k, v in batch.puts.items():
+                    first.put(k, v)
+                for k in batch.deletes:
+                    first.delete(k)
+                first.batch.expect.update(batch.expect)
+                self.writer.commit_many(POLLER, outcome.changes)
+            elif batch.puts or batch.deletes:
+                self.store.write(batch)
+        except Conflict:
+            return False
+        return True
 
     # ---- inventory reads ---------------------------------------------------------------------
     def cloud_of(self, org: str, doc: dict[str, Any]) -> dict[str, Any]:
@@ -447,6 +500,12 @@ def _snapshot(a: Adapter, spec: ProviderSpec, doc: dict[str, Any], catalog: bool
         if Capability.LOCATIONS in caps:
             snap.locations = optional("locations", a.list_locations)
     return snap
+
+
+def _hint(value: Any) -> str:
+    """Enough of an identifier (an API key id, a user name) to recognise it, not to use it."""
+    text = str(value)
+    return f"{text[:4]}…{text[-4:]}" if len(text) >= 12 else "…"
 
 
 def _features(spec: ProviderSpec, given: Any) -> dict[str, bool]:

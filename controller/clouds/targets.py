@@ -5,9 +5,13 @@ open, any member could aim it at the controller's host — its hypervisor (``qem
 its Docker socket (root on the host), services on loopback, or a cloud metadata service on
 a link-local address (instance credentials). Those targets are refused unless the operator
 turns ``allow_local_clouds`` on (a single-user install managing its own host, or tests).
-Private addresses (10/8, 192.168/16, ...) stay allowed: reaching private clouds is the
-point. Names are resolved when the cloud is added or edited; a name that later resolves
-elsewhere (DNS rebinding) is not caught here."""
+The controller's own addresses count as its host, whatever the interface; IPv4-mapped IPv6
+addresses are read as the IPv4 address they carry; socket paths (``unix://``, ``/path``) are
+always local. Other private addresses (10/8, 192.168/16, ...) stay allowed: reaching
+private clouds is the point. HTTP redirects are not followed by provider calls (see
+``providers.registry``), so an allowed endpoint cannot bounce a call to a refused one. Names
+are resolved when the cloud is added or edited; a name that later resolves elsewhere (DNS
+rebinding) is not caught here."""
 
 from __future__ import annotations
 
@@ -18,12 +22,32 @@ from urllib.parse import urlsplit
 
 ADDRESS_FIELDS = ("endpoint", "host", "url", "authUrl", "computeEndpoint", "apiurl")
 _LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+_SOCKET_SCHEMES = {"unix", "npipe", "http+unix", "file"}
+
+
+def own_addresses() -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Every address of this host's interfaces (a cloud there is the controller's host too)."""
+    import psutil
+
+    out: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            try:
+                out.add(ipaddress.ip_address(str(a.address).split("%")[0]))
+            except ValueError:
+                continue  # MAC addresses
+    return out
 
 
 def _host_of(value: str) -> str:
     v = value.strip()
     if "://" in v:
-        return urlsplit(v).hostname or ""
+        parts = urlsplit(v)
+        if parts.scheme.lower() in _SOCKET_SCHEMES:
+            return "localhost"  # a socket path is always this host
+        return parts.hostname or ""
+    if v.startswith("/"):
+        return "localhost"
     if v.startswith("["):
         return v[1:].split("]")[0]
     return v.rsplit(":", 1)[0] if v.count(":") == 1 else v
@@ -44,8 +68,11 @@ def _local_address(host: str) -> str | None:
         except (OSError, UnicodeError):
             return None  # unresolvable: the credential check will say it cannot be reached
         addrs = [ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos]
+    mine = own_addresses()
     for a in addrs:
-        if a.is_loopback or a.is_unspecified:
+        if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
+            a = a.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+        if a.is_loopback or a.is_unspecified or a in mine:
             return f"{host} is this controller's own host ({a})"
         if a.is_link_local:
             return f"{host} is a link-local address ({a}), where cloud metadata services live"

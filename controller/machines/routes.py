@@ -19,8 +19,10 @@ async def list_machines(ctx: Ctx) -> Any:
     cloud = ctx.param("cloud")
     if cloud:
         # Mist's `cloud` filter (an id or name) is a search term ANDed with the search
-        escaped = cloud.replace("\\", "\\\\").replace('"', '\\"')
-        search = f'cloud:"{escaped}"'
+        ids = sorted(ctx.services.resources.cloud_ids(ctx.principal, cloud)) or [cloud]
+        search = " OR ".join('cloud:"{}"'.format(i.replace("\\", "\\\\").replace('"', '\\"'))
+                             for i in ids)
+        search = f"({search})"
         if ctx.param("search"):
             search = f"({ctx.param('search')}) AND {search}"
         query = replace(query, search=parse_search(search))

@@ -52,9 +52,16 @@ class MachineService:
         return data, page_info(total, len(data), query, start=offset)
 
     def matching_ids(self, p: Principal, search: Search) -> set[str]:
-        """Ids of every machine of the caller's organisation that ``search`` matches."""
-        return {m["id"] for m in (self._load(raw) for _, raw in self.store.scan(f"machine/{p.org_id}/"))
-                if search.matches(m)}
+        """The metric ids (``machine_id`` labels) of every machine of the caller's organisation
+        that ``search`` matches: a cloud machine linked to an agent reports under the agent's
+        id, so it contributes both."""
+        out: set[str] = set()
+        for m in (self._load(raw) for _, raw in self.store.scan(f"machine/{p.org_id}/")):
+            if search.matches(m):
+                out.add(m["id"])
+                if m.get("agent"):
+                    out.add(str(m["agent"]))
+        return out
 
     @staticmethod
     def _load(raw: bytes) -> dict[str, Any]:

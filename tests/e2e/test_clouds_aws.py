@@ -47,7 +47,8 @@ def create(h: Http, cloud: str, **kw: Any) -> list[dict[str, Any]]:
 def test_the_secret_is_never_shown(aws: tuple[Http, dict[str, Any]]) -> None:
     h, cloud = aws
     assert SECRET_KEY not in str(cloud) and cloud["credentials_set"] == ["apisecret"]
-    assert cloud["config"]["apikey"] == ACCESS_KEY
+    assert cloud["config"]["apikey"] == "AKIA…0001" and ACCESS_KEY not in str(cloud)
+    assert cloud["config"]["region"] == "us-east-1"
     assert SECRET_KEY not in str(h.get(f"/api/v2/clouds/{cloud['id']}").body)
     assert SECRET_KEY not in str(audit(h, "cloud.add"))
 
@@ -180,3 +181,89 @@ def test_bad_credentials_and_unreachable_endpoints(controller: Controller, moto:
     r = h.post("/api/v2/clouds", {"name": "Bad", "provider": "amazon",
                                   "credentials": {"apikey": ACCESS_KEY, "region": "us-east-1"}})
     assert r.status == 422 and r.body["error"]["details"]["field"] == "credentials.apisecret"
+
+
+def test_another_organisation_sees_and_touches_nothing(
+        controller: Controller, aws: tuple[Http, dict[str, Any]]) -> None:
+    h, cloud = aws
+    [m] = create(h, cloud["id"], name="private")
+    r = h.post(f"/api/v2/machines/{m['id']}/actions/stop")
+    job_id = r.body["job_id"]
+    wait_job(h, job_id)
+    poll(h, cloud["id"])
+    vols = h.get(f"/api/v2/volumes?cloud={cloud['id']}").body["data"]
+    zones = h.get(f"/api/v2/zones?cloud={cloud['id']}").body["data"]
+    controller.adduser("eve@example.com", "correct horse battery", "--org", "Elsewhere")
+    e = controller.session("eve@example.com", "correct horse battery")
+    for path in (f"/api/v2/machines/{m['id']}", f"/api/v2/jobs/{job_id}",
+                 f"/api/v2/clouds/{cloud['id']}",
+                 *(f"/api/v2/volumes/{v['id']}" for v in vols[:1]),
+                 *(f"/api/v2/zones/{z['id']}" for z in zones[:1]),
+                 *(f"/api/v2/zones/{z['id']}/records" for z in zones[:1])):
+        assert e.get(path).status == 404, path
+    for verb in ("start", "destroy"):
+        assert e.post(f"/api/v2/machines/{m['id']}/actions/{verb}").status == 404
+    assert e.post("/api/v2/machines", {"cloud": cloud["id"], "name": "x"}).status == 404
+    assert e.post("/api/v2/volumes", {"cloud": cloud["id"], "name": "x", "size": 1}).status == 404
+    r = e.post("/api/v2/tags", {"operations": [{"operation": "add", "resources": [
+        {"resource_type": "machine", "resource_id": m["id"]}], "tags": [{"key": "pwned"}]}]})
+    assert r.status == 404
+    for path in ("/api/v2/machines", "/api/v2/volumes", "/api/v2/zones", "/api/v2/jobs",
+                 "/api/v2/sizes", "/api/v2/tags"):
+        assert e.get(path).body["meta"]["total"] == 0, path
+    assert e.get("/api/v2/costs").body["data"]["org"]["machines"] == 0
+    assert "pwned" not in h.get(f"/api/v2/machines/{m['id']}").body["data"]["tags"]
+    assert h.get(f"/api/v2/machines/{m['id']}").body["data"]["state"] == "stopped"
+
+
+def test_filters_by_cloud_name_and_cloud_tags(aws: tuple[Http, dict[str, Any]]) -> None:
+    h, cloud = aws
+    by_id = h.get(f"/api/v2/machines?cloud={cloud['id']}").body["meta"]["total"]
+    by_name = h.get("/api/v2/machines?cloud=AWS%20test").body["meta"]["total"]
+    assert by_id == by_name > 0
+    r = h.put(f"/api/v2/clouds/{cloud['id']}", {"tags": {"env": "prod"}})
+    assert r.status == 200 and r.body["data"]["tags"] == {"env": "prod"}
+    r = h.post("/api/v2/tags", {"operations": [{"operation": "add", "resources": [
+        {"resource_type": "cloud", "resource_id": cloud["id"]}], "tags": [{"key": "team", "value": "web"}]}]})
+    assert r.status == 200
+    assert h.get(f"/api/v2/clouds/{cloud['id']}").body["data"]["tags"] == {"env": "prod", "team": "web"}
+    r = h.put(f"/api/v2/clouds/{cloud['id']}", {"tags": {"bad key!": "x"}})
+    assert r.status == 422
+
+
+def test_moving_a_cloud_needs_its_secret_again(aws: tuple[Http, dict[str, Any]], moto: MotoServer) -> None:
+    h, cloud = aws
+    r = h.put(f"/api/v2/clouds/{cloud['id']}", {"credentials": {"endpoint": "http://192.0.2.1:9"}})
+    assert r.status == 422 and r.body["error"]["details"]["field"] == "credentials.apisecret", r.body
+    assert h.get(f"/api/v2/clouds/{cloud['id']}").body["data"]["config"]["endpoint"] == moto.url
+    # with the secret given again, the move is checked like a new cloud
+    r = h.put(f"/api/v2/clouds/{cloud['id']}", {"credentials": {"endpoint": moto.url + "/",
+                                                                 "apisecret": SECRET_KEY}})
+    assert r.status == 200, r.body
+
+
+def test_a_wrong_secret_is_refused_in_words(controller: Controller, moto: MotoServer) -> None:
+    import boto3
+
+    h = controller.session()
+    moto.reset()
+    moto.enforce_auth(free_requests=3)
+    try:
+        iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto.url,
+                           aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+        iam.create_user(UserName="ops")
+        iam.put_user_policy(UserName="ops", PolicyName="all", PolicyDocument=(
+            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'))
+        key = iam.create_access_key(UserName="ops")["AccessKey"]
+        wrong = "wrong-secret-never-shown"
+        r = h.post("/api/v2/clouds", {"name": "Wrong", "provider": "amazon", "credentials": {
+            "apikey": key["AccessKeyId"], "apisecret": wrong, "region": "us-east-1",
+            "endpoint": moto.url}})
+        assert r.status == 502 and r.body["error"]["code"] == "provider_auth", r.body
+        assert "refused" in r.body["error"]["message"] and wrong not in str(r.body)
+        r = h.post("/api/v2/clouds", {"name": "Right", "provider": "amazon", "credentials": {
+            "apikey": key["AccessKeyId"], "apisecret": key["SecretAccessKey"],
+            "region": "us-east-1", "endpoint": moto.url}})
+        assert r.status == 201, r.body
+    finally:
+        moto.reset()

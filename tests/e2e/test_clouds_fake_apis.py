@@ -106,3 +106,28 @@ def test_clouds_on_the_controllers_own_host_need_the_operators_consent(
         assert h.get("/api/v2/clouds").body["meta"]["total"] == 0
     finally:
         c.stop()
+
+
+def test_an_endpoint_that_never_answers_is_a_timeout_not_a_hang(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections (the kernel does), never answers
+    c = Controller(tmp_path, {"OVERCAST_CLOUD_CALL_TIMEOUT": "2"})
+    c.adduser(ADMIN_EMAIL, ADMIN_PASSWORD, "--admin", "--org", "Patient")
+    c.start()
+    try:
+        h = c.session()
+        t0 = time.monotonic()
+        r = h.post("/api/v2/clouds", {"name": "Silent", "provider": "digitalocean", "credentials": {
+            "token": "t", "endpoint": f"http://127.0.0.1:{silent.getsockname()[1]}"}})
+        took = time.monotonic() - t0
+        assert r.status == 503 and r.body["error"]["code"] == "provider_unavailable", r.body
+        assert "in time" in r.body["error"]["message"] or "within" in r.body["error"]["message"]
+        assert took < 10, took
+        assert h.get("/api/v2/health").status == 200  # the controller kept serving
+    finally:
+        c.stop()
+        silent.close()

@@ -76,6 +76,7 @@ def set_timeout(driver: Any, timeout: float) -> None:
     session = getattr(getattr(connection, "connection", None), "session", None)
     if session is not None:
         session.timeout = timeout
+        session.max_redirects = 0  # never follow a redirect (see providers.registry)
 
 
 class LibcloudComputeAdapter(Adapter):

@@ -36,4 +36,13 @@ def adapter_class(s: ProviderSpec) -> type[Adapter]:
 def build(name: str, config: dict[str, Any], secrets: dict[str, str], timeout: float) -> Adapter:
     """A new adapter for one cloud. Blocking imports (libcloud) happen here: call it off the
     event loop."""
+    _no_redirects()
     return adapter_class(spec(name))(config, secrets, timeout)
+
+
+def _no_redirects() -> None:
+    """Provider calls never follow HTTP redirects: an allowed endpoint could otherwise bounce
+    a call (with its credentials) to the controller's own host or a metadata service."""
+    import libcloud.http
+
+    libcloud.http.ALLOW_REDIRECTS = 0  # type: ignore[assignment]

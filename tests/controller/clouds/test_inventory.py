@@ -158,3 +158,26 @@ def test_cost_tags_and_totals() -> None:
     assert totals(ms, "cloud")["a"]["monthly"] == 1095.0
     by_team = totals(ms, "tag:team")
     assert by_team["x"]["hourly"] == 1.0 and by_team["(untagged)"]["unknown"] == 1
+
+
+def test_a_diff_is_refused_when_a_document_changed_under_it(store: Store) -> None:
+    from controller.errors import Conflict
+    from controller.store.base import Batch
+
+    apply(store, Snapshot(machines=[vm("i-1")]))
+    stale = reconcile(store, CLOUD, Snapshot(machines=[vm("i-1", "stopped")]), now=1_000_050.0)
+    # meanwhile a user tags the machine
+    key = f"machine/o1/{resource_id('c1', 'machine', 'i-1')}"
+    doc = machine(store, "i-1")
+    doc["_user_tags"] = {"owner": "ops"}
+    store.write(Batch({key: json.dumps(doc).encode()}))
+    batch = stale.batch()
+    for c in stale.changes:
+        batch.puts.update(c.batch.puts)
+    with pytest.raises(Conflict):
+        store.write(batch)
+    assert machine(store, "i-1")["_user_tags"] == {"owner": "ops"}
+    # the redone diff keeps the tag
+    apply(store, Snapshot(machines=[vm("i-1", "stopped")]), now=1_000_060.0)
+    m = machine(store, "i-1")
+    assert m["state"] == "stopped" and m["tags"]["owner"] == "ops"
