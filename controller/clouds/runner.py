@@ -12,7 +12,6 @@ hostile endpoint) of one organisation cannot starve the others."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
