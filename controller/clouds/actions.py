@@ -282,6 +282,21 @@ class ActionService:
                             {"name": r.get("name", ""), "type": r.get("type", "")},
                             lambda a: a.delete_record(zext, rext), f"delete record {r.get('name', '')}")
 
+    def update_record(self, p: Principal, actor: Actor, zone_id: str, record_id: str,
+                      body: dict[str, Any]) -> dict[str, Any]:
+        z = self.resource(p, "zone", zone_id)
+        r = self.resource(p, "record", record_id, zone=z["id"])
+        cloud = self.cloud_for(p, z, Capability.DNS, "DNS")
+        zext, rext = str(z["external_id"]), str(r["external_id"])
+        name = str(body.get("name", r.get("name", "")))
+        type_ = str(body.get("type", r.get("type", ""))).upper()
+        data = str(body.get("data", (r.get("rdata") or [""])[0]))
+        ttl = int(body.get("ttl", r.get("ttl") or 3600))
+        return self._launch(p, actor, cloud, "record.edit", "record", r["id"],
+                            {"name": name, "type": type_, "data": data, "ttl": ttl},
+                            lambda a: _plain(a.update_record(zext, rext, name, type_, data, ttl)),
+                            f"change {type_} record {name}")
+
     @staticmethod
     def _cap(cloud: dict[str, Any], cap: Capability, what: str) -> None:
         if cloud.get("agents") or "config" not in cloud:

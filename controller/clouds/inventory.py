@@ -170,6 +170,9 @@ def _sync(store: Store, cloud: dict[str, Any], kind: str, docs: dict[str, dict[s
             fresh = dict(fresh, created=old.get("created", ""))
         doc = dict(old or {}, **fresh)
         doc.update(id=rid, org=org, cloud=cid, provider=cloud["provider"])
+        if old is not None and old.get("_user_name"):
+            doc["provider_name"] = fresh.get("name", "")
+            doc["name"] = old["_user_name"]  # named in Overcast (PUT): the label stays
         if kind in ("machine", "volume", "network", "zone", "record", "image"):
             doc["tags"] = {**fresh.get("provider_tags", {}), **(old or {}).get("_user_tags", {})}
         if kind == "machine":

@@ -59,6 +59,26 @@ class ResourceService:
             raise NotFound(f"no such {kind}", {"id": rid})
         return view(kind, json.loads(raw))
 
+    def rename(self, p: Principal, actor: Actor, kind: str, rid: str, name: str) -> dict[str, Any]:
+        """Mist's edit_volume/edit_network/edit_zone: the name Overcast shows (the provider's
+        own name is kept in ``provider_name``; an empty name goes back to it)."""
+        key = doc_key(kind, p.org_id, rid) if p.org_id and "/" not in rid else ""
+        raw = self.store.get(key) if key else None
+        if raw is None:
+            raise NotFound(f"no such {kind}", {"id": rid})
+        name = name.strip()
+        if len(name) > 200:
+            raise Invalid("name must have at most 200 characters", field="name")
+        doc = json.loads(raw)
+        provider_name = doc.get("provider_name") or doc.get("name", "")
+        new = dict(doc, provider_name=provider_name, _user_name=name, name=name or provider_name)
+        change = Change(f"{kind}.edit", org=p.org_id, target_kind=kind, target_id=rid,
+                        details={"name": {"from": doc.get("name", ""), "to": new["name"]}})
+        change.put(key, json.dumps(new, separators=(",", ":"), ensure_ascii=False).encode())
+        change.expect(key, raw).event("changed", kind, rid, {"name": new["name"]})
+        self.writer.commit(actor, change)
+        return view(kind, new)
+
     # ---- tags ----------------------------------------------------------------------------------
     def tag(self, p: Principal, actor: Actor, operations: list[dict[str, Any]]) -> dict[str, int]:
         """Mist's tag_resources: add or remove tags on resources of any taggable kind. All

@@ -254,6 +254,34 @@ async def delete_record(ctx: Ctx) -> Any:
                                                          ctx.match("record")))
 
 
+EDIT_RECORD = obj((), name=string(0, 253), type=CREATE_RECORD["properties"]["type"],
+                  data=string(1, 4000), ttl=integer(1, 604_800))
+RENAME = obj((), name=string(0, 200))
+
+
+@inventory.route("PUT", "/api/v2/zones/{zone}/records/{record}", op="edit_record", body=EDIT_RECORD,
+                 summary="Change a DNS record's data, TTL, name or type (a job)")
+async def edit_record(ctx: Ctx) -> Any:
+    return _job_reply(ctx.services.actions.update_record(ctx.principal, ctx.actor, ctx.match("zone"),
+                                                         ctx.match("record"), ctx.body))
+
+
+def _rename_route(kind: str) -> None:
+    async def edit_kind(ctx: Ctx) -> Any:
+        # Mist sends the new name as a query parameter; a JSON body works too
+        name = (ctx.body or {}).get("name", ctx.param("name"))
+        return one(await asyncio.to_thread(ctx.services.resources.rename, ctx.principal, ctx.actor,
+                                           kind, ctx.match(kind), name))
+
+    inventory.route("PUT", f"/api/v2/{kind}s/{{{kind}}}", op=f"edit_{kind}", body=RENAME,
+                    params=("name",),
+                    summary=f"Rename a {kind} in Overcast (the provider's name is kept)")(edit_kind)
+
+
+for _kind in ("volume", "network", "zone"):
+    _rename_route(_kind)
+
+
 # ---- tags and costs -------------------------------------------------------------------------------
 TAG_OPS = obj(("operations",), operations={
     "type": "array", "maxItems": 100,

@@ -267,3 +267,30 @@ def test_a_wrong_secret_is_refused_in_words(controller: Controller, moto: MotoSe
         assert r.status == 201, r.body
     finally:
         moto.reset()
+
+
+def test_edit_records_and_rename_resources(aws: tuple[Http, dict[str, Any]]) -> None:
+    h, cloud = aws
+    cid = cloud["id"]
+    r = h.post("/api/v2/zones", {"cloud": cid, "domain": "edit.example"})
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded"
+    poll(h, cid)
+    [zone] = [z for z in h.get(f"/api/v2/zones?cloud={cid}").body["data"] if z["domain"] == "edit.example"]
+    r = h.post(f"/api/v2/zones/{zone['id']}/records", {"name": "api", "type": "A", "data": "10.0.0.1"})
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded"
+    poll(h, cid)
+    [rec] = [x for x in h.get(f"/api/v2/zones/{zone['id']}/records").body["data"] if x["type"] == "A"]
+    r = h.put(f"/api/v2/zones/{zone['id']}/records/{rec['id']}", {"data": "10.0.0.2", "ttl": 120})
+    assert r.status == 202 and wait_job(h, r.body["job_id"])["status"] == "succeeded", r.body
+    poll(h, cid)
+    live = [x for x in h.get(f"/api/v2/zones/{zone['id']}/records").body["data"]
+            if x["type"] == "A" and not x["missing_since"]]
+    assert [(x["name"], x["rdata"], x["ttl"]) for x in live] == [(rec["name"], ["10.0.0.2"], 120)]
+    assert audit(h, "record.edit", rec["id"])
+    # renaming in Overcast (Mist's edit_zone: ?name=) survives polls
+    r = h.put(f"/api/v2/zones/{zone['id']}?name=Edit%20zone")
+    assert r.status == 200 and r.body["data"]["name"] == "Edit zone", r.body
+    poll(h, cid)
+    z = h.get(f"/api/v2/zones/{zone['id']}").body["data"]
+    assert z["name"] == "Edit zone" and z["domain"] == "edit.example"
+    assert audit(h, "zone.edit", zone["id"])

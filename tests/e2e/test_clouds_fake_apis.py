@@ -72,6 +72,21 @@ def test_digitalocean(controller: Controller, do_api: FakeServer) -> None:
     lifecycle(h, cid, {"size": "s-1vcpu-1gb", "image": "ubuntu-22-04-x64", "location": "nyc3"})
     sizes = h.get(f"/api/v2/sizes?cloud={cid}").body["data"]
     assert any(s["cost"].get("hourly") for s in sizes)
+    # DNS, with a record changed the generic way (a new one first, then the old one removed)
+    r = h.post("/api/v2/zones", {"cloud": cid, "domain": "do.example"})
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded", r.body
+    poll(h, cid)
+    [zone] = [z for z in h.get(f"/api/v2/zones?cloud={cid}").body["data"] if z["domain"] == "do.example"]
+    r = h.post(f"/api/v2/zones/{zone['id']}/records", {"name": "www", "type": "A", "data": "192.0.2.1"})
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded", r.body
+    poll(h, cid)
+    [www] = [x for x in h.get(f"/api/v2/zones/{zone['id']}/records").body["data"] if x["name"] == "www"]
+    r = h.put(f"/api/v2/zones/{zone['id']}/records/{www['id']}", {"data": "192.0.2.2"})
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded", r.body
+    poll(h, cid)
+    live = [x["rdata"] for x in h.get(f"/api/v2/zones/{zone['id']}/records").body["data"]
+            if x["name"] == "www" and not x["missing_since"]]
+    assert live == [["192.0.2.2"]]
 
 
 def test_openstack(controller: Controller, os_api: Any) -> None:

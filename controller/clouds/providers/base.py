@@ -292,5 +292,14 @@ class Adapter:
     def delete_record(self, zone_id: str, record_id: str) -> None:
         raise self._unsupported("DNS")
 
+    def update_record(self, zone_id: str, record_id: str, name: str, type_: str, data: str,
+                      ttl: int) -> DnsRecord:
+        """Change a record. By default: create the new one, then delete the old (never a
+        moment without the name; the record's id changes). Providers with an update call
+        override it."""
+        made = self.create_record(zone_id, name, type_, data, ttl)
+        self.delete_record(zone_id, record_id)
+        return made
+
     def close(self) -> None:
         """Release connections. Called once by the owner."""

@@ -362,6 +362,10 @@ class AmazonAdapter(LibcloudComputeAdapter):
     def delete_record(self, zone_id: str, record_id: str) -> None:
         self.dns.delete_record(zone_id, record_id)
 
+    def update_record(self, zone_id: str, record_id: str, name: str, type_: str, data: str,
+                      ttl: int) -> DnsRecord:
+        return self.dns.update_record(zone_id, record_id, name, type_, data, ttl)
+
     def close(self) -> None:
         super().close()
         self.dns.close()

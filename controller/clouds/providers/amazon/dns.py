@@ -173,6 +173,41 @@ class AmazonDns:
             ("DELETE", record.name, record.type, ttl, values)
         self._call("deleting the record", self.conn.ex_change, zone, [change])
 
+    def update_record(self, zone_id: str, record_id: str, name: str, type_: str, data: str,
+                      ttl: int) -> DnsRecord:
+        """One record set change: the value is replaced in its set (an UPSERT), so the name
+        never goes missing. A new name or type is a new set: made first, then the old value
+        removed."""
+        from controller.clouds.providers.amazon.route53 import record_id as make_id
+
+        zone = self._zone(zone_id)
+        record = next((r for r in self._records(zone) if r.id == record_id), None)
+        if record is None:
+            raise NotFound(f"amazon has no record {record_id!r} in zone {zone_id!r}",
+                           {"zone": zone_id, "record": record_id})
+        if record.extra["alias"]:
+            raise Invalid("alias records are changed in Route53 itself", field="record")
+        type_ = type_.strip().upper()
+        rel = self._name(zone, name)
+        if (rel, type_) != (record.name, record.type):
+            made = self.create_record(zone_id, name, type_, data, ttl)
+            old = next((r for r in self._records(zone) if r.name == record.name
+                        and r.type == record.type and r.data == record.data), None)
+            if old is not None:
+                self.delete_record(zone_id, str(old.id))
+            return made
+        data = data.strip()
+        if not data:
+            raise Invalid("a record needs data", field="data")
+        value = _quote(type_, data)
+        values = [value if v == record.data else v for v in record.extra["values"]]
+        values = list(dict.fromkeys(values))  # the new value may already be in the set
+        ttl = ttl or int(record.ttl or 0) or DEFAULT_TTL
+        self._call("changing the record", self.conn.ex_change, zone,
+                   [("UPSERT", rel, type_, ttl, values)])
+        return DnsRecord(external_id=make_id(type_, rel, value, len(values) > 1), zone=zone_id,
+                         name=rel, type=type_, data=data, ttl=ttl)
+
     def close(self) -> None:
         conn = getattr(self._driver, "connection", None)
         if conn is not None and getattr(conn, "connection", None) is not None:
