@@ -409,6 +409,14 @@ def _register_resources(sub: Any) -> None:
     _job_parser(g, "record-delete", "delete a DNS record (a job)",
                 lambda a: ("DELETE", f"/api/v2/zones/{q(a.zone)}/records/{q(a.record)}", None),
                 "ZONE", "RECORD")
+    c = _job_parser(g, "record-edit", "change a DNS record's data, TTL, name or type (a job)",
+                    lambda a: ("PUT", f"/api/v2/zones/{q(a.zone)}/records/{q(a.record)}",
+                               {**_opt(a, name="name", data="data", ttl="ttl"),
+                                **({"type": a.type.upper()} if a.type else {})}), "ZONE", "RECORD")
+    c.add_argument("--name")
+    c.add_argument("--type")
+    c.add_argument("--data")
+    c.add_argument("--ttl", type=int)
 
     for kind, what in (("size", "machine sizes"), ("image", "images"), ("location", "locations")):
         p = sub.add_parser(f"{kind}s", help=f"{what} the clouds offer (to create machines)")

@@ -415,6 +415,12 @@ def test_volumes_and_dns_records_through_the_cli(cli: Run, moto: MotoServer) -> 
     assert www["type"] == "A" and www["rdata"] == ["192.0.2.10"]
     assert any(ln.split()[1:4] == ["www", "A", "192.0.2.10"]
                for ln in ok(cli("zones", "records", zone["id"])).splitlines())
+    ok(cli("zones", "record-edit", zone["id"], www["id"], "--data", "192.0.2.11", "--ttl", "60",
+           "--wait"))
+    ok(cli("clouds", "poll", "aws2"))
+    [www] = [r for r in json.loads(ok(cli("zones", "records", zone["id"], "--json")))
+             if r["name"] == "www" and not r["missing_since"]]
+    assert www["rdata"] == ["192.0.2.11"] and www["ttl"] == 60
     ok(cli("zones", "record-delete", zone["id"], www["id"], "--wait"))
 
     [volume] = [v for v in json.loads(ok(cli("volumes", "--cloud", "aws2", "--json")))
