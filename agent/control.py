@@ -3,7 +3,8 @@ stream to the controller, send hello, replay the spool in order, send new batche
 acknowledgements and configuration, renew the certificate before it expires, and reconnect
 with exponential backoff and jitter when anything breaks.
 
-Blocking work (psutil, file I/O) runs in threads; everything else on one asyncio loop."""
+Blocking work (psutil, file I/O) runs in one worker thread; everything else on one asyncio
+loop."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import datetime as dt
 import itertools
 import logging
 import random
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -20,14 +22,16 @@ from agent import AGENT_VERSION, PROTOCOL_VERSION
 from agent.collect.inventory import fingerprint, inventory
 from agent.collect.metrics import MetricsCollector
 from agent.spool import Spool
-from agent.state import AgentState, make_key_and_csr
+from agent.state import AgentState, make_key_and_csr_isolated
 from overcast.agent.v1 import agent_pb2 as pb
 from overcast.agent.v1 import agent_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+# A dead controller is found within 30 s: a ping every 20 s unanswered for 10 s ends the stream
+# (the controller pings as often: controller/agents/server.py).
 KEEPALIVE = [
-    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
@@ -108,6 +112,11 @@ class Agent:
 
     async def run(self) -> None:
         """Until stopped, or until the controller says this agent is revoked (raises Revoked)."""
+        # one thread for the blocking work (psutil, spool files) instead of asyncio's default
+        # of up to CPUs + 4: each thread costs a stack and a malloc arena, and the work is
+        # a few milliseconds every interval
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-io"))
         collector = asyncio.create_task(self._collect_loop(), name="collect")
         connector = asyncio.create_task(self._connect_loop(), name="connect")
         stopped = asyncio.create_task(self._stop.wait())
@@ -279,7 +288,7 @@ class Agent:
         if left > max(lifetime / 3, 60):
             return
         self._renewing = True
-        key_pem, csr_pem = await asyncio.to_thread(make_key_and_csr, self.state.agent_id)
+        key_pem, csr_pem = await asyncio.to_thread(make_key_and_csr_isolated, self.state.agent_id)
         self._pending_key = key_pem
         await call.write(pb.AgentMessage(renew=pb.RenewRequest(csr_pem=csr_pem)))
         log.info("certificate expires in %d s: renewal asked", int(left))

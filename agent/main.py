@@ -1,17 +1,33 @@
-"""`overcast agent`: enrol once with a join token, then run."""
+"""`overcast agent`: enrol once with a join token, then run.
+
+The running agent is kept small (it runs on every host: bench/agent_footprint_bench.py):
+
+- it runs as ``python -m agent`` started afresh (exec: same process id, same descriptors)
+  once enrolment is done, so that neither the controller's CLI (``overcast agent``) nor
+  enrolment (urllib, OpenSSL through ``ssl``, cryptography) stays loaded for days; the new
+  process gets ``MALLOC_ARENA_MAX=1`` unless it is set (glibc's malloc otherwise gives each
+  of the agent's mostly idle threads an arena of its own);
+- it does not load Python's ``ssl`` and ``_hashlib`` (OpenSSL's libraries and their
+  state: ~4.5 MiB): gRPC brings its own TLS (BoringSSL, inside grpcio), hashlib falls back
+  to its built-in hashes, and the certificate's dates are read from its DER
+  (``agent.state.pem_validity``); a renewal makes its key in a child process
+  (``agent.state.make_key_and_csr_isolated``), so cryptography is not loaded either.
+
+``OVERCAST_AGENT_LEAN=1`` marks the restarted process (and skips the restart when set)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
+import os
 import sys
 from pathlib import Path
 
 from agent.state import AgentState, default_state_dir
 
 log = logging.getLogger("agent")
+
+LEAN_ENV = "OVERCAST_AGENT_LEAN"
 
 # exit codes: as the CLI's (1 failed, 2 usage, 3 refused/revoked, 5 unreachable)
 
@@ -59,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
         return 3
     if args.enrol_only:
         return 0
+    restart_lean(state, args)  # returns only where it cannot
+    block_openssl()
+    import asyncio
+    import signal
+
     from agent.control import Agent, Revoked
 
     agent = Agent(state, args.interval, args.spool_max_mb * 1024 * 1024)
@@ -76,3 +97,35 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(main())
+
+
+def restart_lean(state: AgentState, args: argparse.Namespace) -> None:
+    """Replace this process with ``python -m agent`` for this state directory (see the
+    module's docstring); returns only when already restarted or when exec fails."""
+    if os.environ.get(LEAN_ENV) or not sys.executable:
+        return
+    argv = [sys.executable, "-m", "agent", "--state-dir", str(state.directory),
+            "--log-level", args.log_level, "--spool-max-mb", str(args.spool_max_mb)]
+    if args.interval is not None:
+        argv += ["--interval", repr(args.interval)]
+    env = dict(os.environ)
+    env[LEAN_ENV] = "1"
+    env.setdefault("MALLOC_ARENA_MAX", "1")
+    # whatever this process could import, the new one can: `overcast agent` from a virtual
+    # environment, a source tree on PYTHONPATH, an installed package
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    try:
+        os.execve(sys.executable, argv, env)
+    except OSError as exc:
+        log.warning("cannot restart as %s (%s): running in this process", " ".join(argv[:3]), exc)
+
+
+def block_openssl() -> None:
+    """Make ``import ssl`` and ``import _hashlib`` fail in this process unless they are loaded
+    already: asyncio then runs without TLS support of its own, which the agent never uses
+    (gRPC does its TLS itself), and hashlib uses its built-in hashes."""
+    for name in ("ssl", "_ssl", "_hashlib"):
+        if name not in sys.modules:
+            sys.modules[name] = None  # type: ignore[assignment]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import datetime as dt
 import json
@@ -92,6 +93,86 @@ def make_key_and_csr(common_name_hint: str) -> tuple[bytes, bytes]:
         serialization.NoEncryption(),
     )
     return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+
+
+def pem_validity(pem: bytes) -> tuple[dt.datetime, dt.datetime]:
+    """(not before, not after), in UTC, of the first certificate in ``pem``, read from its DER
+    (RFC 5280: Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
+    serialNumber INTEGER, signature SEQUENCE, issuer SEQUENCE, validity SEQUENCE { notBefore,
+    notAfter }, ... }, ... }; a time is UTCTime YYMMDDHHMMSSZ or GeneralizedTime
+    YYYYMMDDHHMMSSZ). Nothing is verified: only the dates are read. ValueError if ``pem``
+    holds no certificate of that shape."""
+    begin, end = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+    start = pem.find(begin)
+    stop = pem.find(end, start + len(begin))
+    if start < 0 or stop < 0:
+        raise ValueError("no PEM certificate")
+    try:
+        der = binascii.a2b_base64(pem[start + len(begin):stop])
+    except binascii.Error as e:
+        raise ValueError(f"bad base64: {e}") from None
+    _, body, _ = _der_item(der, 0, 0x30)  # Certificate
+    _, i, _ = _der_item(der, body, 0x30)  # tbsCertificate
+    if i < len(der) and der[i] == 0xA0:  # [0] version
+        i = _der_item(der, i, 0xA0)[2]
+    for tag in (0x02, 0x30, 0x30):  # serialNumber, signature, issuer
+        i = _der_item(der, i, tag)[2]
+    _, i, _ = _der_item(der, i, 0x30)  # validity
+    not_before, i = _der_time(der, i)
+    not_after, _ = _der_time(der, i)
+    return not_before, not_after
+
+
+def _der_item(der: bytes, i: int, tag: int) -> tuple[int, int, int]:
+    """The DER element at ``i``, which must have ``tag``: (its tag, where its contents
+    start, where it ends)."""
+    if i + 2 > len(der) or der[i] != tag:
+        raise ValueError(f"expected DER tag {tag:#x} at {i}")
+    n = der[i + 1]
+    i += 2
+    if n & 0x80:
+        k = n & 0x7F
+        if not 1 <= k <= 4 or i + k > len(der):
+            raise ValueError("bad DER length")
+        n = int.from_bytes(der[i:i + k], "big")
+        i += k
+    if i + n > len(der):
+        raise ValueError("truncated DER")
+    return tag, i, i + n
+
+
+def _der_time(der: bytes, i: int) -> tuple[dt.datetime, int]:
+    if i < len(der) and der[i] == 0x17:  # UTCTime: two-digit year, 1950..2049
+        _, a, b = _der_item(der, i, 0x17)
+        text = der[a:b].decode("ascii")
+        year = int(text[:2])
+        text = str(year + (1900 if year >= 50 else 2000)) + text[2:]
+    else:
+        _, a, b = _der_item(der, i, 0x18)  # GeneralizedTime
+        text = der[a:b].decode("ascii")
+    if len(text) != 15 or not text.endswith("Z") or not text[:14].isdigit():
+        raise ValueError(f"unexpected certificate time {text!r}")
+    month, day, hour, minute, second = (int(text[k:k + 2]) for k in range(4, 14, 2))
+    return dt.datetime(int(text[:4]), month, day, hour, minute, second, tzinfo=dt.UTC), b
+
+
+def make_key_and_csr_isolated(common_name_hint: str, timeout: float = 120.0) -> tuple[bytes, bytes]:
+    """``make_key_and_csr`` in a child Python process: the running agent renews its
+    certificate every few days, and cryptography, once imported, would stay in its memory
+    (~7 MiB) for good. The key comes back through a pipe, never through a file."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from agent.state import make_key_and_csr; "
+            "k, c = make_key_and_csr(sys.argv[1]); sys.stdout.buffer.write(k + b'\\0' + c)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, "-c", code, common_name_hint], capture_output=True,
+                         env=env, timeout=timeout, check=False)
+    key_pem, sep, csr_pem = out.stdout.partition(b"\0")
+    if out.returncode != 0 or not sep or b"PRIVATE KEY" not in key_pem:
+        raise RuntimeError(f"making a key failed (exit {out.returncode}): "
+                           f"{out.stderr.decode(errors='replace')[-500:]}")
+    return key_pem, csr_pem
 
 
 class AgentState:
@@ -200,17 +281,16 @@ class AgentState:
         return self.cert_validity()[1]
 
     def cert_validity(self) -> tuple[dt.datetime | None, dt.datetime | None]:
-        """(not before, not after) of cert.pem, read with the standard library: the running
-        agent checks this every round, and loading cryptography for it would cost ~7 MiB of
-        memory for the agent's whole life (it is loaded only to make keys)."""
-        import ssl
-
+        """(not before, not after) of cert.pem, (None, None) without a readable certificate.
+        The running agent checks this every round: it is read from the certificate's DER
+        here (``pem_validity``), without OpenSSL (``ssl``) or cryptography, which the running
+        agent does not load (~5 and ~7 MiB of memory for its whole life)."""
         try:
-            info = ssl._ssl._test_decode_cert(str(self.cert_path))  # type: ignore[attr-defined]
-            return (dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(info["notBefore"]), dt.UTC),
-                    dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(info["notAfter"]), dt.UTC))
-        except (OSError, ValueError, KeyError, AttributeError, ssl.SSLError):
-            cert = self._cert()
+            return pem_validity(self.cert_path.read_bytes())
+        except OSError:
+            return None, None
+        except ValueError:
+            cert = self._cert()  # not what our CA issues: ask a real X.509 parser
             if cert is None:
                 return None, None
             return cert.not_valid_before_utc, cert.not_valid_after_utc

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, progress, write_result  # noqa: E402
+from common import ROOT, exit_on_sigterm, finish, progress  # noqa: E402
 
 from tests.support.controller import ADMIN_EMAIL, ADMIN_PASSWORD, Controller  # noqa: E402
 
@@ -301,24 +301,14 @@ def summary(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=300.0, help="seconds sampled (every 10 s)")
     ap.add_argument("--agent-env", action="append", default=[], metavar="K=V",
                     help="an extra environment variable of the agent (experiments)")
     a = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    result = run(a)
-    result["summary"] = summary(result)
-    path = write_result("agent_footprint", result)
-    for line in result["summary"]:
-        print("  " + line)
-    print(f"  -> {path}")
-    return 0
+    exit_on_sigterm()
+    return finish("agent_footprint", run(a), summary)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import json
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_doc, percentiles, progress, rate, write_result  # noqa: E402
+from common import exit_on_sigterm, finish, machine_doc, percentiles, progress, rate  # noqa: E402
 
 from controller.machines.model import MACHINE  # noqa: E402
 from controller.store import Batch, open_store  # noqa: E402
@@ -387,10 +386,6 @@ def summary(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks: controller stopped
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--machines", type=int, default=100_000)
@@ -400,14 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=int, default=10, help="seconds of load on /api/v2/auth")
     ap.add_argument("--connections", type=int, default=50)
     a = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    result = run(a)
-    result["summary"] = summary(result)
-    path = write_result("api", result)
-    for line in result["summary"]:
-        print("  " + line)
-    print(f"  -> {path}")
-    return 0
+    exit_on_sigterm()
+    return finish("api", run(a), summary)
 
 
 if __name__ == "__main__":

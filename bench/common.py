@@ -96,6 +96,28 @@ def progress(msg: str) -> None:
     print(f"  .. {msg}", flush=True)
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (``bench/run.py`` stopping a benchmark that ran too long) unwinds through the
+    ``finally`` blocks like an error: controllers and simulators are stopped."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def finish(name: str, result: dict[str, Any], summary: Any) -> int:
+    """The end of every benchmark's ``main``: the summary lines (``summary(result)``) into
+    the result, ``bench/results/<name>.json`` written, the lines printed."""
+    result["summary"] = summary(result)
+    path = write_result(name, result)
+    for line in result["summary"]:
+        print("  " + line)
+    print(f"  -> {path}")
+    return 0
+
+
 def rate(n: int, seconds: float) -> float:
     return round(n / seconds, 1) if seconds > 0 else float("inf")
 
@@ -543,7 +565,7 @@ class _SimAgent:
             n += 1
             if lat is not None:
                 lat.append(now - t)
-                if probe and s % probe == 0:
+                if probe and (s + self.i) % probe == 0:
                     w.store_lat.append(now - t)
         self.w.acks += n  # batches acknowledged
         self.wake.set()
@@ -563,7 +585,8 @@ class _SimAgent:
                     break
                 s = max(self.sent + 1, p[0][0])
                 t = p[s - p[0][0]][1]
-                probe = w.probe_every > 0 and s % w.probe_every == 0
+                # (each agent its own phase: the agents of a run start together)
+                probe = w.probe_every > 0 and (s + self.i) % w.probe_every == 0
                 if self.compact:
                     data = enc.encode_compact(s, self._t_ms(s, t), not self.defined, probe)
                     self.defined = True
@@ -590,7 +613,7 @@ class _SimWorker:
         # probe_every-th batch asks for its acknowledgement at once (ack_now): its lag is
         # the store's, the others' include the controller's acknowledging every few batches
         self.compact = bool(cfg.get("compact", True))
-        self.probe_every = int(cfg.get("probe_every", 10))
+        self.probe_every = int(cfg.get("probe_every", 30))
         self.encoder = BatchEncoder(agent_sample_shapes(int(cfg.get("samples", 100))))
         self.encoder.check()
         self.inv = _sim_inventory_bytes("sim")
@@ -937,6 +960,111 @@ def make_join_tokens(c: Any, n: int, uses: int, ttl: int = 3600) -> list[str]:
             raise RuntimeError(f"POST /api/v2/agents/tokens answered {r.status}: {r.body}")
         out.append(str(r.body["token"]))
     return out
+
+
+def split(n: int, parts: int) -> list[int]:
+    """``n`` as ``parts`` near-equal counts (the first ones one larger)."""
+    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+
+
+class AgentFleet:
+    """A real controller (``tests/support/controller.py``) on a temporary data directory, and
+    simulator processes (:class:`SimPool`) of agents enrolled on it through the real route:
+    the start-up and the tear-down agents_scale_bench and reconnect_bench share. Use it as a
+    context manager: on an error the controller's and simulators' last log lines are printed,
+    and in every case the simulators and the controller are stopped and the directory
+    removed (``stopped`` then holds the controller's exit code and how long it took)."""
+
+    def __init__(self, prefix: str, workers: int, sim_cfg: dict[str, Any],
+                 controller_env: dict[str, str] | None = None) -> None:
+        import tempfile
+
+        from tests.support.controller import Controller
+
+        self.nofile = raise_nofile()  # the controller and simulators inherit it
+        self.tmp = Path(tempfile.mkdtemp(prefix=prefix))
+        self.controller = Controller(self.tmp, controller_env or {})
+        self.workers = workers
+        self.sim_cfg = sim_cfg
+        self.pool: SimPool | None = None
+        self.stopped: dict[str, Any] = {}
+
+    @property
+    def pid(self) -> int:
+        assert self.controller.proc is not None
+        return self.controller.proc.pid
+
+    def start_controller(self, timeout: float = 120) -> None:
+        """The admin made offline (``overcast adduser``), then the controller started."""
+        from tests.support.controller import ADMIN_EMAIL, ADMIN_PASSWORD
+
+        self.controller.adduser(ADMIN_EMAIL, ADMIN_PASSWORD, "--admin", "--org", "Acme")
+        self.controller.start(timeout=timeout)
+
+    def start_simulators(self, agents: int) -> None:
+        """The simulator processes, and one join token for each with room for its share of
+        ``agents``."""
+        self.tokens = make_join_tokens(self.controller, self.workers,
+                                       math.ceil(agents / self.workers) + 10)
+        self.pool = SimPool(self.workers, self.sim_cfg, self.tmp)
+
+    def enrol(self, agents: int, timeout: float = 600) -> dict[str, Any]:
+        """Every simulator enrols its share of ``agents`` (an EC P-256 key and CSR each,
+        ``POST /api/v2/agents/enroll``), all simulators at once."""
+        assert self.pool is not None
+        cpu = CpuMeter(self.pid)
+        t0 = time.perf_counter()
+        replies = self.pool.ask("enroll", [{"n": n, "url": self.controller.url, "token": tok}
+                                           for n, tok in zip(split(agents, self.workers),
+                                                             self.tokens, strict=True)],
+                                timeout=timeout)
+        seconds = time.perf_counter() - t0
+        enrolled = sum(r["enrolled"] for r in replies)
+        return {"agents": enrolled, "seconds": round(seconds, 2), "per_s": rate(enrolled, seconds),
+                "keygen_s_per_worker": [r["keygen_s"] for r in replies],
+                "errors": [e for r in replies for e in r["errors"]][:5],
+                "controller_cpu": cpu.read()}
+
+    def connect(self, counts: list[int], timeout: float, concurrency: int = 64) -> list[dict[str, Any]]:
+        """Each simulator opens streams until it has ``counts[i]`` agents connected (at
+        most ``concurrency`` handshakes in flight); the simulators' answers."""
+        assert self.pool is not None
+        return self.pool.ask("connect", [{"n": n, "concurrency": concurrency, "timeout": timeout}
+                                         for n in counts], timeout=timeout + 60)
+
+    def log_tails(self) -> None:
+        c = self.controller
+        if c.log_path.exists():
+            tail = c.log_path.read_text(errors="replace").splitlines()[-30:]
+            print("controller log (last lines):\n" + "\n".join(tail), file=sys.stderr)
+        if self.pool is not None:
+            for i in range(len(self.pool.procs)):
+                print(f"simulator {i} log (last lines):\n{self.pool.tail(i)}", file=sys.stderr)
+
+    def close(self) -> None:
+        import shutil
+
+        try:
+            if self.pool is not None:
+                progress("stopping the simulators")
+                self.pool.close()
+        finally:
+            c = self.controller
+            if c.proc is not None and c.proc.poll() is None:
+                t0 = time.perf_counter()
+                self.stopped = {"exit_code": c.stop(timeout=120),
+                                "stop_s": round(time.perf_counter() - t0, 1)}
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> AgentFleet:
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        try:
+            if kind is not None:
+                self.log_tails()
+        finally:
+            self.close()
 
 
 def smaps_breakdown(pid: int) -> dict[str, float]:

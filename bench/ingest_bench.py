@@ -28,7 +28,6 @@ import gc
 import random
 import resource
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -40,13 +39,14 @@ from common import (  # noqa: E402
     CpuMeter,
     SimPool,
     agent_sample_shapes,
+    exit_on_sigterm,
+    finish,
     make_join_tokens,
     merge_latencies,
     proc_figures,
     progress,
     raise_nofile,
     rate,
-    write_result,
 )
 
 from controller.agents.ingest import Ingestor  # noqa: E402
@@ -247,10 +247,6 @@ def summary(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", type=int, default=1000, help="agents in process")
@@ -262,14 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--e2e-workers", type=int, default=2, help="simulator processes end to end")
     ap.add_argument("--e2e-seconds", type=float, default=20.0, help="0: no end-to-end part")
     a = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    result = run(a)
-    result["summary"] = summary(result)
-    path = write_result("ingest", result)
-    for line in result["summary"]:
-        print("  " + line)
-    print(f"  -> {path}")
-    return 0
+    exit_on_sigterm()
+    return finish("ingest", run(a), summary)
 
 
 if __name__ == "__main__":

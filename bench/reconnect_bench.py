@@ -14,7 +14,8 @@ every one is connected again.
 4. figures: time from SIGTERM and from "ready" until all 5,000 are connected again, the
    distribution of each agent's reconnection (from its stream's end, and from "ready"), the
    attempts it took, agents that reconnected to the stopping controller and went down again,
-   agents the restarted controller marked unreachable, then 20 s of normal traffic (ack lag).
+   agents the restarted controller marked unreachable, then 20 s of normal traffic (the store
+   lag of the batches that ask for an acknowledgement at once, as in agents_scale_bench).
 
 Writes ``bench/results/reconnect.json``. Traffic goes to 127.0.0.1 only.
 
@@ -24,29 +25,25 @@ Writes ``bench/results/reconnect.json``. Traffic goes to 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    AgentFleet,
     CpuMeter,
     SimPool,
-    make_join_tokens,
+    exit_on_sigterm,
+    finish,
     merge_latencies,
     percentiles,
     proc_figures,
     progress,
-    raise_nofile,
     rate,
-    write_result,
+    split,
 )
-
-from tests.support.controller import ADMIN_EMAIL, ADMIN_PASSWORD, Controller  # noqa: E402
 
 
 def outages(pool: SimPool) -> tuple[int, int, list[tuple[float, float | None, int, int]], list[str]]:
@@ -59,31 +56,25 @@ def outages(pool: SimPool) -> tuple[int, int, list[tuple[float, float | None, in
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    raise_nofile()
-    tmp = Path(tempfile.mkdtemp(prefix="overcast-reconnect-bench-"))
-    c = Controller(tmp)
-    pool: SimPool | None = None
+    fleet = AgentFleet("overcast-reconnect-bench-", args.workers,
+                       {"interval": 10.0, "samples": 100, "in_flight": 32})
     out: dict[str, Any] = {"params": {"agents": args.agents, "workers": args.workers,
                                       "interval_s": 10.0, "samples": 100,
                                       "wait_cap_s": args.wait_cap,
                                       "backoff": "agent.control.backoff_delays"}}
-    try:
+    with fleet:
         progress("starting the controller")
-        c.adduser(ADMIN_EMAIL, ADMIN_PASSWORD, "--admin", "--org", "Acme")
-        c.start(timeout=120)
+        fleet.start_controller()
+        c = fleet.controller
         assert c.proc is not None
-        w = args.workers
-        per = [args.agents // w + (1 if i < args.agents % w else 0) for i in range(w)]
-        tokens = make_join_tokens(c, w, max(per) + 1)
-        pool = SimPool(w, {"interval": 10.0, "samples": 100, "in_flight": 32}, tmp)
+        fleet.start_simulators(args.agents)
+        pool = fleet.pool
+        assert pool is not None
         progress(f"enrolling {args.agents:,} agents")
-        t0 = time.perf_counter()
-        pool.ask("enroll", [{"n": per[i], "url": c.url, "token": tokens[i]} for i in range(w)])
-        out["enrol_s"] = round(time.perf_counter() - t0, 1)
+        out["enrol_s"] = fleet.enrol(args.agents)["seconds"]
         progress(f"connecting {args.agents:,} agents")
         t0 = time.perf_counter()
-        replies = pool.ask("connect", [{"n": per[i], "timeout": 300} for i in range(w)],
-                           timeout=400)
+        replies = fleet.connect(split(args.agents, args.workers), timeout=300)
         up = sum(r["up"] for r in replies)
         out["initial_connect"] = {"seconds": round(time.perf_counter() - t0, 1), "up": up}
         if up < args.agents:
@@ -164,6 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         replies = pool.ask("stats", {"reset": True, "record": False})
         acked = sum(r["acks"] for r in replies)
         out["after_storm"] = {"seconds": args.after, "ack_latency": merge_latencies(replies),
+                              "store_latency": merge_latencies(replies, "store_lat_ms"),
                               "batches_acked_per_s": rate(acked, args.after),
                               "unacked_at_end": sum(r["unacked_batches"] for r in replies),
                               "controller": proc_figures(c.proc.pid)}
@@ -177,24 +169,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "target": f"all {args.agents:,} connected again (report the time)",
             "value": v if v is not None else f"{len(ups)} of {args.agents}",
             "met": bool(all_up_at)}}
-        return out
-    except BaseException:
-        if c.log_path.exists():
-            tail = c.log_path.read_text(errors="replace").splitlines()[-30:]
-            print("controller log (last lines):\n" + "\n".join(tail), file=sys.stderr)
-        if pool is not None:
-            for i in range(len(pool.procs)):
-                print(f"simulator {i} log (last lines):\n{pool.tail(i)}", file=sys.stderr)
-        raise
-    finally:
-        if pool is not None:
-            progress("stopping the simulators")
-            pool.close()
-        if c.proc is not None and c.proc.poll() is None:
-            t0 = time.perf_counter()
-            out["final_stop_exit_code"] = c.stop(timeout=120)
-            out["final_stop_s"] = round(time.perf_counter() - t0, 1)
-        shutil.rmtree(tmp, ignore_errors=True)
+    if fleet.stopped:
+        out["final_stop_exit_code"] = fleet.stopped["exit_code"]
+        out["final_stop_s"] = fleet.stopped["stop_s"]
+    return out
 
 
 def summary(r: dict[str, Any]) -> list[str]:
@@ -213,13 +191,10 @@ def summary(r: dict[str, Any]) -> list[str]:
                  f", max {r['failed_attempts_per_agent']['max']}; "
                  f"{r['agents_down_more_than_once']} agents went down more than once")
     s = r["after_storm"]
-    lines.append(f"after the storm: ack lag p50 {s['ack_latency'].get('p50_ms')} ms, p99 "
-                 f"{s['ack_latency'].get('p99_ms')} ms, {s['batches_acked_per_s']} batches/s")
+    store = s.get("store_latency") or {}
+    lines.append(f"after the storm: store lag p50 {store.get('p50_ms')} ms, p99 "
+                 f"{store.get('p99_ms')} ms, {s['batches_acked_per_s']} batches/s acknowledged")
     return lines
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,14 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds to wait for every agent after the restart")
     ap.add_argument("--after", type=float, default=20.0, help="seconds of traffic measured after")
     a = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    result = run(a)
-    result["summary"] = summary(result)
-    path = write_result("reconnect", result)
-    for line in result["summary"]:
-        print("  " + line)
-    print(f"  -> {path}")
-    return 0
+    exit_on_sigterm()
+    return finish("reconnect", run(a), summary)
 
 
 if __name__ == "__main__":

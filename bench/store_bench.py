@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_doc, progress, rate, write_result  # noqa: E402
+from common import finish, machine_doc, progress, rate  # noqa: E402
 
 from controller.machines.model import MACHINE  # noqa: E402
 from controller.store import Batch, open_store  # noqa: E402
@@ -181,13 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--get-many-size", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args(argv)
-    result = run(a.keys, min(a.single, a.keys), a.batch_size, a.get_many_size, a.seed)
-    result["summary"] = summary(result)
-    path = write_result("store", result)
-    for line in result["summary"]:
-        print("  " + line)
-    print(f"  -> {path}")
-    return 0
+    return finish("store", run(a.keys, min(a.single, a.keys), a.batch_size, a.get_many_size,
+                              a.seed), summary)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,12 @@ from controller.pki import Pki
 
 log = logging.getLogger(__name__)
 
-# Dead peers are found within ~30 s on both sides: a ping every 10 s unanswered for 10 s ends
-# the stream. Agents may ping every 10 s even without calls in flight.
+# Dead peers are found within 30 s on both sides: a ping every 20 s unanswered for 10 s ends
+# the stream (agents ping as often: agent/control.py). Pinging every 10 s cost ~9 ms of CPU
+# a second per 1,000 idle agents (TLS records and wake-ups on both sides) for nothing more.
+# Agents may ping every 10 s even without calls in flight (older agents do).
 KEEPALIVE_OPTIONS = [
-    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
@@ -35,9 +37,19 @@ KEEPALIVE_OPTIONS = [
     ("grpc.so_reuseport", 0),
 ]
 
+# Memory per connection (bench/agents_scale_bench.py; ~75 KiB of it is grpcio's and
+# BoringSSL's own buffers for a TLS connection, which no option changes): the TLS frame
+# protector's buffer at 4 KiB instead of 16 (the controller sends small messages; larger
+# ones go out as several records) saves ~6 KiB, no channelz bookkeeping ~1.5 KiB.
+MEMORY_OPTIONS = [
+    ("grpc.tsi.max_frame_size", 4096),
+    ("grpc.enable_channelz", 0),
+]
+
 # Thousands of streams keep a large heap of long-lived objects (sessions, tasks, coroutines)
-# and every metric batch makes ~200 short-lived containers (a labels dict and a tuple per
-# sample) that live until their group is stored. With CPython's default thresholds (700, 10,
+# and every metric batch in the first form (agents before the compact one) makes ~200
+# short-lived containers (a labels dict and a tuple per sample) that live until their group
+# is stored. With CPython's default thresholds (700, 10,
 # 10) those get promoted and the collector walks the whole heap again and again: ~12 % of the
 # controller's CPU at 3,000 agents, and its pauses made the p99 acknowledgement ~400 ms
 # (bench/agents_scale_bench.py). Collecting the young generation every 50,000 allocations
@@ -52,10 +64,7 @@ def agents_server(pki: Pki) -> Callable[[web.Application], AsyncIterator[None]]:
         services.agents.pki = pki
         if gc.get_threshold()[0] < GC_THRESHOLDS[0]:
             gc.set_threshold(*GC_THRESHOLDS)
-        import json as _j
-        import os as _o  # EXPERIMENT (temporary)
-        _extra = [tuple(x) for x in _j.loads(_o.environ.get("OCX_GRPC", "[]"))]
-        server = grpc.aio.server(options=KEEPALIVE_OPTIONS + _extra)
+        server = grpc.aio.server(options=KEEPALIVE_OPTIONS + MEMORY_OPTIONS)
         add_to_server(server, services)
         creds = grpc.ssl_server_credentials(
             [(pki.server_key.read_bytes(), pki.server_cert.read_bytes())],
@@ -73,39 +82,6 @@ def agents_server(pki: Pki) -> Callable[[web.Application], AsyncIterator[None]]:
         tasks = [asyncio.create_task(services.ingestor.run(), name="ingest"),
                  asyncio.create_task(_retention(services, settings.metric_retention), name="retention"),
                  asyncio.create_task(_stale_after_grace(services, settings.agent_grace), name="stale")]
-        if _o.environ.get("OCX_DUMP"):  # EXPERIMENT (temporary)
-            import tracemalloc
-            tracemalloc.start(int(_o.environ.get("OCX_DEPTH", "1")))
-            async def _dump() -> None:
-                import collections, sys as _s
-                i = 0
-                while True:
-                    await asyncio.sleep(float(_o.environ.get("OCX_DUMP_EVERY", "30")))
-                    i += 1
-                    snap = tracemalloc.take_snapshot()
-                    key = _o.environ.get("OCX_KEY", "lineno")
-                    stats = snap.statistics(key)
-                    counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
-                    with open(f"{_o.environ['OCX_DUMP']}.{i}", "w") as f:
-                        f.write(f"sessions {len(services.registry)} traced {tracemalloc.get_traced_memory()}\n")
-                        for st in stats[:60]:
-                            f.write(f"{st.size/1024:10.1f} KiB {st.count:8d} {st.traceback.format()[-1] if key=='traceback' else st.traceback}\n")
-                            if key == 'traceback':
-                                f.write('    ' + '\n    '.join(st.traceback.format()[-8:]) + '\n')
-                        f.write("objects:\n")
-                        for k, v in counts.most_common(40):
-                            f.write(f"{v:9d} {k}\n")
-            tasks.append(asyncio.create_task(_dump()))
-        if _o.environ.get("OCX_TRIM"):  # EXPERIMENT (temporary)
-            async def _trim() -> None:
-                import ctypes
-                libc = ctypes.CDLL("libc.so.6")
-                while True:
-                    await asyncio.sleep(float(_o.environ["OCX_TRIM"]))
-                    t0 = time.perf_counter()
-                    libc.malloc_trim(0)
-                    log.warning("malloc_trim took %.1f ms", (time.perf_counter() - t0) * 1000)
-            tasks.append(asyncio.create_task(_trim()))
         yield
         services.registry.end_all("the controller is shutting down")
         await server.stop(grace=2)

@@ -203,6 +203,15 @@ def test_processes_counted_by_status() -> None:
     assert _values(s, "processes_running")[0] >= 1  # this very process is
 
 
+def test_process_states_read_from_proc_agree_with_psutil(monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = list(metrics.process_states())
+    monkeypatch.setattr(metrics.sys, "platform", "other")  # psutil's way, as off Linux
+    theirs = list(metrics.process_states())
+    assert abs(len(mine) - len(theirs)) < 20  # processes come and go meanwhile
+    assert mine.count("sleeping") > 0 and mine.count("running") >= 1
+    assert abs(mine.count("sleeping") - theirs.count("sleeping")) < 20
+
+
 def test_a_failing_psutil_call_is_left_out_never_raised(monkeypatch: pytest.MonkeyPatch) -> None:
     def denied(*a: Any, **k: Any) -> Any:
         raise PermissionError("denied")
@@ -210,7 +219,7 @@ def test_a_failing_psutil_call_is_left_out_never_raised(monkeypatch: pytest.Monk
     monkeypatch.setattr(metrics.psutil, "virtual_memory", denied)
     monkeypatch.setattr(metrics.psutil, "users", denied)
     monkeypatch.setattr(metrics.psutil, "net_io_counters", lambda pernic=False: None)
-    monkeypatch.setattr(metrics.psutil, "process_iter", denied)
+    monkeypatch.setattr(metrics, "process_states", denied)
     monkeypatch.setattr(metrics.os, "statvfs", lambda p: (_ for _ in ()).throw(OSError("gone")))
     s = MetricsCollector().collect()
     names = {x.metric for x in s}

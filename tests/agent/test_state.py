@@ -204,3 +204,45 @@ def test_agent_modules_import_only_light_dependencies() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"})
     assert out.stdout.strip() == "False"
+
+
+def _cert_between(not_before: dt.datetime, not_after: dt.datetime, serial: int = 2) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n" * 64)])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(serial).not_valid_before(not_before)
+            .not_valid_after(not_after).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.mark.parametrize(("not_before", "not_after"), [
+    (dt.datetime(2026, 11, 26, 2, 3, 4, tzinfo=dt.UTC), dt.datetime(2026, 12, 3, 2, 3, 4, tzinfo=dt.UTC)),
+    # UTCTime's two-digit years end with 2049; GeneralizedTime from 2050
+    (dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=dt.UTC), dt.datetime(2049, 12, 31, 23, 59, 59, tzinfo=dt.UTC)),
+    (dt.datetime(2049, 1, 1, tzinfo=dt.UTC), dt.datetime(2051, 6, 7, 8, 9, 10, tzinfo=dt.UTC)),
+])
+def test_certificate_dates_are_read_without_openssl(not_before: dt.datetime, not_after: dt.datetime) -> None:
+    pem = _cert_between(not_before, not_after, serial=2**150)  # a long serial: long lengths
+    assert state_mod.pem_validity(pem) == (not_before, not_after)
+    assert state_mod.pem_validity(b"junk before\n" + pem + pem) == (not_before, not_after)
+
+
+def test_unreadable_certificates_have_no_dates(tmp_path: Path) -> None:
+    for bad in (b"", b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+                b"-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n"):
+        with pytest.raises(ValueError):
+            state_mod.pem_validity(bad)
+    st = _enrolled(tmp_path)
+    write_atomic(st.cert_path, b"-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n")
+    assert st.cert_validity() == (None, None) and st.cert_not_after() is None
+    st.cert_path.unlink()
+    assert st.cert_validity() == (None, None)
+
+
+def test_a_renewal_key_is_made_in_a_child_process() -> None:
+    key_pem, csr_pem = state_mod.make_key_and_csr_isolated("web1")
+    csr = x509.load_pem_x509_csr(csr_pem)
+    assert csr.is_signature_valid
+    key = serialization.load_pem_private_key(key_pem, None)
+    pub = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    assert csr.public_key().public_bytes(*pub) == key.public_key().public_bytes(*pub)
