@@ -123,8 +123,10 @@ class Ingestor:
                 results.append((it, True))
             if batch:
                 await asyncio.to_thread(self.store.write, batch, True)
+            self.tsdb.settle(True)
         except Exception as exc:
             # nothing of this group is stored: forget the seqs so replays are taken again
+            self.tsdb.settle(False)
             for it, _ in results:
                 self._acked.pop(it.agent_id, None)
             log.exception("storing metrics failed")

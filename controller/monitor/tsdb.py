@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 _DOUBLE = struct.Struct(">d")
 NEXT_SID_KEY = "meta/tsdb/next_sid"
+KEYED_MARK = "meta/tsdb/keyed"  # the series index is in the store (tskey/, tsmetric/)
 _chain = chain.from_iterable
 
 
@@ -42,55 +43,98 @@ def sample_key(sid: int, t_ms: int) -> str:
 
 
 class TSDB:
-    """The series index lives in memory, compactly: one interned tuple per series,
-    ``(org, metric, k1, v1, k2, v2, ...)`` with the labels sorted by name, maps to its sid and
-    back (a list indexed by sid). With ~100 series per agent, 10,000 agents make a million
-    series: a Series object and a labels dict each would cost ~55 KiB per agent, the tuple
-    ~18 KiB. ``Series`` objects are made when asked for (``select``)."""
+    """The series index lives in the store, with a bounded cache in memory.
+
+    ``tskey/<series key as JSON>`` -> sid finds a series by ``(org, metric, k1, v1, ...)``
+    (labels sorted by name); ``tsmeta/<sid>`` has its labels; ``tsidx/<org>/<metric>/<sid>``
+    lists a metric's series; ``tsmetric/<org>/<metric>`` lists the metrics (the only part
+    kept whole in memory: a few hundred entries). With ~100 series per agent, 10,000 agents
+    make a million series: a full in-memory index cost ~185 MiB there. Agents name their
+    series once per stream (compact batches, :meth:`sid_for`), so those lookups go to the
+    store and are not cached. Agents that send every sample with its labels (before the
+    compact form, :meth:`add`) look up every sample: those lookups are cached, up to
+    ``CACHE`` series; a fuller cache is emptied after a write. Series made for a batch that
+    is not written yet are in ``_pending`` until :meth:`settle`."""
+
+    CACHE = 262_144
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._ids: dict[tuple[str, ...], int] = {}  # series key -> sid
-        self._keys: list[tuple[str, ...] | None] = [None]  # sid -> series key (None: no series)
-        self._count = 0
-        self._by_metric: dict[tuple[str, str], list[int]] = {}
-        self._strings: dict[str, str] = {}  # one copy of each org, metric, label name and value
+        self._ids: dict[tuple[str, ...], int] = {}  # series key -> sid, for add()
+        self._pending: dict[tuple[str, ...], int] = {}  # made, not yet written
+        self._metrics: set[tuple[str, str]] = set()
         raw = store.get(NEXT_SID_KEY)
         self._next = int(raw) if raw else 1
-        for key, value in store.scan("tsmeta/"):
+        if not store.read_only and store.get(KEYED_MARK) is None:
+            self._index_old_series()
+        for key, _ in store.scan("tsmetric/", keys_only=True):
+            org, _, metric = key[len("tsmetric/"):].partition("/")
+            self._metrics.add((org, metric))
+
+    def _index_old_series(self) -> None:
+        """Series written before the store kept the index: add tskey/ and tsmetric/ once."""
+        batch = Batch()
+        n = 0
+        for key, value in self.store.scan("tsmeta/"):
             meta = json.loads(value)
-            self._remember(int(key.rsplit("/", 1)[1], 16),
-                           _series_key(meta["org"], meta["metric"], meta["labels"]))
+            skey = _series_key(meta["org"], meta["metric"], meta["labels"])
+            batch.put(_key_of(skey), key.rsplit("/", 1)[1].encode())
+            batch.put(f"tsmetric/{meta['org']}/{meta['metric']}", b"")
+            n += 1
+            if len(batch.puts) >= 20_000:
+                self.store.write(batch)
+                batch = Batch()
+        batch.put(KEYED_MARK, b"1")
+        self.store.write(batch)
+        if n:
+            log.info("indexed %d time series in the store", n)
 
-    def _remember(self, sid: int, key: tuple[str, ...]) -> None:
-        intern = self._strings.setdefault
-        key = tuple([intern(x, x) for x in key])
-        self._ids[key] = sid
-        if sid >= len(self._keys):
-            self._keys.extend([None] * (sid + 1 - len(self._keys)))
-        if self._keys[sid] is None:
-            self._count += 1
-        self._keys[sid] = key
-        self._by_metric.setdefault((key[0], key[1]), []).append(sid)
+    def _lookup(self, key: tuple[str, ...]) -> int | None:
+        """For :meth:`add`: cached."""
+        sid = self._ids.get(key)
+        if sid is None:
+            sid = self._stored(key)
+            if sid is not None:
+                self._ids[key] = sid
+        return sid
 
-    def _make_series(self, sid: int) -> Series:
-        key = self._keys[sid]
-        assert key is not None
-        return Series(sid, key[0], key[1], dict(zip(key[2::2], key[3::2], strict=True)))
+    def _stored(self, key: tuple[str, ...]) -> int | None:
+        sid = self._pending.get(key)
+        if sid is None:
+            raw = self.store.get(_key_of(key))
+            if raw is not None:
+                sid = int(raw, 16)
+        return sid
+
+    def settle(self, written: bool) -> None:
+        """After the ingest path wrote (or failed to write) its batch: the series it made are
+        in the store now (or, not written, forgotten); a full cache is emptied."""
+        if not written:
+            for key in self._pending:
+                self._ids.pop(key, None)
+        self._pending = {}
+        if len(self._ids) > self.CACHE:
+            self._ids = {}
+
+    def _make_series(self, sid: int, meta: dict[str, object]) -> Series:
+        labels = meta["labels"]
+        assert isinstance(labels, dict)
+        return Series(sid, str(meta["org"]), str(meta["metric"]), dict(labels))
 
     @property
     def _series(self) -> dict[int, Series]:
-        """Every series by sid (made on each call: for tests and tools, not the hot path)."""
-        return {sid: self._make_series(sid) for sid, key in enumerate(self._keys) if key is not None}
+        """Every series by sid (reads the whole index: for tests and tools)."""
+        return {int(k.rsplit("/", 1)[1], 16): self._make_series(int(k.rsplit("/", 1)[1], 16), json.loads(v))
+                for k, v in self.store.scan("tsmeta/")}
 
     @property
     def series_count(self) -> int:
-        return self._count
+        return self.store.count("tsmeta/")
 
     def sid_for(self, batch: Batch, org: str, metric: str, labels: Mapping[str, str]) -> int:
         """The series id, creating the series (in ``batch``) when new."""
         key = _series_key(org, metric, labels)
-        sid = self._ids.get(key)
+        sid = self._stored(key)
         if sid is not None:
             return sid
         return self._create(batch, key, org, metric, labels)
@@ -102,8 +146,12 @@ class TSDB:
         batch.put(f"tsmeta/{sid:08x}", json.dumps({"org": org, "metric": metric,
                                                     "labels": dict(labels)}).encode())
         batch.put(f"tsidx/{org}/{metric}/{sid:08x}", b"")
+        batch.put(_key_of(key), f"{sid:08x}".encode())
+        if (org, metric) not in self._metrics:
+            batch.put(f"tsmetric/{org}/{metric}", b"")
+            self._metrics.add((org, metric))
         batch.put(NEXT_SID_KEY, str(self._next).encode())
-        self._remember(sid, key)
+        self._pending[key] = sid
         return sid
 
     def add(self, batch: Batch, org: str, samples: Iterable[tuple[str, Mapping[str, str], float, int]]) -> int:
@@ -111,7 +159,7 @@ class TSDB:
         n = 0
         put = batch.puts.__setitem__
         pack = _DOUBLE.pack
-        get = self._ids.get
+        get = self._lookup
         last_t: int | None = None
         tail = ""
         for metric, labels, value, t_ms in samples:
@@ -126,10 +174,16 @@ class TSDB:
         return n
 
     def select(self, org: str, metric: str) -> list[Series]:
-        return [self._make_series(s) for s in self._by_metric.get((org, metric), ())]
+        out = []
+        for key, _ in self.store.scan(f"tsidx/{org}/{metric}/", keys_only=True):
+            sid_hex = key.rsplit("/", 1)[1]
+            raw = self.store.get(f"tsmeta/{sid_hex}")
+            if raw is not None:
+                out.append(self._make_series(int(sid_hex, 16), json.loads(raw)))
+        return out
 
     def metrics(self, org: str) -> list[str]:
-        return sorted({m for (o, m) in self._by_metric if o == org})
+        return sorted({m for (o, m) in self._metrics if o == org})
 
     def read(self, sid: int, start_ms: int, end_ms: int) -> Iterator[tuple[int, float]]:
         """Samples of one series with start_ms <= t <= end_ms, in time order."""
@@ -150,7 +204,7 @@ class TSDB:
 
     def sids(self) -> list[int]:
         """Every series id, in order."""
-        return [sid for sid, key in enumerate(self._keys) if key is not None]
+        return [int(k.rsplit("/", 1)[1], 16) for k, _ in self.store.scan("tsmeta/", keys_only=True)]
 
     def expire(self, cutoff_ms: int, sids: Iterable[int] | None = None) -> int:
         """Drop samples older than ``cutoff_ms`` in every series (or in ``sids`` only: the
@@ -160,6 +214,10 @@ class TSDB:
             self.store.delete_range(series_prefix(sid), sample_key(sid, cutoff_ms))
             n += 1
         return n
+
+
+def _key_of(key: tuple[str, ...]) -> str:
+    return "tskey/" + json.dumps(key, separators=(",", ":"), ensure_ascii=False)
 
 
 def _series_key(org: str, metric: str, labels: Mapping[str, str]) -> tuple[str, ...]:

@@ -30,6 +30,10 @@ def _options() -> Options:
     opts.create_if_missing(True)
     opts.set_compression_type(DBCompressionType.lz4())
     opts.set_max_background_jobs(2)
+    # memtables: 2 x 32 MiB at most (RocksDB's default is 2 x 64 MiB); measured with 10,000
+    # agents writing, the smaller ones cost no ingest rate and save ~64 MiB of resident memory
+    opts.set_write_buffer_size(32 * 1024 * 1024)
+    opts.set_max_write_buffer_number(2)
     return opts
 
 
