@@ -5,7 +5,12 @@ volumes, networks and DNS through their endpoints, tags, costs, and destroy."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -24,6 +29,42 @@ def aws(controller: Controller, moto: MotoServer) -> Iterator[tuple[Http, dict[s
         "apikey": ACCESS_KEY, "apisecret": SECRET_KEY, "region": "us-east-1", "endpoint": moto.url}})
     assert r.status == 201, r.body
     yield h, r.body["data"]
+
+
+def watch_machine_events(h: Http, machine_id: str) -> Future[list[dict[str, Any]]]:
+    """Machine events of ``machine_id`` from the WebSocket, until one says "stopped" (or 15 s);
+    connected before this returns."""
+    import aiohttp
+
+    ready = threading.Event()
+    done: Future[list[dict[str, Any]]] = Future()
+
+    async def run() -> None:
+        seen: list[dict[str, Any]] = []
+        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in h.cookies.items())}
+        async with aiohttp.ClientSession() as s, s.ws_connect(
+                h.base + "/api/v2/events?kinds=machine", headers=headers) as ws:
+            first = await ws.receive(timeout=10)  # {"type": "ready"}: subscribed
+            assert json.loads(first.data)["type"] == "ready"
+            ready.set()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                try:
+                    msg = await ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                ev = json.loads(msg.data)
+                if ev.get("id") == machine_id:
+                    seen.append(ev)
+                    if ev.get("data", {}).get("state") == "stopped":
+                        break
+        done.set_result(seen)
+
+    threading.Thread(target=lambda: asyncio.run(run()), daemon=True).start()
+    assert ready.wait(10), "the event stream did not open"
+    return done
 
 
 def image(h: Http, cloud: str) -> str:
@@ -63,6 +104,10 @@ def test_create_stop_resize_rename_destroy(aws: tuple[Http, dict[str, Any]]) -> 
     assert m["cost"]["source"] == "pricing" and m["cost"]["hourly"] > 0
     assert m["tags"]["Name"] == "web"
     assert audit(h, "machine.create") and audit(h, "machine.detected", m["id"])
+    r = h.post(f"/api/v2/machines/{m['id']}/actions/reboot")
+    assert wait_job(h, r.body["job_id"])["status"] == "succeeded"
+    assert [e["outcome"] for e in audit(h, "machine.reboot", m["id"])] == ["success"]
+    events = watch_machine_events(h, m["id"])
     r = h.post(f"/api/v2/machines/{m['id']}/actions/stop")
     assert r.status == 202, r.body
     job = wait_job(h, r.body["job_id"])
@@ -70,6 +115,9 @@ def test_create_stop_resize_rename_destroy(aws: tuple[Http, dict[str, Any]]) -> 
     poll(h, cloud["id"])
     stopped = h.get(f"/api/v2/machines/{m['id']}").body["data"]
     assert stopped["state"] == "stopped" and stopped["cost"]["hourly"] == 0
+    # the change reached the live event stream (the WebSocket a console listens to)
+    seen = events.result(timeout=15)
+    assert any(ev["type"] == "changed" and ev["data"].get("state") == "stopped" for ev in seen), seen
     [entry] = [e for e in audit(h, "machine.stop", m["id"])]
     assert entry["outcome"] == "success" and entry["actor"]["email"]
     changed = audit(h, "machine.changed", m["id"])
