@@ -210,6 +210,14 @@ class Adapter:
         self.secrets = secrets
         self.timeout = timeout
 
+    def _field(self, name: str, secret: bool = False) -> str:
+        """A required text field of the cloud's config (or secrets), stripped; Invalid naming
+        it when empty."""
+        value = str((self.secrets if secret else self.config).get(name) or "").strip()
+        if not value:
+            raise Invalid(f"{self.provider}: {name} is required", field=name)
+        return value
+
     def _unsupported(self, what: str) -> Unsupported:
         return Unsupported(f"{self.provider or 'this provider'} does not support {what}",
                            provider=self.provider, action=what)

@@ -25,12 +25,6 @@ class AlibabaAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
 
-    def _field(self, name: str, secret: bool = False) -> str:
-        value = str((self.secrets if secret else self.config).get(name) or "").strip()
-        if not value:
-            raise Invalid(f"{self.provider}: {name} is required", field=name)
-        return value
-
     def region(self) -> str:
         region = self._field("region")
         if not _REGION.fullmatch(region):

@@ -11,7 +11,7 @@ from controller.clouds.providers.libcloud_compute import (
     LibcloudComputeAdapter,
     json_safe,
 )
-from controller.errors import Invalid, ProviderError
+from controller.errors import ProviderError
 
 # destroy_node waits for the VM to go before deleting its NIC and disks: poll more often
 # than its 10 s, for the same bound (100 s)
@@ -22,12 +22,6 @@ _POLL_QTY = 20
 class AzureAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
-
-    def _field(self, name: str, secret: bool = False) -> str:
-        value = str((self.secrets if secret else self.config).get(name) or "").strip()
-        if not value:
-            raise Invalid(f"{self.provider}: {name} is required", field=name)
-        return value
 
     def driver(self) -> Any:
         from libcloud.common.exceptions import BaseHTTPError

@@ -12,18 +12,12 @@ from controller.clouds.providers.libcloud_compute import (
     json_safe,
     price,
 )
-from controller.errors import Invalid, NotFound
+from controller.errors import NotFound
 
 
 class EquinixAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
-
-    def _field(self, name: str, secret: bool = False) -> str:
-        value = str((self.secrets if secret else self.config).get(name) or "").strip()
-        if not value:
-            raise Invalid(f"{self.provider}: {name} is required", field=name)
-        return value
 
     def driver(self) -> Any:
         from libcloud.compute.drivers.equinixmetal import EquinixMetalNodeDriver

@@ -44,12 +44,6 @@ class GoogleAdapter(LibcloudComputeAdapter):
         super().__init__(config, secrets, timeout)
         self._zone_sizes: dict[str, dict[str, Any]] = {}
 
-    def _field(self, name: str, secret: bool = False) -> str:
-        value = str((self.secrets if secret else self.config).get(name) or "").strip()
-        if not value:
-            raise Invalid(f"{self.provider}: {name} is required", field=name)
-        return value
-
     def driver(self) -> Any:
         from libcloud.common.google import GoogleAuthError, GoogleBaseError
         from libcloud.common.types import InvalidCredsError

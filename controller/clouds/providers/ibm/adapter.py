@@ -11,7 +11,6 @@ from controller.clouds.providers.libcloud_compute import (
     LibcloudComputeAdapter,
     price,
 )
-from controller.errors import Invalid
 
 # the user name that goes with an IBM Cloud (IAM) API key on the classic API
 IAM_USER = "apikey"
@@ -20,12 +19,6 @@ IAM_USER = "apikey"
 class IbmAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
-
-    def _field(self, name: str, secret: bool = False) -> str:
-        value = str((self.secrets if secret else self.config).get(name) or "").strip()
-        if not value:
-            raise Invalid(f"{self.provider}: {name} is required", field=name)
-        return value
 
     def driver(self) -> Any:
         from controller.clouds.providers.ibm.driver import SoftLayerNodeDriver

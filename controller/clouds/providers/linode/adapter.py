@@ -22,12 +22,6 @@ class LinodeAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
 
-    def _field(self, name: str, secret: bool = False) -> str:
-        value = str((self.secrets if secret else self.config).get(name) or "").strip()
-        if not value:
-            raise Invalid(f"{self.provider}: {name} is required", field=name)
-        return value
-
     def driver(self) -> Any:
         from libcloud.compute.drivers.linode import LinodeNodeDriverV4
         from libcloud.compute.types import NodeState

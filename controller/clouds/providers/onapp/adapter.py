@@ -37,12 +37,6 @@ class OnAppAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
 
-    def _field(self, name: str, secret: bool = False) -> str:
-        value = str((self.secrets if secret else self.config).get(name) or "").strip()
-        if not value:
-            raise Invalid(f"{self.provider}: {name} is required", field=name)
-        return value
-
     def driver(self) -> Any:
         from libcloud.compute.drivers.onapp import OnAppNodeDriver
 

@@ -8,7 +8,6 @@ from controller.clouds.providers.base import MachineRecord, SizeRecord
 from controller.clouds.providers.errors import libcloud_errors
 from controller.clouds.providers.libcloud_compute import LibcloudComputeAdapter, price
 from controller.clouds.providers.vultr import SPEC
-from controller.errors import Invalid
 
 # Vultr prices by the month and bills by the hour, capped at the monthly price after 672
 # hours (28 days): the hourly rate is the monthly one over 672
@@ -18,12 +17,6 @@ HOURS_PER_BILLED_MONTH = 672
 class VultrAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
-
-    def _field(self, name: str, secret: bool = False) -> str:
-        value = str((self.secrets if secret else self.config).get(name) or "").strip()
-        if not value:
-            raise Invalid(f"{self.provider}: {name} is required", field=name)
-        return value
 
     def driver(self) -> Any:
         from libcloud.compute.drivers.vultr import VultrNodeDriverV2
