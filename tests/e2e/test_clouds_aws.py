@@ -260,6 +260,9 @@ def test_another_organisation_sees_and_touches_nothing(
                  "/api/v2/sizes", "/api/v2/tags"):
         assert e.get(path).body["meta"]["total"] == 0, path
     assert e.get("/api/v2/costs").body["data"]["org"]["machines"] == 0
+    for z in zones[:1]:
+        assert e.put(f"/api/v2/zones/{z['id']}?name=mine").status == 404
+        assert h.get(f"/api/v2/zones/{z['id']}").body["data"]["name"] != "mine"
     assert "pwned" not in h.get(f"/api/v2/machines/{m['id']}").body["data"]["tags"]
     assert h.get(f"/api/v2/machines/{m['id']}").body["data"]["state"] == "stopped"
 
@@ -342,3 +345,11 @@ def test_edit_records_and_rename_resources(aws: tuple[Http, dict[str, Any]]) -> 
     z = h.get(f"/api/v2/zones/{zone['id']}").body["data"]
     assert z["name"] == "Edit zone" and z["domain"] == "edit.example"
     assert audit(h, "zone.edit", zone["id"])
+    # failures: nothing changes
+    assert h.put("/api/v2/zones/nope?name=x").status == 404
+    assert h.put(f"/api/v2/zones/{zone['id']}", {"name": "x" * 201}).status == 422
+    assert h.put(f"/api/v2/zones/{zone['id']}", {"surprise": 1}).status == 422
+    assert h.put(f"/api/v2/zones/{zone['id']}/records/nope", {"data": "10.0.0.9"}).status == 404
+    r = h.put(f"/api/v2/zones/{zone['id']}/records/{rec['id']}", {"type": "BOGUS"})
+    assert r.status == 422
+    assert h.get(f"/api/v2/zones/{zone['id']}").body["data"]["name"] == "Edit zone"
