@@ -21,6 +21,22 @@ log = logging.getLogger(__name__)
 _OS_RELEASE = (Path("/etc/os-release"), Path("/usr/lib/os-release"))
 _SYS_BLOCK = Path("/sys/block")
 _CPUINFO = Path("/proc/cpuinfo")
+_DMI = Path("/sys/class/dmi/id")
+
+
+def _dmi(name: str) -> str:
+    """A DMI/SMBIOS field ("" when absent or unreadable: product_uuid needs root)."""
+    try:
+        return (_DMI / name).read_text(errors="replace").strip()[:128]
+    except OSError:
+        return ""
+
+
+def _instance_id() -> str:
+    """The cloud's id for this host where the firmware carries it: EC2 puts the instance id
+    in the board asset tag."""
+    tag = _dmi("board_asset_tag")
+    return tag if tag.startswith("i-") and tag[2:].isalnum() else ""
 
 
 def inventory(agent_version: str) -> agent_pb2.Inventory:
@@ -37,6 +53,8 @@ def inventory(agent_version: str) -> agent_pb2.Inventory:
         cpus=psutil.cpu_count() or os.cpu_count() or 0,
         cpu_model=cpu_model(),
         agent_version=agent_version,
+        system_uuid=_dmi("product_uuid").lower(),
+        instance_id=_instance_id(),
     )
     try:
         inv.memory_bytes = psutil.virtual_memory().total

@@ -42,7 +42,8 @@ def machine_facts(inv: dict[str, Any]) -> dict[str, Any]:
         "private_ips": private,
         "extra": {k: inv[k] for k in ("os_name", "os_version", "kernel", "arch", "cpu_model",
                                       "memory_bytes", "swap_bytes", "disks", "filesystems",
-                                      "interfaces", "boot_time", "agent_version") if k in inv},
+                                      "interfaces", "boot_time", "agent_version", "system_uuid",
+                                      "instance_id") if k in inv},
     }
 
 

@@ -1,8 +1,9 @@
 """One host, one machine: a cloud machine and an Overcast agent on that same host are linked.
 
-They match by a network interface's MAC address (the agent reports its interfaces; cloud
-adapters report the MACs they know), or, where a provider gives no MACs, by a private
-address together with the hostname. Once linked, the agent reports into the cloud machine
+They match by the firmware's ids (the agent reports the DMI system UUID, which is a KVM or
+VMware guest's id, and the asset tag EC2 sets to the instance id), else by a network
+interface's MAC address (cloud adapters report the MACs they know), else by an address
+together with the hostname. Once linked, the agent reports into the cloud machine
 (``agent``, ``agent_state``, ``agent_facts``; its metrics keep ``machine_id`` = the agent id)
 and its own machine in the Agents cloud is removed, so lists show the host once, with cloud
 facts, cost and live metrics together."""
@@ -43,6 +44,9 @@ def link_agents(store: Store, org: str, cloud_id: str) -> list[Change]:
             unlinked.append((a, json.loads(mraw)))
     if not unlinked:
         return []
+    by_id = {str(v).lower(): pair for pair in unlinked
+             for v in ((pair[1].get("extra") or {}).get("system_uuid"),
+                       (pair[1].get("extra") or {}).get("instance_id")) if v}
     by_mac = {mac: pair for pair in unlinked for mac in _agent_macs(pair[1])}
     by_addr = {(ip, str(pair[1].get("hostname", "")).lower()): pair for pair in unlinked
                for ip in pair[1].get("private_ips", []) + pair[1].get("public_ips", [])}
@@ -55,8 +59,12 @@ def link_agents(store: Store, org: str, cloud_id: str) -> list[Change]:
         m = json.loads(mdoc)
         if m.get("agent") or m.get("missing_since"):
             continue
-        pair = next((by_mac[mac] for mac in (x.lower() for x in m.get("macs", [])) if mac in by_mac), None)
-        how = "mac"
+        pair = by_id.get(str(m.get("external_id", "")).lower())
+        how = "instance id"
+        if pair is None:
+            pair = next((by_mac[mac] for mac in (x.lower() for x in m.get("macs", []))
+                         if mac in by_mac), None)
+            how = "mac"
         if pair is None:
             host = str(m.get("hostname") or m.get("name", "")).lower()
             pair = next((by_addr[(ip, host)] for ip in m.get("private_ips", []) + m.get("public_ips", [])

@@ -155,3 +155,16 @@ def test_fingerprint_changes_with_a_real_change(change: object) -> None:
     i = _sample()
     change(i)  # type: ignore[operator]
     assert fingerprint(i) != fingerprint(_sample())
+
+
+def test_firmware_ids_come_from_dmi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inv_mod, "_DMI", tmp_path)
+    inv = inventory("x")
+    assert inv.system_uuid == "" and inv.instance_id == ""  # no DMI (containers, this sandbox)
+    (tmp_path / "product_uuid").write_text("6695EB01-F6A4-8304-79AA-97F2502E193F\n")
+    (tmp_path / "board_asset_tag").write_text("i-0123456789abcdef0\n")
+    inv = inventory("x")
+    assert inv.system_uuid == "6695eb01-f6a4-8304-79aa-97f2502e193f"
+    assert inv.instance_id == "i-0123456789abcdef0"
+    (tmp_path / "board_asset_tag").write_text("Default string\n")  # what most boards say
+    assert inventory("x").instance_id == ""

@@ -75,7 +75,7 @@ class Hello(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., spooled_batches: _Optional[int] = ..., dropped_batches: _Optional[int] = ...) -> None: ...
 
 class Inventory(_message.Message):
-    __slots__ = ("hostname", "os", "os_name", "os_version", "kernel", "arch", "cpus", "memory_bytes", "disks", "filesystems", "interfaces", "boot_time", "agent_version", "cpu_model", "swap_bytes")
+    __slots__ = ("hostname", "os", "os_name", "os_version", "kernel", "arch", "cpus", "memory_bytes", "disks", "filesystems", "interfaces", "boot_time", "agent_version", "cpu_model", "swap_bytes", "system_uuid", "instance_id")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
     OS_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,8 @@ class Inventory(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CPU_MODEL_FIELD_NUMBER: _ClassVar[int]
     SWAP_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_UUID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     os: str
     os_name: str
@@ -106,7 +108,9 @@ class Inventory(_message.Message):
     agent_version: str
     cpu_model: str
     swap_bytes: int
-    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., os_name: _Optional[str] = ..., os_version: _Optional[str] = ..., kernel: _Optional[str] = ..., arch: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., filesystems: _Optional[_Iterable[_Union[Filesystem, _Mapping]]] = ..., interfaces: _Optional[_Iterable[_Union[NetInterface, _Mapping]]] = ..., boot_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., cpu_model: _Optional[str] = ..., swap_bytes: _Optional[int] = ...) -> None: ...
+    system_uuid: str
+    instance_id: str
+    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., os_name: _Optional[str] = ..., os_version: _Optional[str] = ..., kernel: _Optional[str] = ..., arch: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., filesystems: _Optional[_Iterable[_Union[Filesystem, _Mapping]]] = ..., interfaces: _Optional[_Iterable[_Union[NetInterface, _Mapping]]] = ..., boot_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., cpu_model: _Optional[str] = ..., swap_bytes: _Optional[int] = ..., system_uuid: _Optional[str] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class Disk(_message.Message):
     __slots__ = ("name",)
