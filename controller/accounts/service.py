@@ -11,7 +11,6 @@ import json
 import secrets
 import time
 import uuid
-from collections import defaultdict, deque
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -29,6 +28,7 @@ from controller.accounts.model import (
     USER,
     Principal,
 )
+from controller.accounts.throttle import LoginThrottle
 from controller.audit.limit import AuditLimiter
 from controller.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited, Unauthenticated
 from controller.events.model import Actor
@@ -71,62 +71,6 @@ def _added_at(m: dict[str, Any]) -> float:
         return parse_iso(str(m.get("added", "")))
     except ValueError:
         return 0.0
-
-
-class LoginThrottle:
-    """Failed logins per e-mail and per address within ``window`` seconds; past ``limit``,
-    further attempts are refused until the oldest failure leaves the window.
-
-    An attempt is counted when it starts (:meth:`attempt`, before the password check is
-    awaited), so parallel guesses cannot all pass the check before any of them has failed; an
-    attempt that proves right is given back (:meth:`release`, :meth:`succeed`)."""
-
-    def __init__(self, limit: int, window: int) -> None:
-        self.limit = limit
-        self.window = window
-        self._fails: dict[str, deque[float]] = defaultdict(deque)
-
-    def check(self, *keys: str) -> None:
-        now = time.monotonic()
-        for key in keys:
-            q = self._fails.get(key)
-            if not q:
-                continue
-            while q and now - q[0] > self.window:
-                q.popleft()
-            if len(q) >= self.limit:
-                retry = int(self.window - (now - q[0])) + 1
-                raise RateLimited(f"too many failed logins; try again in {retry} s", retry)
-
-    def attempt(self, *keys: str) -> float:
-        """Check, then count an attempt under each key (nothing awaited in between: the
-        check and the count are one step on the event loop). Raises RateLimited; returns the
-        attempt's stamp for :meth:`release`."""
-        self.check(*keys)
-        now = time.monotonic()
-        for key in keys:
-            self._fails[key].append(now)
-        if len(self._fails) > 100_000:  # bound memory under a spray of addresses
-            for k in [k for k, q in self._fails.items() if not q or now - q[-1] > self.window]:
-                del self._fails[k]
-        return now
-
-    def release(self, stamp: float, *keys: str) -> None:
-        """Take back the attempt ``stamp`` (it was no failure)."""
-        for key in keys:
-            q = self._fails.get(key)
-            if q is None:
-                continue
-            try:
-                q.remove(stamp)
-            except ValueError:
-                pass
-            if not q:
-                del self._fails[key]
-
-    def succeed(self, key: str) -> None:
-        """Forget every failure under ``key`` (the right password for an e-mail)."""
-        self._fails.pop(key, None)
 
 
 class AccountService:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from controller.accounts.model import USER
-from controller.accounts.service import AccountService, LoginThrottle
+from controller.accounts.service import AccountService
+from controller.accounts.throttle import LoginThrottle
 from controller.audit.chain import GENESIS, HEAD_KEY, compute_hash, entry_key, verify
 from controller.audit.limit import AuditLimiter
 from controller.errors import Conflict, RateLimited, Unauthenticated
