@@ -41,6 +41,7 @@ from controller.monitor import routes as monitor_routes
 from controller.pki import Pki, ensure_pki
 from controller.services import Services, build_services
 from controller.settings import Settings
+from controller.sshkeys import routes as key_routes
 from controller.store import StoreLocked, open_store
 from overcast import __version__
 
@@ -51,7 +52,7 @@ def all_routes() -> list[Route]:
     tables = (system.routes, account_routes.routes, account_routes.org_routes,
               account_routes.user_routes, machine_routes.routes, audit_routes.routes,
               event_routes.routes, agent_routes.routes, monitor_routes.routes,
-              cloud_routes.routes, cloud_routes.inventory, job_routes.routes)
+              cloud_routes.routes, cloud_routes.inventory, job_routes.routes, key_routes.routes)
     return [r for t in tables for r in t.routes]
 
 

@@ -26,11 +26,13 @@ from controller.machines.service import MachineService
 from controller.monitor.tsdb import TSDB
 from controller.secrets import SecretBox, load_key
 from controller.settings import Settings
+from controller.sshkeys.model import KEY
+from controller.sshkeys.service import KeyService
 from controller.store.base import Store
 from controller.store.docs import DocKind, migrate_store
 
 # every stored document kind, for migrations on start
-DOC_KINDS: tuple[DocKind, ...] = (*ACCOUNT_KINDS, *AGENT_KINDS, *CLOUD_KINDS, MACHINE, JOB)
+DOC_KINDS: tuple[DocKind, ...] = (*ACCOUNT_KINDS, *AGENT_KINDS, *CLOUD_KINDS, MACHINE, JOB, KEY)
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Services:
     jobs: JobService
     actions: ActionService
     pollers: Pollers
+    keys: KeyService
 
 
 def build_services(settings: Settings, store: Store, migrate: bool = True) -> Services:
@@ -84,4 +87,5 @@ def build_services(settings: Settings, store: Store, migrate: bool = True) -> Se
         jobs=jobs,
         actions=actions,
         pollers=pollers,
+        keys=KeyService(store, writer, secrets),
     )

@@ -15,7 +15,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from controller.cli import agents, clouds, inventory, output
+from controller.cli import agents, clouds, inventory, keys, output
 from controller.cli.client import (
     AUTH,
     FAILED,
@@ -447,6 +447,7 @@ def parser() -> argparse.ArgumentParser:
     agents.register(sub, tsub, duration)
     clouds.register(sub)
     inventory.register(sub)
+    keys.register(sub)
     return ap
 
 
