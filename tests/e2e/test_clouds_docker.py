@@ -16,17 +16,7 @@ from tests.support.docker_host import IMAGE, SERVE, DockerHost
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerHost]:
-    reason = docker_host.available()
-    if reason:
-        pytest.skip(f"no Docker API daemon here: {reason}")
-    host = DockerHost(tmp_path_factory.mktemp("podman"))
-    try:
-        host.start()
-    except (RuntimeError, OSError) as exc:
-        host.stop()
-        pytest.skip(f"the podman API service cannot run here: {exc}")
-    yield host
-    host.stop()
+    yield from docker_host.running_daemon(tmp_path_factory.mktemp("podman"))
 
 
 def act(h: Http, mid: str, verb: str) -> None:

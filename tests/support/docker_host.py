@@ -25,6 +25,7 @@ import struct
 import subprocess
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,3 +166,23 @@ class DockerHost:
         self.podman("rm", "--all", "--force", "--time", "0", check=False)
         self.podman("system", "reset", "--force", check=False)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def running_daemon(base: Path) -> Iterator[DockerHost]:
+    """A started daemon under ``base`` for a fixture (``yield from``); skips the test, saying
+    why, when none can run here."""
+    import pytest
+
+    reason = available()
+    if reason:
+        pytest.skip(f"no Docker API daemon here: {reason}")
+    host = DockerHost(base)
+    try:
+        host.start()
+    except (RuntimeError, OSError) as exc:
+        host.stop()
+        pytest.skip(f"the podman API service cannot run here: {exc}")
+    try:
+        yield host
+    finally:
+        host.stop()
