@@ -409,7 +409,8 @@ def test_unauthenticated_requests_cannot_flood_the_audit_log(ctl: Controller, ad
 
     def throttled() -> list[dict[str, Any]]:
         return [e for e in audit(admin, action="session.create", outcome="denied")
-                if e["source"]["ip"] == ip2 and "too many" in e["details"]["reason"]]
+                if e["source"]["ip"] == ip2 and ("too many" in e["details"]["reason"]
+                                                 or e["source"]["via"] == "system")]
 
     # at most 20 a minute per address (the burst may straddle two minutes)
     assert 1 <= len(refused()) <= 40, len(refused())
@@ -419,11 +420,13 @@ def test_unauthenticated_requests_cannot_flood_the_audit_log(ctl: Controller, ad
     error(From(ctl.url, token="oc_" + uuid.uuid4().hex, ip=other).get("/api/v2/auth"), 401)
     assert len([e for e in audit(admin, action="auth.refused") if e["source"]["ip"] == other]) == 1
 
-    # in the next minute the first entry from the address says how many were left out
+    # in the next minute the first entry from the address says how many were left out (or,
+    # when the minute's maintenance ran first, its summary entry just before it does)
     time.sleep(60 - time.time() % 60 + 0.5)
     error(bad.get("/api/v2/auth"), 401)
     error(login.post(SESSIONS, {"email": email, "password": "and again"}), 429)
     for entries, total in ((refused(), 101), (throttled(), 42)):
-        assert entries[0]["details"]["suppressed"] > 0, entries[0]
+        newest = entries[:2] if entries[0]["details"].get("suppressed") is None else entries[:1]
+        assert newest[-1]["details"]["suppressed"] > 0, newest
         # every attempt is either an entry or counted in one
         assert len(entries) + sum(e["details"].get("suppressed", 0) for e in entries) == total
