@@ -1,7 +1,9 @@
 """The agent's side of the stream: collect on a timer into the spool, keep one mutual-TLS
 stream to the controller, send hello, replay the spool in order, send new batches, apply
 acknowledgements and configuration, renew the certificate before it expires, and reconnect
-with exponential backoff and jitter when anything breaks.
+with exponential backoff and jitter when anything breaks. Commands from the controller go to
+the script runner (``agent.exec``) and the shells (``agent.shell``), which answer on the
+stream too.
 
 Blocking work (psutil, file I/O) runs in one worker thread; everything else on one asyncio
 loop."""
@@ -16,11 +18,16 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+# before gRPC loads: it keeps gRPC's fork handlers off (see there)
+from agent.exec import Executor
+
+# isort: split
 import grpc
 
 from agent import AGENT_VERSION, PROTOCOL_VERSION
 from agent.collect.inventory import fingerprint, inventory
 from agent.collect.metrics import MetricsCollector
+from agent.shell import Shells
 from agent.spool import Spool
 from agent.state import AgentState, make_key_and_csr_isolated
 from overcast.agent.v1 import agent_pb2 as pb
@@ -79,6 +86,19 @@ def compact_batch(batch: pb.MetricBatch, series: SeriesTable) -> pb.MetricBatch:
     return out
 
 
+class _Stream:
+    """The sending side of one Connect call. grpc aio takes one write at a time per call,
+    and metric batches, command output and shells all write: every write goes through here."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self._lock = asyncio.Lock()
+
+    async def write(self, msg: pb.AgentMessage) -> None:
+        async with self._lock:
+            await self.call.write(msg)
+
+
 def backoff_delays(rng: random.Random | None = None) -> Any:
     """Exponential backoff with full jitter: 10,000 agents reconnecting to a restarted
     controller spread over the window instead of arriving together."""
@@ -106,6 +126,9 @@ class Agent:
         self._renewing = False
         self._pending_key: bytes | None = None
         self._stop = asyncio.Event()
+        self._stream: _Stream | None = None  # the current stream's, while connected
+        self.executor = Executor(self._send_up)
+        self.shells = Shells(self._send_up)
 
     def stop(self) -> None:
         self._stop.set()
@@ -128,6 +151,9 @@ class Agent:
             for t in (collector, connector, stopped):
                 t.cancel()
             await asyncio.gather(collector, connector, stopped, return_exceptions=True)
+            # nothing this agent started outlives it
+            await asyncio.gather(self.executor.close(), self.shells.close_all(),
+                                 return_exceptions=True)
 
     # ---- collecting (works with or without the controller) ----------------------------
     async def _collect_loop(self) -> None:
@@ -185,8 +211,9 @@ class Agent:
             self._inventory_fp = fingerprint(self._inventory)
         async with self._channel() as channel:
             call = pb_grpc.AgentServiceStub(channel).Connect()
+            stream = _Stream(call)
             stats = self.spool.stats()
-            await call.write(pb.AgentMessage(hello=pb.Hello(
+            await stream.write(pb.AgentMessage(hello=pb.Hello(
                 agent_id=self.state.agent_id, protocol_version=PROTOCOL_VERSION,
                 agent_version=AGENT_VERSION, inventory=self._inventory,
                 spooled_batches=stats["batches"], dropped_batches=stats["dropped_total"])))
@@ -202,7 +229,8 @@ class Agent:
             acked = asyncio.Event()
             # the controller takes the compact form: series defined once on this stream
             series: SeriesTable | None = {} if welcome.compact_metrics else None
-            sender = asyncio.create_task(self._send(call, acked, series))
+            sender = asyncio.create_task(self._send(stream, acked, series))
+            self._stream = stream
             try:
                 while True:
                     msg = await call.read()
@@ -216,12 +244,18 @@ class Agent:
                         self._apply_config(msg.config)
                     elif kind == "renew":
                         await self._install_renewed(msg.renew.certificate_pem)
+                    elif kind in ("command", "cancel", "shell_data", "shell_resize", "shell_close"):
+                        self._dispatch(msg)
                     else:
                         log.debug("controller sent %s: not handled by this agent version", kind)
                     if sender.done():
                         sender.result()  # raise its error
             finally:
                 sender.cancel()
+                self._stream = None
+                # a shell belongs to the stream it was opened on (its user is gone with
+                # it); scripts run on (see agent.exec)
+                await self.shells.close_all()
             if sender.done() and not sender.cancelled() and sender.exception():
                 raise sender.exception()  # type: ignore[misc]
             code = await call.code()
@@ -230,6 +264,39 @@ class Agent:
                 if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
                     raise Revoked(details)
                 raise ConnectionError(f"{code.name}: {details}")
+
+    async def _send_up(self, msg: pb.AgentMessage) -> None:
+        """How scripts and shells talk to the controller: on the current stream; what they
+        say while there is none, or when it breaks, is dropped (the session notices the
+        break itself and reconnects)."""
+        stream = self._stream
+        if stream is None:
+            log.debug("not connected: a %s message dropped", msg.WhichOneof("body"))
+            return
+        try:
+            await stream.write(msg)
+        except Exception as exc:
+            log.debug("a %s message dropped: %s", msg.WhichOneof("body"), exc)
+
+    def _dispatch(self, msg: pb.ControllerMessage) -> None:
+        """Commands, cancels and shell input: handed over without waiting (each run and
+        shell is a task of its own), so the read loop never stalls on them."""
+        kind = msg.WhichOneof("body")
+        if kind == "command":
+            if msg.command.WhichOneof("kind") == "shell":
+                self.shells.open(msg.command.id, msg.command.shell)
+            else:
+                self.executor.start(msg.command)  # answers a command without a script too
+        elif kind == "cancel":
+            if not self.executor.cancel(msg.cancel.command_id):
+                log.debug("cancel for command %s, which is not running", msg.cancel.command_id)
+        elif kind == "shell_data":
+            self.shells.data(msg.shell_data.session_id, msg.shell_data.data)
+        elif kind == "shell_resize":
+            r = msg.shell_resize
+            self.shells.resize(r.session_id, r.cols, r.rows)
+        elif kind == "shell_close":
+            self.shells.close(msg.shell_close.session_id)
 
     def _apply_config(self, config: pb.Config) -> None:
         if dict(config.labels) != self.labels:
@@ -247,7 +314,7 @@ class Agent:
         # read lazily: after a long outage the spool holds thousands of batches
         return list(itertools.islice(self.spool.pending(after_seq=after), IN_FLIGHT))
 
-    async def _send(self, call: Any, acked: asyncio.Event, series: SeriesTable | None) -> None:
+    async def _send(self, stream: _Stream, acked: asyncio.Event, series: SeriesTable | None) -> None:
         """Replay the spool in order, then send each new batch, at most IN_FLIGHT unacked
         (the controller acknowledges every few batches: half the window asks for it at once)."""
         last_sent = self.spool.stats()["acked_seq"]
@@ -260,13 +327,13 @@ class Agent:
                 wire = compact_batch(batch, series) if series is not None else batch
                 if batch.seq - self.spool.stats()["acked_seq"] >= IN_FLIGHT // 2:
                     wire.ack_now = True
-                await call.write(pb.AgentMessage(metrics=wire))
+                await stream.write(pb.AgentMessage(metrics=wire))
                 last_sent = batch.seq
                 sent_any = True
             if self._inventory_changed.is_set() and self._inventory is not None:
                 self._inventory_changed.clear()
-                await call.write(pb.AgentMessage(inventory=self._inventory))
-            await self._maybe_renew(call)
+                await stream.write(pb.AgentMessage(inventory=self._inventory))
+            await self._maybe_renew(stream)
             if not sent_any:
                 self._new_batch.clear()
                 waits = [asyncio.create_task(self._new_batch.wait()),
@@ -276,7 +343,7 @@ class Agent:
                     t.cancel()
 
     # ---- certificate renewal -------------------------------------------------------------
-    async def _maybe_renew(self, call: Any) -> None:
+    async def _maybe_renew(self, stream: _Stream) -> None:
         """Ask for a new certificate (new key) once a third of the old one's life is left."""
         if self._renewing:
             return
@@ -290,7 +357,7 @@ class Agent:
         self._renewing = True
         key_pem, csr_pem = await asyncio.to_thread(make_key_and_csr_isolated, self.state.agent_id)
         self._pending_key = key_pem
-        await call.write(pb.AgentMessage(renew=pb.RenewRequest(csr_pem=csr_pem)))
+        await stream.write(pb.AgentMessage(renew=pb.RenewRequest(csr_pem=csr_pem)))
         log.info("certificate expires in %d s: renewal asked", int(left))
 
     def _lifetime(self) -> float:

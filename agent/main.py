@@ -111,6 +111,8 @@ def restart_lean(state: AgentState, args: argparse.Namespace) -> None:
     env = dict(os.environ)
     env[LEAN_ENV] = "1"
     env.setdefault("MALLOC_ARENA_MAX", "1")
+    # before gRPC loads in the new process: runs and shells fork (agent/exec.py says why)
+    env.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
     # whatever this process could import, the new one can: `overcast agent` from a virtual
     # environment, a source tree on PYTHONPATH, an installed package
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)

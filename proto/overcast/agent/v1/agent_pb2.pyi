@@ -39,7 +39,7 @@ class EnrollResponse(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., org: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "inventory", "metrics", "command_output", "command_result", "shell_data", "shell_closed", "renew")
+    __slots__ = ("hello", "inventory", "metrics", "command_output", "command_result", "shell_data", "shell_closed", "renew", "command_started")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class AgentMessage(_message.Message):
     SHELL_DATA_FIELD_NUMBER: _ClassVar[int]
     SHELL_CLOSED_FIELD_NUMBER: _ClassVar[int]
     RENEW_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_STARTED_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     inventory: Inventory
     metrics: MetricBatch
@@ -56,7 +57,8 @@ class AgentMessage(_message.Message):
     shell_data: ShellData
     shell_closed: ShellClosed
     renew: RenewRequest
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., metrics: _Optional[_Union[MetricBatch, _Mapping]] = ..., command_output: _Optional[_Union[CommandOutput, _Mapping]] = ..., command_result: _Optional[_Union[CommandResult, _Mapping]] = ..., shell_data: _Optional[_Union[ShellData, _Mapping]] = ..., shell_closed: _Optional[_Union[ShellClosed, _Mapping]] = ..., renew: _Optional[_Union[RenewRequest, _Mapping]] = ...) -> None: ...
+    command_started: CommandStarted
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., metrics: _Optional[_Union[MetricBatch, _Mapping]] = ..., command_output: _Optional[_Union[CommandOutput, _Mapping]] = ..., command_result: _Optional[_Union[CommandResult, _Mapping]] = ..., shell_data: _Optional[_Union[ShellData, _Mapping]] = ..., shell_closed: _Optional[_Union[ShellClosed, _Mapping]] = ..., renew: _Optional[_Union[RenewRequest, _Mapping]] = ..., command_started: _Optional[_Union[CommandStarted, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("agent_id", "protocol_version", "agent_version", "inventory", "spooled_batches", "dropped_batches")
@@ -216,6 +218,14 @@ class CommandOutput(_message.Message):
     data: bytes
     def __init__(self, command_id: _Optional[str] = ..., stream: _Optional[_Union[CommandOutput.Stream, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class CommandStarted(_message.Message):
+    __slots__ = ("command_id", "pid")
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    pid: int
+    def __init__(self, command_id: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+
 class CommandResult(_message.Message):
     __slots__ = ("command_id", "exit_code", "error", "timed_out", "cancelled", "output_truncated")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
@@ -326,7 +336,7 @@ class Command(_message.Message):
     def __init__(self, id: _Optional[str] = ..., timeout_s: _Optional[int] = ..., run: _Optional[_Union[RunScript, _Mapping]] = ..., shell: _Optional[_Union[OpenShell, _Mapping]] = ...) -> None: ...
 
 class RunScript(_message.Message):
-    __slots__ = ("content", "interpreter", "args", "env", "user", "max_output_bytes")
+    __slots__ = ("content", "interpreter", "args", "env", "user", "max_output_bytes", "sha256", "entrypoint", "ansible")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -340,27 +350,35 @@ class RunScript(_message.Message):
     ENV_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     MAX_OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
+    ANSIBLE_FIELD_NUMBER: _ClassVar[int]
     content: bytes
     interpreter: str
     args: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
     user: str
     max_output_bytes: int
-    def __init__(self, content: _Optional[bytes] = ..., interpreter: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., user: _Optional[str] = ..., max_output_bytes: _Optional[int] = ...) -> None: ...
+    sha256: str
+    entrypoint: str
+    ansible: bool
+    def __init__(self, content: _Optional[bytes] = ..., interpreter: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., user: _Optional[str] = ..., max_output_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., entrypoint: _Optional[str] = ..., ansible: _Optional[bool] = ...) -> None: ...
 
 class OpenShell(_message.Message):
-    __slots__ = ("session_id", "term", "cols", "rows", "user")
+    __slots__ = ("session_id", "term", "cols", "rows", "user", "command")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
     COLS_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     term: str
     cols: int
     rows: int
     user: str
-    def __init__(self, session_id: _Optional[str] = ..., term: _Optional[str] = ..., cols: _Optional[int] = ..., rows: _Optional[int] = ..., user: _Optional[str] = ...) -> None: ...
+    command: str
+    def __init__(self, session_id: _Optional[str] = ..., term: _Optional[str] = ..., cols: _Optional[int] = ..., rows: _Optional[int] = ..., user: _Optional[str] = ..., command: _Optional[str] = ...) -> None: ...
 
 class CancelCommand(_message.Message):
     __slots__ = ("command_id",)
