@@ -30,6 +30,7 @@ from controller.errors import (
     ProviderError,
     ProviderUnavailable,
 )
+from controller.exec.ssh import Pin, PinningClient, parse_pin
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,50 +57,12 @@ class _Outcome:
     fingerprint: str = ""
 
 
-@dataclass
-class _Pin:
-    """A pinned host key: a public key, or only its fingerprint."""
-
-    key: asyncssh.SSHKey | None = None
-    fingerprint: str = ""
-
-    def matches(self, offered: asyncssh.SSHKey) -> bool:
-        if self.key is not None:
-            return bool(offered.public_data == self.key.public_data)
-        algo, _, want = self.fingerprint.partition(":")
-        if algo.upper() == "MD5":  # "MD5:aa:bb:..", hex in either case
-            return offered.get_fingerprint("md5").partition(":")[2].lower() == want.lower()
-        seen = offered.get_fingerprint("sha256").partition(":")[2]
-        return seen.rstrip("=") == want.rstrip("=")  # base64: case matters, padding may not
-
-
-class _Client(asyncssh.SSHClient):
-    """Checks the host key against the pin (or trusts it on first use) and keeps what it saw."""
-
-    def __init__(self, pin: _Pin | None) -> None:
-        self.pin = pin
-        self.seen: asyncssh.SSHKey | None = None
-
-    def validate_host_public_key(self, host: str, addr: str, port: int,
-                                 key: asyncssh.SSHKey) -> bool:
-        self.seen = key
-        return self.pin is None or self.pin.matches(key)
-
-
-def _pin(entry: HostEntry) -> _Pin | None:
-    text = entry.host_key.strip()
-    if not text:
-        return None
-    if text.upper().startswith(("SHA256:", "MD5:")):
-        return _Pin(fingerprint=text)
-    words = text.split()  # "[host]:port type base64 comment", "type base64", ...
-    for i in range(len(words) - 1):
-        try:
-            return _Pin(key=asyncssh.import_public_key(f"{words[i]} {words[i + 1]}"))
-        except (asyncssh.KeyImportError, ValueError):
-            continue
-    raise Invalid(f"hosts[{entry.index}] ({entry.label}): host_key is neither a known_hosts "
-                  "line nor an SHA256:/MD5: fingerprint", field="hosts")
+def _pin(entry: HostEntry) -> Pin | None:
+    try:
+        return parse_pin(entry.host_key)
+    except Invalid:
+        raise Invalid(f"hosts[{entry.index}] ({entry.label}): host_key is neither a known_hosts "
+                      "line nor an SHA256:/MD5: fingerprint", field="hosts") from None
 
 
 def _private_key(entry: HostEntry) -> asyncssh.SSHKey:
@@ -216,10 +179,10 @@ class OtherAdapter(Adapter):
     async def _probe(self, entry: HostEntry, gather: bool) -> _Outcome:
         """Connect (and with ``gather`` read the facts); never raises."""
         out = _Outcome(entry)
-        client: _Client | None = None
+        client: PinningClient | None = None
         try:
             pin, key = _pin(entry), _private_key(entry)
-            client = _Client(pin)
+            client = PinningClient(pin)
             async with asyncio.timeout(self.timeout):
                 async with await self._connect(entry, key, client) as conn:
                     if gather:
@@ -238,7 +201,7 @@ class OtherAdapter(Adapter):
         return out
 
     async def _connect(self, entry: HostEntry, key: asyncssh.SSHKey,
-                       client: _Client) -> asyncssh.SSHClientConnection:
+                       client: PinningClient) -> asyncssh.SSHClientConnection:
         def factory() -> asyncssh.SSHClient:
             return client
 
@@ -252,7 +215,7 @@ class OtherAdapter(Adapter):
 
     async def _reboot(self, entry: HostEntry) -> None:
         key, pin = _private_key(entry), _pin(entry)
-        client = _Client(pin)
+        client = PinningClient(pin)
         command = reboot_command(entry.user, self.reboot_command)
         sent = False
         try:
