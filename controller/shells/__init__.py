@@ -1,0 +1,1 @@
+"""Interactive shells on machines: relayed by their agents or over SSH, recorded and audited."""
