@@ -31,6 +31,7 @@ from controller.audit import routes as audit_routes
 from controller.clouds import routes as cloud_routes
 from controller.errors import Invalid, OvercastError
 from controller.events import routes as event_routes
+from controller.exec import routes as exec_routes
 from controller.grpcapi.servicer import add_to_server
 from controller.http import openapi, system
 from controller.http.api import Route, wrap
@@ -39,8 +40,10 @@ from controller.jobs import routes as job_routes
 from controller.machines import routes as machine_routes
 from controller.monitor import routes as monitor_routes
 from controller.pki import Pki, ensure_pki
+from controller.scripts import routes as script_routes
 from controller.services import Services, build_services
 from controller.settings import Settings
+from controller.shells import routes as shell_routes
 from controller.sshkeys import routes as key_routes
 from controller.store import StoreLocked, open_store
 from overcast import __version__
@@ -52,7 +55,8 @@ def all_routes() -> list[Route]:
     tables = (system.routes, account_routes.routes, account_routes.org_routes,
               account_routes.user_routes, machine_routes.routes, audit_routes.routes,
               event_routes.routes, agent_routes.routes, monitor_routes.routes,
-              cloud_routes.routes, cloud_routes.inventory, job_routes.routes, key_routes.routes)
+              cloud_routes.routes, cloud_routes.inventory, job_routes.routes, key_routes.routes,
+              exec_routes.routes, script_routes.routes, shell_routes.routes)
     return [r for t in tables for r in t.routes]
 
 
@@ -78,6 +82,7 @@ def build_app(settings: Settings, services: Services, pki: Pki | None) -> web.Ap
     app.cleanup_ctx.append(_grpc_server(pki))
     app.cleanup_ctx.append(_maintenance)
     app.cleanup_ctx.append(_clouds)
+    app.cleanup_ctx.append(shell_routes.lifecycle)
     if pki is not None:
         app.cleanup_ctx.append(agents_server(pki))
     return app

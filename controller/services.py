@@ -19,20 +19,29 @@ from controller.clouds.resources import ResourceService
 from controller.clouds.service import CloudService
 from controller.events.bus import EventBus
 from controller.events.writer import Writer
+from controller.exec.agentlink import AgentLink
+from controller.exec.service import ExecService
+from controller.exec.targets import Targets
 from controller.jobs.model import JOB
 from controller.jobs.service import JobService
 from controller.machines.model import MACHINE
 from controller.machines.service import MachineService
 from controller.monitor.tsdb import TSDB
+from controller.scripts.model import SCRIPT
+from controller.scripts.service import ScriptService
 from controller.secrets import SecretBox, load_key
 from controller.settings import Settings
+from controller.shells.model import SHELL
+from controller.shells.service import ShellService
+from controller.sshkeys.assoc import Associations
 from controller.sshkeys.model import KEY
 from controller.sshkeys.service import KeyService
 from controller.store.base import Store
 from controller.store.docs import DocKind, migrate_store
 
 # every stored document kind, for migrations on start
-DOC_KINDS: tuple[DocKind, ...] = (*ACCOUNT_KINDS, *AGENT_KINDS, *CLOUD_KINDS, MACHINE, JOB, KEY)
+DOC_KINDS: tuple[DocKind, ...] = (*ACCOUNT_KINDS, *AGENT_KINDS, *CLOUD_KINDS, MACHINE, JOB, KEY,
+                                  SCRIPT, SHELL)
 
 
 @dataclass
@@ -55,6 +64,12 @@ class Services:
     actions: ActionService
     pollers: Pollers
     keys: KeyService
+    scripts: ScriptService
+    agentlink: AgentLink
+    targets: Targets
+    exec: ExecService
+    associations: Associations
+    shells: ShellService
 
 
 def build_services(settings: Settings, store: Store, migrate: bool = True) -> Services:
@@ -68,6 +83,11 @@ def build_services(settings: Settings, store: Store, migrate: bool = True) -> Se
     jobs = JobService(store, bus)
     actions = ActionService(store, writer, clouds, jobs)
     pollers = Pollers(settings, clouds, bus)
+    registry = Registry()
+    link = AgentLink(registry)
+    keys = KeyService(store, writer, secrets)
+    targets = Targets(store, clouds, keys, link)
+    accounts = AccountService(settings, store, writer)
     actions.poke = pollers.poke
     return Services(
         settings=settings,
@@ -75,17 +95,23 @@ def build_services(settings: Settings, store: Store, migrate: bool = True) -> Se
         bus=bus,
         writer=writer,
         secrets=secrets,
-        accounts=AccountService(settings, store, writer),
+        accounts=accounts,
         audit=AuditService(store),
         machines=MachineService(store),
         agents=AgentService(settings, store, writer),
         tsdb=tsdb,
         ingestor=Ingestor(store, tsdb),
-        registry=Registry(),
+        registry=registry,
         clouds=clouds,
         resources=ResourceService(store, writer),
         jobs=jobs,
         actions=actions,
         pollers=pollers,
-        keys=KeyService(store, writer, secrets),
+        keys=keys,
+        scripts=ScriptService(settings, store, writer, secrets),
+        agentlink=link,
+        targets=targets,
+        associations=Associations(store, writer, keys, targets, link),
+        exec=ExecService(settings, store, writer, bus, jobs, targets, link),
+        shells=ShellService(settings, store, writer, targets, link, accounts),
     )

@@ -82,6 +82,17 @@ class Settings:
     # clouds whose endpoint is this host (loopback, a local libvirt URI, a Docker socket) or a
     # link-local address (metadata services) are refused unless this is on
     allow_local_clouds: bool = False
+    # scripts and commands: seconds a run may take unless asked otherwise, and bytes of output
+    # kept per machine (the rest is counted, not kept)
+    exec_timeout: int = 600
+    exec_max_output: int = 1024 * 1024
+    # shells: one ends after this many seconds without a keystroke or output, or this long
+    # in all; the ticket that opens a shell's WebSocket is good this long (and once);
+    # recordings stop growing past this many bytes (the shell goes on, unrecorded)
+    shell_idle_timeout: int = 1800
+    shell_max_duration: int = 8 * 3600
+    shell_ticket_ttl: int = 60
+    shell_recording_max_bytes: int = 64 * 1024 * 1024
 
     # derived
     @property
@@ -261,6 +272,12 @@ _MINIMUMS: dict[str, int] = {
     "cloud_fast_poll_interval": 1,
     "cloud_workers": 1,
     "cloud_call_timeout": 1,
+    "exec_timeout": 1,
+    "exec_max_output": 1024,
+    "shell_idle_timeout": 1,
+    "shell_max_duration": 1,
+    "shell_ticket_ttl": 1,
+    "shell_recording_max_bytes": 0,
 }
 
 

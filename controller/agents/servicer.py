@@ -207,6 +207,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 session.ack_timer = None
             session.context = None
             if self.services.registry.remove(session):
+                self.services.agentlink.disconnected(agent_id)
                 svc.disconnected(agent_id, reason)
         if refused is not None:
             await _abort(context, refused)
@@ -244,9 +245,10 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             elif kind == "hello":
                 if msg.hello.agent_id and msg.hello.agent_id != agent["id"]:
                     raise svc.refuse_claim(agent, msg.hello.agent_id, session.ip)
-            else:
-                # command results and shells arrive with the exec issue
-                log.debug("agent %s sent %s, not handled yet", agent["id"], kind)
+            elif kind is not None:
+                # command output and results, shell data: matched only against what went
+                # down this agent's own stream
+                await self.services.agentlink.deliver(agent["id"], msg)
 
     async def _stored(self, session: Session, seq: int, stored: bool, ack_now: bool) -> None:
         """Batch ``seq`` is stored (or was already: a replay): acknowledge now, or later."""

@@ -547,7 +547,8 @@ def register(sub: Any) -> None:
     json_opt(p)
     p.set_defaults(func=cmd_providers)
 
-    p = sub.add_parser("jobs", help="background jobs (actions on clouds): list, show, wait",
+    p = sub.add_parser("jobs", help="background jobs (cloud actions, runs): list, show, wait, "
+                                   "cancel, output",
                        description="Without a subcommand: list the newest jobs.")
     _jobs_list_opts(p)
     jsub = p.add_subparsers(dest="jobs_command", metavar="SUBCOMMAND")
@@ -560,6 +561,9 @@ def register(sub: Any) -> None:
     c.add_argument("ids", nargs="+", metavar="ID")
     json_opt(c)
     c.set_defaults(func=cmd_jobs_wait)
+    from controller.cli import runs  # it builds on this module
+
+    runs.add_job_commands(jsub)
 
 
 def _jobs_list_opts(p: argparse.ArgumentParser) -> None:

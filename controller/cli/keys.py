@@ -74,6 +74,34 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_associate(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"key": args.key, "user": args.user, "port": args.port,
+                            "sudo": args.sudo}
+    if args.no_deploy:
+        body["deploy"] = False
+    a = client().request("PUT", f"/api/v2/machines/{q(args.machine)}/actions/associate-key",
+                         body)["data"]
+    if args.json:
+        output.emit_json(a)
+    else:
+        print(f"key {args.key} associated with {args.machine} for {a['user']} "
+              f"(port {a['port']}; {a['deployed_via']})")
+    return OK
+
+
+def cmd_disassociate(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"key": args.key}
+    if args.no_deploy:
+        body["deploy"] = False
+    a = client().request("DELETE", f"/api/v2/machines/{q(args.machine)}/actions/disassociate-key",
+                         body)["data"]
+    if args.json:
+        output.emit_json(a)
+    else:
+        print(f"key {args.key} disassociated from {args.machine} ({a['removed_via']})")
+    return OK
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("keys", help="SSH keys (private halves are kept encrypted)",
                        description="Without a subcommand: list keys.")
@@ -112,3 +140,21 @@ def register(sub: Any) -> None:
     c.add_argument("keys", nargs="+", metavar="KEY")
     json_opt(c, inherit=True)
     c.set_defaults(func=cmd_delete)
+    c = g.add_parser("associate", help="let a key in on a machine: its public half is added to "
+                                       "the user's authorized_keys (through the agent, or SSH)")
+    c.add_argument("key", help="id or name")
+    c.add_argument("machine", help="id or name")
+    c.add_argument("--user", default="root", help="login user (default root)")
+    c.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
+    c.add_argument("--sudo", action="store_true", help="the user may sudo")
+    c.add_argument("--no-deploy", action="store_true",
+                   help="only record the association (the key is there already)")
+    json_opt(c, inherit=True)
+    c.set_defaults(func=cmd_associate)
+    c = g.add_parser("disassociate", help="remove a key from a machine's authorized_keys")
+    c.add_argument("key", help="id or name")
+    c.add_argument("machine", help="id or name")
+    c.add_argument("--no-deploy", action="store_true",
+                   help="only forget the association (leave authorized_keys alone)")
+    json_opt(c, inherit=True)
+    c.set_defaults(func=cmd_disassociate)

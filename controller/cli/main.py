@@ -15,7 +15,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from controller.cli import agents, clouds, inventory, keys, output
+from controller.cli import agents, clouds, inventory, keys, output, runs, scripts, shell
 from controller.cli.client import (
     AUTH,
     FAILED,
@@ -448,6 +448,9 @@ def parser() -> argparse.ArgumentParser:
     clouds.register(sub)
     inventory.register(sub)
     keys.register(sub)
+    shell.register(sub)
+    runs.add_run(scripts.register(sub))
+    runs.register(sub)
     return ap
 
 

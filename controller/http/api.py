@@ -248,7 +248,9 @@ def wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
             principal = _optional_principal(request, services)
         ctx = Ctx(request, services, principal, route.body)
         if not route.websocket:
-            ctx._body = await read_json(request, route.body) if request.method in ("POST", "PUT", "PATCH") else None
+            ctx._body = (await read_json(request, route.body)
+                         if request.method in ("POST", "PUT", "PATCH") or route.body is not None
+                         else None)
         result = await route.handler(ctx)
         if isinstance(result, web.StreamResponse):
             return result

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from controller.accounts.model import Principal
-from controller.errors import NotFound, OvercastError
+from controller.errors import Conflict, NotFound, OvercastError
 from controller.events.bus import EventBus
 from controller.events.model import Event
 from controller.jobs.model import JOB, MAX_PROGRESS, key
@@ -54,6 +54,7 @@ class JobService:
         self.store = store
         self.bus = bus
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cancels: dict[str, asyncio.Event] = {}  # job id -> set to cancel it
 
     def create(self, org: str, action: str, target_kind: str, target_id: str, created_by: str,
                params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -110,6 +111,29 @@ class JobService:
                     done(doc)
                 except Exception:
                     log.exception("recording the outcome of job %s failed", doc["id"])
+
+    # ---- cancelling ------------------------------------------------------------------------
+    def cancellable(self, job_id: str) -> asyncio.Event:
+        """Make a job cancellable: its work watches the returned event."""
+        ev = self._cancels[job_id] = asyncio.Event()
+        return ev
+
+    def forget_cancel(self, job_id: str) -> None:
+        self._cancels.pop(job_id, None)
+
+    def cancel(self, p: Principal, job_id: str) -> dict[str, Any]:
+        """Ask a running job to stop (its work kills what it started and ends the job);
+        Conflict for a job that has ended or cannot be cancelled."""
+        doc = self.get(p, job_id)
+        ev = self._cancels.get(doc["id"])
+        if doc["status"] not in ("queued", "running"):
+            raise Conflict(f"the job has {doc['status']} already", {"status": doc["status"]})
+        if ev is None:
+            raise Conflict("this job cannot be cancelled (only script and command runs can)",
+                           {"action": doc["action"]})
+        already = ev.is_set()
+        ev.set()
+        return dict(doc, cancel_requested=True, already=already)
 
     async def wait_all(self) -> None:
         """Let running jobs finish (tests, shutdown)."""

@@ -72,7 +72,13 @@ class MachineService:
         raw = self.store.get(key(p.org_id, machine_id)) if p.org_id and "/" not in machine_id else None
         if raw is None:
             raise NotFound("no such machine", {"id": machine_id})
-        return self._load(raw)
+        doc = self._load(raw)
+        # Mist's key_associations: kept beside the machine (pollers rewrite the machine)
+        doc["key_associations"] = [
+            {k: a.get(k) for k in ("key", "user", "port", "sudo", "last_used")}
+            for _, a in ((k, json.loads(v)) for k, v in
+                         self.store.scan(f"keyassoc/{p.org_id}/{doc['id']}/"))]
+        return doc
 
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_.:-]+$")

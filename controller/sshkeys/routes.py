@@ -52,3 +52,35 @@ async def edit_key(ctx: Ctx) -> Any:
 async def delete_key(ctx: Ctx) -> Any:
     ctx.services.keys.delete(ctx.principal, ctx.actor, ctx.match("key"))
     return Reply(status=204)
+
+
+ASSOCIATE = obj(("key",), key=string(1, 200), user=string(0, 32), port=integer(1, 65535),
+                sudo=BOOLEAN, machine=string(0, 200), last_used=integer(0), deploy=BOOLEAN)
+DISASSOCIATE = obj(("key",), key=string(1, 200), deploy=BOOLEAN)
+
+
+@routes.route("PUT", "/api/v2/machines/{machine}/actions/associate-key", op="associate_key",
+              body=ASSOCIATE, summary="Associate a key with a machine: its public half is added "
+              "to the user's authorized_keys (through the agent, or over SSH); deploy=false only "
+              "records it")
+async def associate_key(ctx: Ctx) -> Any:
+    doc = await ctx.services.associations.associate(ctx.principal, ctx.actor,
+                                                    ctx.match("machine"), ctx.body or {})
+    return one(doc)
+
+
+@routes.route("DELETE", "/api/v2/machines/{machine}/actions/disassociate-key",
+              op="disassociate_key", body=DISASSOCIATE,
+              summary="Disassociate a key from a machine: its line is removed from authorized_keys")
+async def disassociate_key(ctx: Ctx) -> Any:
+    doc = await ctx.services.associations.disassociate(ctx.principal, ctx.actor,
+                                                       ctx.match("machine"), ctx.body or {})
+    return one(doc)
+
+
+@routes.route("GET", "/api/v2/machines/{machine}/keys", op="list_machine_keys",
+              summary="The keys associated with a machine (user, port, last use)")
+async def machine_keys(ctx: Ctx) -> Any:
+    data = await asyncio.to_thread(ctx.services.associations.list, ctx.principal,
+                                   ctx.match("machine"))
+    return {"data": data, "meta": {"total": len(data), "returned": len(data), "start": 0}}

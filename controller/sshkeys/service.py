@@ -173,5 +173,19 @@ class KeyService:
         change = Change("key.delete", org=p.org_id, target_kind="key", target_id=doc["id"],
                         details={"name": doc["name"], "fingerprint": doc.get("fingerprint", "")})
         change.delete(key(p.org_id, doc["id"])).expect(key(p.org_id, doc["id"]), raw)
+        # its associations go too (the public half stays in authorized_keys: disassociate
+        # first to remove it there)
+        for k, _ in self.store.scan(f"keyassoc/{p.org_id}/", keys_only=True):
+            if k.rsplit("/", 1)[-1] == doc["id"]:
+                change.delete(k)
         change.event("deleted", "key", doc["id"], {"name": doc["name"]})
         self.writer.commit(actor, change)
+
+    def private_text(self, org: str, key_id: str) -> str:
+        """The private half for connecting with it (SSH runs, shells, key deployment): never
+        returned to a user from here, so not audited as a read; NotFound if the key is gone."""
+        raw = self.store.get(key(org, key_id)) if org and key_id and "/" not in key_id else None
+        if raw is None:
+            raise NotFound("no such key", {"id": key_id})
+        doc = load(KEY, raw)
+        return self.secrets.open(doc["_private"], aad=key(org, key_id)).decode()

@@ -23,6 +23,8 @@ from tests.support.controller import Controller, Http
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 PUBLIC = {("GET", "/api/v2/health"), ("GET", "/api/v2/openapi.json"), ("GET", "/ca.pem"),
           ("POST", "/api/v2/auth/sessions"), ("GET", "/api/v2/agents/bootstrap"),
+          # the one-use ticket in its query is the credential
+          ("GET", "/api/v2/shells/{shell}/ws"),
           ("POST", "/api/v2/agents/enroll")}
 
 

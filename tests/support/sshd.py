@@ -70,14 +70,20 @@ class Sshd:
     host_key: asyncssh.SSHKey = field(
         default_factory=lambda: asyncssh.generate_private_key("ssh-ed25519"))
     proc: subprocess.Popen[bytes] | None = None
+    # also take the users' own ~/.ssh/authorized_keys (for tests that deploy keys there)
+    user_keys: bool = False
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         write_secret(self.root / "host_key", self.host_key.export_private_key().decode())
         (self.root / "authorized_keys").write_text("")
-        (self.root / "sshd_config").write_text(_CONFIG.format(
-            address=self.host.address, port=self.port, host_key=self.root / "host_key",
-            root=self.root))
+        config = _CONFIG.format(address=self.host.address, port=self.port,
+                                host_key=self.root / "host_key", root=self.root)
+        if self.user_keys:
+            config = config.replace(f"AuthorizedKeysFile {self.root}/authorized_keys",
+                                    f"AuthorizedKeysFile {self.root}/authorized_keys "
+                                    ".ssh/authorized_keys")
+        (self.root / "sshd_config").write_text(config)
 
     @property
     def public_host_key(self) -> str:
