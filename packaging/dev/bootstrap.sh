@@ -9,7 +9,7 @@ venv="$root/.venv"
 py="${PYTHON:-python3}"
 
 need_apt=""   # needed: without them nothing runs
-nice_apt=""   # optional: used when there, else a fallback (wrk: bench's Python load generator)
+nice_apt=""   # optional: used when there, else a fallback or a clear refusal (wrk, git)
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 want() { have_pkg "$1" || need_apt="$need_apt $1"; }
 like() { have_pkg "$1" || command -v "$1" >/dev/null 2>&1 || nice_apt="$nice_apt $1"; }
@@ -17,13 +17,17 @@ like() { have_pkg "$1" || command -v "$1" >/dev/null 2>&1 || nice_apt="$nice_apt
 if command -v dpkg-query >/dev/null 2>&1; then
     # a venv needs ensurepip, which Debian ships apart, unless this Python brings its own
     "$py" -c "import ensurepip" 2>/dev/null || want python3-venv
+    # scripts from git repositories are cloned with git (without it they are refused in words)
+    like git
     case "$what" in
         bench) like wrk ;;
         # libvirt-python (KVM clouds) builds against libvirt's headers
         # the clouds tests run a real sshd in network namespaces, and a real Docker-API
         # service (podman with runc; a busybox image is built from busybox-static)
         test) want libvirt-dev; want pkg-config; want gcc; want openssh-server; want iproute2
-              want podman; want runc; want busybox-static ;;
+              want podman; want runc; want busybox-static
+              # script tests serve and clone real repositories; run tests add a login user
+              want git; want passwd ;;
     esac
     if [ -n "$need_apt$nice_apt" ] && [ "$(id -u)" != 0 ]; then
         if [ -n "$need_apt" ]; then
@@ -31,7 +35,8 @@ if command -v dpkg-query >/dev/null 2>&1; then
             exit 1
         fi
         echo "bootstrap: optional:$nice_apt not installed (as root: apt-get install$nice_apt);" \
-             "going on without it (the API benchmark uses its Python load generator)" >&2
+             "going on without it (wrk: the API benchmark uses its Python load generator;" \
+             "git: scripts from repositories are refused)" >&2
         nice_apt=""
     fi
     if [ -n "$need_apt$nice_apt" ]; then
