@@ -12,8 +12,7 @@ removed before the result is sent. One asyncio task per run; file work in a work
 Disconnects: runs go on. ``send`` (from agent.control) puts a message on whichever stream is
 current when it is sent (after a reconnect, the new one) and drops it while there is none:
 the controller may get a run's result on a later stream, or never. :meth:`Executor.close`
-(the agent stopping) kills every run. :func:`run_as` and :func:`base_env` serve agent.shell
-too."""
+(the agent stopping) kills every run. Who runs and with what environment: agent.proc."""
 
 from __future__ import annotations
 
@@ -23,28 +22,15 @@ import contextlib
 import hashlib
 import logging
 import os
-import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
 
+from agent.proc import PATH, Refused, RunAs, Send, base_env, run_as, signal_group
 from overcast.agent.v1 import agent_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-# Children forked while gRPC's threads are busy often crash in gRPC's fork handlers
-# (grpc/grpc#31885), and Popen forks (not vforks) for a user switch or a preexec_fn. Ours
-# exec at once and never use gRPC. Read when gRPC loads: agent.control imports this first.
-if "grpc" in sys.modules and os.environ.get("GRPC_ENABLE_FORK_SUPPORT") != "0":
-    log.warning("gRPC was loaded before agent.exec: runs as another user and shells may crash")
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
-
-Send = Callable[[pb.AgentMessage], Awaitable[None]]
 
 MAX_RUNNING = 64
 DEFAULT_MAX_OUTPUT = 1 << 20      # as the controller's default (controller/exec/model.py)
@@ -55,69 +41,6 @@ PIPE_GRACE = 2.0                  # the group is dead: pipes still open after th
 REAP_LIMIT = 10.0                 # after SIGKILL (a process stuck in the kernel never dies)
 MAX_UNPACKED = 1 << 30            # an archive unpacking to more is refused (a gzip bomb)
 ANSIBLE_TMP = ".ansible-tmp"     # in a run's directory
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-class Refused(Exception):
-    """This host will not (or cannot) run the command; the message says why, to the controller."""
-
-
-# ---- who and with what environment ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class RunAs:
-    """Who a process runs as: the agent's own user (``switch`` False) or another one."""
-
-    name: str
-    uid: int
-    gid: int
-    home: str
-    shell: str
-    switch: bool
-
-    def popen_kwargs(self) -> dict[str, Any]:
-        """Popen's own user switch (no preexec_fn): groups, then gid, then uid, in the child."""
-        if not self.switch:
-            return {}
-        return {"user": self.uid, "group": self.gid,
-                "extra_groups": os.getgrouplist(self.name, self.gid)}
-
-    def workdir(self) -> str:
-        return self.home if os.path.isdir(self.home) else "/"
-
-
-def run_as(user: str) -> RunAs:
-    """The account ``user`` names ("" or the agent's own: the agent's). Raises Refused for an
-    unknown user, and for another user when the agent is not root (it could not switch)."""
-    me = os.geteuid()
-    try:
-        own = pwd.getpwuid(me)
-    except KeyError:  # a uid without a passwd entry (containers)
-        own = pwd.struct_passwd((str(me), "x", me, os.getegid(), "", "/", "/bin/sh"))
-    if user and user != own.pw_name:
-        try:
-            pw = pwd.getpwnam(user)
-        except KeyError:
-            raise Refused(f"no user {user!r} on this host") from None
-        if pw.pw_uid != me:
-            if me != 0:
-                raise Refused(f"cannot run as {user!r}: the agent runs as {own.pw_name}, not as root")
-            return RunAs(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell or "/bin/sh", True)
-        own = pw  # another name for the agent's uid
-    return RunAs(own.pw_name, me, os.getegid(), own.pw_dir, own.pw_shell or "/bin/sh", False)
-
-
-def base_env(who: RunAs) -> dict[str, str]:
-    """What a process starts with: none of the agent's own environment (it may hold the
-    agent's settings), only what a login would set."""
-    return {"PATH": PATH, "HOME": who.home, "LANG": "C.UTF-8", "USER": who.name,
-            "LOGNAME": who.name, "SHELL": who.shell}
-
-
-def signal_group(pgid: int, sig: int) -> None:
-    """Signal a process group that may be gone already."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 # ---- the files a run needs --------------------------------------------------------------

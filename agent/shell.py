@@ -30,7 +30,7 @@ import termios
 from collections.abc import Coroutine
 from typing import Any
 
-from agent.exec import Refused, RunAs, Send, base_env, run_as, signal_group
+from agent.proc import Refused, RunAs, Send, base_env, run_as, signal_group
 from overcast.agent.v1 import agent_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _take_terminal() -> None:
     (job control and /dev/tty need one). Popen has no option for this, hence a preexec_fn.
     Python warns that one may deadlock in a process with threads, as the child runs Python
     code while locks other threads held at fork time stay taken: this one takes none, it is
-    one ioctl. gRPC's fork handlers, which do crash such children, are off (agent.exec)."""
+    one ioctl. gRPC's fork handlers, which do crash such children, are off (agent.proc)."""
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
