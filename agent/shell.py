@@ -261,11 +261,22 @@ class Shells:
         loop = asyncio.get_running_loop()
         while not s.stop_reading:
             try:
-                return os.read(s.master, CHUNK)
+                data = os.read(s.master, CHUNK)
             except BlockingIOError:
                 pass
             except OSError:  # EIO: no process holds the terminal any more
                 return b""
+            else:
+                # a terminal gives a few KiB a read: take what is there now up to CHUNK, so
+                # bulk output (cat of a big file) goes up in 64 KiB messages, not 4 KiB ones
+                buf = bytearray(data)
+                while data and len(buf) < CHUNK:
+                    try:
+                        data = os.read(s.master, CHUNK - len(buf))
+                    except OSError:  # nothing more now (or EIO: the next read says so)
+                        break
+                    buf += data
+                return bytes(buf)
             s.readable = loop.create_future()
             loop.add_reader(s.master, s.wake)
             try:
