@@ -37,6 +37,7 @@ from controller.http import openapi, system
 from controller.http.api import Route, wrap
 from controller.http.errors import errors_middleware
 from controller.jobs import routes as job_routes
+from controller.log import AccessLogger
 from controller.machines import routes as machine_routes
 from controller.monitor import routes as monitor_routes
 from controller.pki import Pki, ensure_pki
@@ -248,6 +249,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     app = build_app(settings, services, pki)
     admin = build_admin_app(app)
     runner = web.AppRunner(app, access_log=logging.getLogger("overcast.access"),
+                           access_log_class=AccessLogger,
                            handle_signals=False, shutdown_timeout=5)
     admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)
     stop = asyncio.Event()

@@ -86,6 +86,10 @@ class Settings:
     # kept per machine (the rest is counted, not kept)
     exec_timeout: int = 600
     exec_max_output: int = 1024 * 1024
+    # Ansible scripts on machines without an agent run ansible-playbook on the controller,
+    # and a playbook can run code where it runs (delegate_to: localhost, lookups, plugins):
+    # off unless everyone who may add and run scripts is trusted with the controller's host
+    controller_ansible: bool = False
     # shells: one ends after this many seconds without a keystroke or output, or this long
     # in all; the ticket that opens a shell's WebSocket is good this long (and once);
     # recordings stop growing past this many bytes (the shell goes on, unrecorded)

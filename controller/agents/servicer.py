@@ -206,6 +206,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 session.ack_timer.cancel()
                 session.ack_timer = None
             session.context = None
+            self.services.agentlink.stream_ended(agent_id, session)
             if self.services.registry.remove(session):
                 self.services.agentlink.disconnected(agent_id)
                 svc.disconnected(agent_id, reason)

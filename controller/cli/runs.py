@@ -42,28 +42,21 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class _Printer:
-    """Prints new output of a job as it is kept: whole lines, prefixed by machine."""
+    """Prints a job's output as it comes: whole lines, prefixed by machine when asked."""
 
     def __init__(self, prefix: bool) -> None:
         self.prefix = prefix
-        self.seen: dict[str, tuple[int, int]] = {}   # machine -> (chunk index, chars in it)
+        self.after = 0      # the output read so far (the API's next)
         self.partial: dict[tuple[str, str], str] = {}
 
-    def feed(self, outputs: list[dict[str, Any]]) -> None:
-        for o in outputs:
-            mid, name = o["machine"], o.get("name") or o["machine"]
-            idx, off = self.seen.get(mid, (0, 0))
-            chunks = o.get("chunks") or []
-            while idx < len(chunks):
-                stream, text = chunks[idx]
-                new = text[off:]
-                if new:
-                    self._write(name, stream, new)
-                if idx == len(chunks) - 1:
-                    off = len(text)  # the last chunk may still grow
-                    break
-                idx, off = idx + 1, 0
-            self.seen[mid] = (idx, off)
+    def fetch(self, c: Client, jid: str, machine: str = "") -> None:
+        """Read and print what came since the last call."""
+        r = c.request("GET", f"/api/v2/jobs/{q(jid)}/output",
+                      params={"after": self.after, "machine": machine})
+        self.after = int(r.get("next") or self.after)
+        for o in r["data"]:
+            for stream, text in o.get("chunks") or []:
+                self._write(o.get("name") or o["machine"], stream, text)
 
     def _write(self, name: str, stream: str, text: str) -> None:
         f = sys.stderr if stream == "stderr" else sys.stdout
@@ -116,7 +109,7 @@ def follow(c: Client, job: dict[str, Any], as_json: bool, detach: bool) -> int:
         while True:
             job = c.request("GET", f"/api/v2/jobs/{q(jid)}")["data"]
             if not as_json:
-                printer.feed(c.request("GET", f"/api/v2/jobs/{q(jid)}/output")["data"])
+                printer.fetch(c, jid)  # after the job: a job that ended has all its output
             if job.get("status") in TERMINAL:
                 break
             time.sleep(POLL)
@@ -175,16 +168,16 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_output(args: argparse.Namespace) -> int:
     c = client()
-    data = c.request("GET", f"/api/v2/jobs/{q(args.id)}/output",
-                     params={"machine": args.machine})["data"]
     if args.json:
-        output.emit_json(data)
+        r = c.request("GET", f"/api/v2/jobs/{q(args.id)}/output", params={"machine": args.machine})
+        output.emit_json(r["data"])
         return OK
+    job = c.request("GET", f"/api/v2/jobs/{q(args.id)}")["data"]
     if args.follow:
-        job = c.request("GET", f"/api/v2/jobs/{q(args.id)}")["data"]
         return follow(c, job, False, False)
-    printer = _Printer(prefix=len(data) > 1)
-    printer.feed(data)
+    several = int((job.get("params") or {}).get("count") or 1) > 1 and not args.machine
+    printer = _Printer(prefix=several)
+    printer.fetch(c, args.id, args.machine or "")
     printer.finish()
     return OK
 

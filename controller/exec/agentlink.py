@@ -61,6 +61,7 @@ class AgentShell:
     link: AgentLink
     agent_id: str
     session_id: str
+    stream: Any = None  # the agent's stream (registry Session) the shell was opened on
     _queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
     _buffered: int = 0
     _drained: asyncio.Event = field(default_factory=asyncio.Event)
@@ -179,7 +180,7 @@ class AgentLink:
             id=command_id, timeout_s=max(1, int(payload.timeout + 0.999)),
             run=pb.RunScript(content=payload.content, interpreter=payload.interpreter,
                              args=list(payload.args), env=payload.env,
-                             user="root" if payload.su and not user else user,
+                             user="root" if payload.su else (user or payload.user),
                              max_output_bytes=payload.max_output, sha256=payload.sha256,
                              entrypoint=payload.entrypoint, ansible=payload.ansible)))
         loop = asyncio.get_running_loop()
@@ -269,7 +270,7 @@ class AgentLink:
         prompt) or START_TIMEOUT passed. Raises ProviderUnavailable when the agent is not
         connected or the shell could not start."""
         sid = uuid.uuid4().hex
-        shell = AgentShell(self, agent_id, sid)
+        shell = AgentShell(self, agent_id, sid, stream=self.registry.get(agent_id))
         self._shells[(agent_id, sid)] = shell
         try:
             await self.write(agent_id, pb.ControllerMessage(command=pb.Command(
@@ -321,6 +322,14 @@ class AgentLink:
             shell = self._shells.get((agent_id, c.session_id))
             if shell is not None:
                 shell._end(None if c.error else c.exit_code, c.error)
+
+    def stream_ended(self, agent_id: str, stream: Any) -> None:
+        """One of the agent's streams ended (the agent may be back on a newer one already):
+        the shells opened on it end with it — the agent hangs them up — while its runs go on
+        and answer on the next stream."""
+        for (aid, _sid), shell in list(self._shells.items()):
+            if aid == agent_id and shell.stream is stream:
+                shell._end(None, "the agent's connection ended")
 
     def disconnected(self, agent_id: str) -> None:
         """The agent's stream ended: its runs and shells end with that reason."""

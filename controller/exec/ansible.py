@@ -133,10 +133,10 @@ def prepare(tmp: Path, exe: str, target: SshTarget, payload: Payload,
         _secret_file(tmp / "vars.yml", extra_vars(payload.env).encode())
         argv += ["--extra-vars", f"@{tmp / 'vars.yml'}"]
     argv += payload.args
-    config = playbook.parent / "ansible.cfg"  # the archive's own, else none of the system's
-    if not config.is_file():
-        config = tmp / "ansible.cfg"
-        config.write_text("")
+    # never the archive's own ansible.cfg (it could point plugin paths into the archive) nor
+    # the system's: an empty one
+    config = tmp / "ansible.cfg"
+    config.write_text("")
     env = {
         "PATH": f"{Path(exe).parent}:{_SYSTEM_PATH}", "HOME": str(tmp / "home"),
         "TMPDIR": str(tmp / "tmp"), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",

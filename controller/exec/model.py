@@ -36,6 +36,7 @@ class Payload:
     entrypoint: str = ""
     ansible: bool = False
     su: bool = False             # run as root (sudo -n when the login user is not root)
+    user: str = ""               # agent hosts: run as this user ("" = the agent's own)
     timeout: float = DEFAULT_TIMEOUT
     max_output: int = DEFAULT_MAX_OUTPUT
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from controller.errors import BadRequest
 from controller.events.writer import Change
 from controller.exec.service import inline_payload_parts
-from controller.http.api import Ctx, Reply, RouteTable, one
+from controller.http.api import Ctx, Reply, RouteTable
 from controller.http.schema import string
 
 routes = RouteTable("runs")
@@ -63,11 +64,17 @@ async def run_command(ctx: Ctx) -> Any:
     return _job_reply(job)
 
 
-@routes.route("GET", "/api/v2/jobs/{job_id}/output", op="get_job_output", params=("machine",),
-              summary="The output a run kept, per machine ([stream, text] chunks in order)")
+@routes.route("GET", "/api/v2/jobs/{job_id}/output", op="get_job_output",
+              params=("machine", "after"),
+              summary="The output a run kept, per machine ([stream, text] chunks in order); "
+                      "after=N: only what came after the answer whose next was N")
 async def job_output(ctx: Ctx) -> Any:
-    return one(await asyncio.to_thread(ctx.services.exec.output, ctx.principal,
-                                       ctx.match("job_id"), ctx.param("machine")))
+    raw = ctx.param("after") or "0"
+    if not raw.isdigit() or len(raw) > 10:
+        raise BadRequest("after must be the next of an earlier answer (a number)", field="after")
+    data, last = await asyncio.to_thread(ctx.services.exec.output, ctx.principal,
+                                         ctx.match("job_id"), ctx.param("machine"), int(raw))
+    return {"data": data, "next": last}
 
 
 @routes.route("POST", "/api/v2/jobs/{job_id}/cancel", op="cancel_job",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import shlex
 import time
 from collections.abc import Callable, Coroutine
@@ -36,14 +37,16 @@ from controller.store.base import Batch, Store
 log = logging.getLogger(__name__)
 
 SSH_PARALLEL = 64            # SSH connections one run keeps open at once
-FLUSH_EVERY = 1.0            # seconds between writes of a running job's output to the store
+FLUSH_EVERY = 0.5            # seconds between writes of a running job's output to the store
 MAX_ENV = 64
 MAX_COMMAND = 64 * 1024
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
 _ENV_NAME = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 
-def output_key(org: str, job_id: str, machine_id: str) -> str:
-    return f"jobout/{org}/{job_id}/{machine_id}"
+def output_key(org: str, job_id: str, seq: int) -> str:
+    """One chunk of a run's output: written once, in order (``seq`` from 1)."""
+    return f"jobout/{org}/{job_id}/{seq:010d}"
 
 
 def parse_env(value: Any) -> dict[str, str]:
@@ -97,9 +100,7 @@ class _Target:
     """One machine of a running job: its route, its output so far, its outcome."""
 
     route: Route
-    chunks: list[list[str]] = field(default_factory=list)   # [stream, text]
     kept: int = 0
-    dirty: bool = False
     result: RunResult | None = None
     started: float = field(default_factory=time.time)
     finished: float = 0.0
@@ -158,10 +159,13 @@ class ExecService:
             if not 0 < seconds <= MAX_TIMEOUT:
                 raise Invalid(f"timeout must be between 1 and {int(MAX_TIMEOUT)} seconds",
                               field="timeout")
+        user = str(body.get("user") or "")
+        if user and not _USER.match(user):
+            raise Invalid("user must be a login name", field="user")
         return Payload(content=content, sha256=sha256, args=parse_args(body.get("params")),
                        env=parse_env(body.get("env")), interpreter=interpreter,
                        entrypoint=entrypoint, ansible=ansible, su=_flag(body.get("su")),
-                       timeout=seconds, max_output=self.settings.exec_max_output)
+                       user=user, timeout=seconds, max_output=self.settings.exec_max_output)
 
     def routes(self, p: Principal, body: dict[str, Any]) -> list[Route]:
         """The machines a request names (``machine``, and/or ``machines``: ids, names,
@@ -188,9 +192,33 @@ class ExecService:
                           field="machine", machines=[r.machine["id"] for r in lost])
         return routes
 
+    def check(self, payload: Payload, routes: list[Route]) -> None:
+        """What the run may do where: an Ansible playbook for a machine without an agent runs
+        on the controller, only where the operator allowed it (``controller_ansible``); over
+        SSH a run is the login user's (or root's, with su), so another ``user`` is refused."""
+        if payload.user and not payload.su:
+            others = [r for r in routes if r.ssh is not None and r.ssh.user != payload.user]
+            if others:
+                r = others[0]
+                raise Invalid(f"{r.name} is reached over SSH as {r.ssh.user if r.ssh else ''}: "
+                              f"a run there cannot switch to {payload.user} (associate a key "
+                              f"for {payload.user}, or use su for root)", field="user",
+                              machines=[o.machine["id"] for o in others])
+        if payload.ansible and not self.settings.controller_ansible:
+            over_ssh = [r for r in routes if r.ssh is not None]
+            if over_ssh:
+                names = ", ".join(r.name for r in over_ssh[:5])
+                raise Invalid(
+                    f"Ansible playbooks run through an agent on the machine itself; {names} "
+                    f"{'has' if len(over_ssh) == 1 else 'have'} no connected agent, and running "
+                    "playbooks on the controller is off (the operator's controller_ansible "
+                    "setting: a playbook can run code where it runs)", field="machine",
+                    machines=[r.machine["id"] for r in over_ssh])
+
     def start(self, p: Principal, actor: Actor, action: str, target_kind: str, target_id: str,
               routes: list[Route], payload: Payload, describe: dict[str, Any]) -> dict[str, Any]:
         """Create the job and run it in the background; returns the job document."""
+        self.check(payload, routes)
         params = dict(describe, machines=[r.machine["id"] for r in routes[:1000]],
                       count=len(routes), env=sorted(payload.env), timeout=payload.timeout,
                       su=payload.su)
@@ -204,7 +232,6 @@ class ExecService:
 
         def done(j: dict[str, Any]) -> None:
             self.jobs.forget_cancel(j["id"])
-            self._flush(j["org"], j["id"], state)
             res = j.get("result") or {}
             ok = j["status"] == "succeeded"
             details: dict[str, Any] = {"job": j["id"], **describe, "machines": len(routes),
@@ -231,19 +258,16 @@ class ExecService:
         h.progress(f"running on {len(state)} machine(s): {len(agents)} through their agents, "
                    f"{len(ssh)} over SSH")
         stop_flush = asyncio.Event()
-        flusher = asyncio.get_running_loop().create_task(self._flusher(org, job_id, state, stop_flush))
+        out = _Pending()
+        flusher = asyncio.get_running_loop().create_task(self._flusher(org, job_id, out, stop_flush))
 
         def sink_for(mid: str) -> Callable[[str, bytes], None]:
             t = state[mid]
 
             def output(stream: str, data: bytes) -> None:
                 text = data.decode("utf-8", "replace")
-                if t.chunks and t.chunks[-1][0] == stream and len(t.chunks[-1][1]) < 16384:
-                    t.chunks[-1][1] += text
-                else:
-                    t.chunks.append([stream, text])
+                out.add(mid, t.route.name, stream, text)
                 t.kept += len(data)
-                t.dirty = True
                 self.bus.publish([Event("output", "job", job_id, org, time.time(), {
                     "machine": mid, "name": t.route.name, "stream": stream, "data": text})])
             return output
@@ -295,7 +319,7 @@ class ExecService:
                   "summary": {"machines": len(targets), "succeeded": len(targets) - len(failed),
                               "failed": len(failed)}}
         h.doc["result"] = result
-        if cancel.is_set():
+        if cancel.is_set() and failed:  # a cancel that came as the last one ended: no matter
             raise _RunFailed("cancelled", f"cancelled ({len(failed)} of {len(targets)} machines "
                              "had not finished or failed)")
         if failed:
@@ -303,24 +327,20 @@ class ExecService:
                              f"(worst exit status {code})")
         return result
 
-    async def _flusher(self, org: str, job_id: str, state: dict[str, _Target],
-                       stop: asyncio.Event) -> None:
-        while not stop.is_set():
+    async def _flusher(self, org: str, job_id: str, out: _Pending, stop: asyncio.Event) -> None:
+        """Append what came since the last time, every FLUSH_EVERY and once at the end."""
+        while True:
             try:
                 await asyncio.wait_for(stop.wait(), FLUSH_EVERY)
             except TimeoutError:
                 pass
-            self._flush(org, job_id, state)
-
-    def _flush(self, org: str, job_id: str, state: dict[str, _Target]) -> None:
-        b = Batch()
-        for mid, t in state.items():
-            if t.dirty:
-                t.dirty = False
-                b.put(output_key(org, job_id, mid), json.dumps(
-                    {"machine": mid, "name": t.route.name, "chunks": t.chunks}).encode())
-        if b:
-            self.store.write(b)
+            b = Batch()
+            for seq, chunk in out.take():
+                b.put(output_key(org, job_id, seq), json.dumps(chunk).encode())
+            if b:
+                self.store.write(b)
+            if stop.is_set():
+                return
 
     def _touch(self, org: str, machine_id: str, key_id: str) -> None:
         """The association's key worked: remember when (the most recent is tried first)."""
@@ -335,14 +355,24 @@ class ExecService:
         self.store.write(b)
 
     # ---- reading back ----------------------------------------------------------------------
-    def output(self, p: Principal, job_id: str, machine: str = "") -> list[dict[str, Any]]:
-        """The output kept for a job, per machine: [{machine, name, chunks: [[stream, text]]}]."""
-        self.jobs.get(p, job_id)  # NotFound for another organisation's job
-        prefix = f"jobout/{p.org_id}/{job_id}/"
-        out = [json.loads(raw) for _, raw in self.store.scan(prefix)]
-        if machine:
-            out = [o for o in out if machine in (o["machine"], o.get("name"))]
-        return out
+    def output(self, p: Principal, job_id: str, machine: str = "",
+               after: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """The output kept for a job after chunk ``after``, per machine in the order it first
+        wrote: ([{machine, name, chunks: [[stream, text], ...]}], the last chunk's number —
+        the ``after`` of the next call)."""
+        job = self.jobs.get(p, job_id)  # NotFound for another organisation's job
+        prefix = f"jobout/{p.org_id}/{job['id']}/"
+        groups: dict[str, dict[str, Any]] = {}
+        last = after
+        for k, raw in self.store.scan(prefix, start=output_key(p.org_id, job["id"], after + 1)):
+            last = int(k.rsplit("/", 1)[1])
+            c = json.loads(raw)
+            if machine and machine not in (c["machine"], c["name"]):
+                continue
+            g = groups.setdefault(c["machine"], {"machine": c["machine"], "name": c["name"],
+                                                 "chunks": []})
+            g["chunks"].append([c["stream"], c["data"]])
+        return list(groups.values()), last
 
 
 class _RunFailed(OvercastError):
@@ -351,6 +381,30 @@ class _RunFailed(OvercastError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class _Pending:
+    """Output not yet written: consecutive pieces of one machine's stream joined (up to
+    16 KiB), numbered in the order they came."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.chunks: list[tuple[int, dict[str, str]]] = []
+
+    def add(self, machine: str, name: str, stream: str, text: str) -> None:
+        if self.chunks:
+            last = self.chunks[-1][1]
+            if (last["machine"] == machine and last["stream"] == stream
+                    and len(last["data"]) < 16384):
+                last["data"] += text
+                return
+        self.seq += 1
+        self.chunks.append((self.seq, {"machine": machine, "name": name, "stream": stream,
+                                       "data": text}))
+
+    def take(self) -> list[tuple[int, dict[str, str]]]:
+        out, self.chunks = self.chunks, []
+        return out
 
 
 @dataclass

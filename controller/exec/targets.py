@@ -174,9 +174,9 @@ class Targets:
                 return Route(machine, key_id=a["key"], ssh=SshTarget(
                     host=host, port=int(a.get("port") or 22), user=str(a.get("user") or "root"),
                     private_key=private, host_key=str(a.get("host_key") or "")))
-        return self._cloud_route(machine)
+        return self.cloud_route(machine)
 
-    def _cloud_route(self, machine: dict[str, Any]) -> Route | None:
+    def cloud_route(self, machine: dict[str, Any]) -> Route | None:
         """An "other server" machine: its cloud's host entry holds a working key."""
         cloud_id = str(machine.get("cloud") or "")
         doc = self.clouds.load_any(machine["org"], cloud_id) if cloud_id else None

@@ -20,10 +20,13 @@ import re
 import time
 from typing import Any
 
+import asyncssh
+
 from controller.accounts.model import Principal
 from controller.errors import Invalid, NotFound, ProviderError
 from controller.events.model import Actor
 from controller.events.writer import Change, Writer
+from controller.exec import ssh
 from controller.exec.agentlink import AgentLink
 from controller.exec.model import Payload, SshTarget, sha256_hex
 from controller.exec.targets import Route, Targets, address, assoc_key
@@ -70,7 +73,7 @@ class Associations:
         how = "recorded"
         if deploy:
             how = await self._deploy(machine, kdoc, user, port, add=True)
-        host_key = await _host_key(host, port) if host else ""
+        host_key = await self._pin(machine, host, port)
         doc = {"key": kdoc["id"], "machine": machine["id"], "user": user, "port": port,
                "sudo": bool(body.get("sudo")), "host_key": host_key, "deployed_via": how,
                "created": iso(), "created_by": p.user.get("email", "") or actor.email,
@@ -108,21 +111,42 @@ class Associations:
         self.writer.commit(actor, change)
         return dict(_view(doc), removed_via=how)
 
+    async def _pin(self, machine: dict[str, Any], host: str, port: int) -> str:
+        """The host key to pin for the association: the one already pinned for this machine
+        (another association's, or its cloud's), checked against what the host offers now;
+        else what it offers now (trust on first use). ProviderError on a mismatch."""
+        if not host:
+            return ""
+        known = next((a["host_key"] for a in self.targets.associations(machine["org"],
+                                                                        machine["id"])
+                      if a.get("host_key") and int(a.get("port") or 22) == port), "")
+        if not known:
+            cloud = self.targets.cloud_route(machine)
+            if cloud is not None and cloud.ssh is not None and cloud.ssh.port == port:
+                known = cloud.ssh.host_key
+        seen = await _host_key(host, port)
+        if known and seen:
+            pin = ssh.parse_pin(known)
+            if pin is not None and not pin.matches(asyncssh.import_public_key(seen)):
+                raise ProviderError(f"the host key of {host}:{port} is not the one pinned for "
+                                    "this machine (a different host, or someone in between)")
+        return known or seen
+
     # ---- deploying --------------------------------------------------------------------------
     async def _deploy(self, machine: dict[str, Any], kdoc: dict[str, Any], user: str, port: int,
                       add: bool) -> str:
-        from controller.exec import ssh  # asyncssh only where SSH is used
-
         try:
             script = (ssh.authorize_script if add else ssh.revoke_script)(user, kdoc["public"])
         except ValueError as exc:
             raise Invalid(str(exc), field="user") from None
+        # the script runs as the user whose file it changes, never as root for another user:
+        # root writing in a directory the user owns could be sent elsewhere by a planted link
         route = self.targets.route(machine)
         if route.agent_id:
-            return await self._via_agent(route, script)
+            return await self._via_agent(route, script, user)
         other = self.targets.ssh_route(machine, exclude_key=kdoc["id"] if add else "")
         if other is not None and other.ssh is not None:
-            await self._via_ssh(other.ssh, script)
+            await self._via_ssh(other.ssh, script, user)
             return "ssh"
         host = address(machine)
         if not host:
@@ -137,36 +161,44 @@ class Associations:
                 raise ProviderError(f"the key does not let {user} in on {route.name}, and "
                                     "there is no agent or other working key to deploy it with")
             return "already-authorized"
-        await self._via_ssh(target, script)  # it removes the very key it logged in with
+        await self._via_ssh(target, script, user)  # it removes the very key it logged in with
         return "ssh"
 
-    async def _via_agent(self, route: Route, script: str) -> str:
+    async def _via_agent(self, route: Route, script: str, user: str) -> str:
         content = script.encode()
         cap = _Capture()
         results = await self.link.run_many(
             [route.agent_id], Payload(content=content, sha256=sha256_hex(content),
                                       interpreter="/bin/sh", timeout=DEPLOY_TIMEOUT),
-            lambda _aid: cap)
+            lambda _aid: cap, user=user)
         r = results[route.agent_id]
         if r.exit_code != 0:
             why = r.error or cap.data.decode("utf-8", "replace").strip()[-500:]
             raise ProviderError(f"deploying the key through the agent failed: {why}")
         return "agent"
 
-    async def _via_ssh(self, target: SshTarget, script: str) -> None:
-        from controller.exec import ssh
-
-        code, out, err = await ssh.run_command(target, "sh -s", input=script.encode(),
-                                               timeout=DEPLOY_TIMEOUT)
+    async def _via_ssh(self, target: SshTarget, script: str, user: str) -> None:
+        code, out, err = await ssh.run_command(target, as_user(target.user, user),
+                                               input=script.encode(), timeout=DEPLOY_TIMEOUT)
         if code != 0:
             why = (err or out).decode("utf-8", "replace").strip()[-500:]
             raise ProviderError(f"changing authorized_keys over SSH failed: {why or code}")
 
 
+def as_user(login: str, user: str) -> str:
+    """The command that runs a script read from standard input as ``user`` when logged in
+    as ``login`` (names already checked against _USER): root switches with runuser (su where
+    there is none), anyone else with sudo -n."""
+    if login == user:
+        return "sh -s"
+    if login == "root":
+        return (f"if command -v runuser >/dev/null 2>&1; then exec runuser -u {user} -- sh -s; "
+                f"else exec su -s /bin/sh {user} -c 'sh -s'; fi")
+    return f"sudo -n -u {user} sh -s"
+
+
 async def _host_key(host: str, port: int) -> str:
     """The host key the machine offers now (pinned for later connections); "" if unknown."""
-    import asyncssh
-
     try:
         k = await asyncio.wait_for(asyncssh.get_server_host_key(host, port), 10)
     except (OSError, TimeoutError, asyncssh.Error):

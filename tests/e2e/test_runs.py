@@ -77,7 +77,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             port = free_port()
             c = Controller(tmp / "ctl", {"OVERCAST_HTTP": f"{lab.gateway}:{port}",
                                          "OVERCAST_AGENTS": f"{lab.gateway}:{free_port()}",
-                                         "OVERCAST_AGENT_GRACE": "5"},
+                                         "OVERCAST_AGENT_GRACE": "5",
+                                         "OVERCAST_CONTROLLER_ANSIBLE": "true"},
                            url=f"https://{lab.gateway}:{port}")
             c.http_port = port
             c.adduser(ADMIN_EMAIL, ADMIN_PASSWORD, "--admin", "--org", "Runs")
@@ -147,6 +148,11 @@ def test_a_command_runs_on_an_agent_host_and_an_ssh_host_in_one_job(world: World
     assert t[am["name"]]["status"] == "succeeded"
     out = output(h, job["id"])
     assert out["sshbox"] == {"stdout": "out-ocrun-ssh\n", "stderr": "err-ocrun-ssh\n"}
+    # read on from where an earlier answer ended: nothing new once the job has ended
+    r = h.get(f"/api/v2/jobs/{job['id']}/output")
+    assert r.body["next"] >= 4 and h.get(
+        f"/api/v2/jobs/{job['id']}/output?after={r.body['next']}").body == {"data": [], "next": r.body["next"]}
+    assert h.get(f"/api/v2/jobs/{job['id']}/output?after=x").status == 400
     assert out[am["name"]] == {"stdout": "out-ocrun-agent\n", "stderr": "err-ocrun-agent\n"}
     [entry] = [e for e in audit(h, "command.run") if e["details"]["job"] == job["id"]]
     assert entry["outcome"] == "failed" and entry["details"]["machines"] == 2
@@ -168,6 +174,22 @@ def test_env_values_reach_the_run_but_never_the_job_or_the_audit(world: World) -
     assert secret not in json.dumps(job) and job["params"]["env"] == ["TOKEN"]
     assert secret not in json.dumps(audit(h, "command.run"))
     assert secret not in world.c.log_path.read_text()
+
+
+def test_a_run_as_another_user_on_an_agent_host_and_as_root_with_su(world: World) -> None:
+    h, am, sm = world.h, world.agent_machine, world.ssh_machine
+    job = run(h, {"command": "id -un; echo $HOME", "machine": am["id"], "user": world.user})
+    assert job["status"] == "succeeded", job
+    assert output(h, job["id"])[am["name"]]["stdout"] == f"{world.user}\n{world.home}\n"
+    job = run(h, {"command": "id -un", "machines": [am["id"], sm["id"]], "su": "true"})
+    assert {o["stdout"] for o in output(h, job["id"]).values()} == {"root\n"}
+    # over SSH a run is the login user's: another one is refused before anything runs
+    r = h.post("/api/v2/commands", {"command": "id", "machine": sm["id"], "user": world.user})
+    assert r.status == 422 and r.body["error"]["details"]["field"] == "user", r.body
+    r = h.post("/api/v2/commands", {"command": "id", "machine": am["id"], "user": "no such"})
+    assert r.status == 422, r.body
+    job = run(h, {"command": "id", "machine": am["id"], "user": "nosuchuser"})
+    assert job["status"] == "failed" and "no user" in job["result"]["targets"][0]["error"], job
 
 
 def test_a_timeout_kills_the_whole_process_group_on_both_kinds_of_host(world: World) -> None:
@@ -263,6 +285,13 @@ def test_a_key_associated_over_ssh_lets_its_user_in_until_disassociated(world: W
     assert oct(ak.stat().st_mode & 0o777) == "0o600" and ak.stat().st_uid == pwd.getpwnam(world.user).pw_uid
     shown = h.get(f"/api/v2/machines/{m['id']}").body["data"]["key_associations"]
     assert [a["key"] for a in shown] == [kid] and shown[0]["user"] == world.user
+    # runs now go in with the associated key (before the cloud's), as its user; it is used
+    before = shown[0]["last_used"]
+    time.sleep(1.1)
+    job = run(h, {"command": "id -un", "machine": m["id"]})
+    assert output(h, job["id"])["sshbox"]["stdout"] == f"{world.user}\n", job
+    [a] = h.get(f"/api/v2/machines/{m['id']}/keys").body["data"]
+    assert a["key"] == kid and a["last_used"] > before
     # associating again does not add a second line
     assert h.put(f"/api/v2/machines/{m['id']}/actions/associate-key",
                  {"key": kid, "user": world.user}).status == 200
@@ -369,11 +398,28 @@ def test_the_cli_runs_commands_and_scripts_and_prefixes_each_machine(world: Worl
     r = cli("jobs", "output", job["id"])
     assert r.returncode == 0 and r.stdout == "args: \n"
     r = cli("exec", "--on", "sshbox", "--timeout", "1", "--", "sleep 30")
-    assert r.returncode not in (0, 1) and "timed out" in r.stderr, (r.returncode, r.stderr)
+    assert r.returncode == 255 and "timed out" in r.stderr, (r.returncode, r.stderr)
     r = cli("exec", "--on", "no-such-machine", "--", "true")
     assert r.returncode == 4 and "no such machine" in r.stderr, (r.returncode, r.stderr)
     r = cli("exec", "--", "true")
     assert r.returncode == 2 and "--on" in r.stderr
+    # started and left, then cancelled from another command
+    r = cli("exec", "--on", "sshbox", "--detach", "--json", "--", "sleep 60")
+    started = json.loads(r.stdout)
+    assert r.returncode == 0 and started["status"] in ("queued", "running"), r.stdout
+    r = cli("jobs", "cancel", started["id"])
+    assert r.returncode == 0 and "cancelling" in r.stdout, r.stderr
+    assert wait_job(world.h, started["id"], 40)["error"]["code"] == "cancelled"
+    r = cli("jobs", "cancel", started["id"])
+    assert r.returncode == 1 and "already" in r.stderr, (r.returncode, r.stderr)
+    # keys: associate (deployed over SSH with the cloud's key), then disassociate
+    kid = json.loads(cli("keys", "generate", f"cli-{uuid.uuid4().hex[:6]}", "--json").stdout)["id"]
+    r = cli("keys", "associate", kid, "sshbox", "--user", world.user, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["deployed_via"] == "ssh", r.stderr
+    r = cli("keys", "disassociate", kid, "sshbox")
+    assert r.returncode == 0 and "disassociated" in r.stdout, r.stderr
+    r = cli("keys", "disassociate", kid, "sshbox")
+    assert r.returncode == 4 and "not associated" in r.stderr, (r.returncode, r.stderr)
 
 
 # ---- refusals ----------------------------------------------------------------------------
@@ -400,9 +446,32 @@ def test_runs_are_refused_for_machines_that_are_not_the_callers_or_cannot_be_rea
         assert r.status == 404, r.body
         r = other.put(f"/api/v2/machines/{mid}/actions/associate-key", {"key": "x"})
         assert r.status == 404, r.body
-    jobs = h.get("/api/v2/jobs?limit=1").body["data"]
-    assert other.get(f"/api/v2/jobs/{jobs[0]['id']}/output").status == 404
-    assert other.post(f"/api/v2/jobs/{jobs[0]['id']}/cancel").status == 404
+    jid = run(h, {"command": "true", "machine": world.ssh_machine["id"]})["id"]
+    assert other.get(f"/api/v2/jobs/{jid}").status == 404
+    assert other.get(f"/api/v2/jobs/{jid}/output").status == 404
+    assert other.post(f"/api/v2/jobs/{jid}/cancel").status == 404
+    sid = h.post("/api/v2/scripts", {"name": f"mine-{uuid.uuid4().hex[:6]}", "exec_type": "executable",
+                                     "location_type": "inline", "script": "#!/bin/sh\nid\n"}).body["id"]
+    assert other.post(f"/api/v2/scripts/{sid}", {"machine": world.ssh_machine["id"]}).status == 404
+    assert h.post(f"/api/v2/scripts/{sid}", {"machine": "nope"}).status == 404
+
+
+def test_a_key_the_machine_refuses_fails_the_run_in_words(world: World) -> None:
+    h, m = world.h, world.ssh_machine
+    kid = h.post("/api/v2/keys", {"name": f"stale-{uuid.uuid4().hex[:6]}", "generate": True}).body["id"]
+    # recorded only: the machine never got it, yet runs try it first (the most recent)
+    r = h.put(f"/api/v2/machines/{m['id']}/actions/associate-key",
+              {"key": kid, "user": "root", "deploy": False})
+    assert r.status == 200 and r.body["data"]["deployed_via"] == "recorded", r.body
+    try:
+        job = run(h, {"command": "true", "machine": m["id"]})
+        [t] = job["result"]["targets"]
+        assert job["status"] == "failed" and t["exit_code"] is None and job["result"]["exit_code"] == 255
+        assert "key refused" in t["error"], t
+        assert "BEGIN" not in json.dumps(job)
+    finally:
+        h.request("DELETE", f"/api/v2/machines/{m['id']}/actions/disassociate-key",
+                  {"key": kid, "deploy": False})
 
 
 def test_a_machine_whose_agent_is_gone_and_has_no_key_cannot_be_run_on(world: World) -> None:

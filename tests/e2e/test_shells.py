@@ -250,6 +250,11 @@ async def test_a_late_or_foreign_ticket_is_refused(world: World) -> None:
         await session.close()
     refusals = await asyncio.to_thread(audit, world.h, "auth.refused")
     assert a["location"].split("ticket=")[1] not in json.dumps(refusals)
+    # nor do the access log's lines carry tickets (a refused one may still be good)
+    log = world.c.log_path.read_text()
+    assert "/ws?ticket=REDACTED" in log
+    for t in (a["location"].split("ticket=")[1], ticket_b):
+        assert t not in log
 
 
 async def test_other_organisations_see_nothing(world: World) -> None:

@@ -91,6 +91,15 @@ WRITE = """\
 """
 
 
+@pytest.fixture(autouse=True)
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner's temporary directories in this test's own: other test runs on the
+    machine make theirs in the shared one at the same time."""
+    own = tmp_path / "tmp"
+    own.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(own))
+
+
 def ours() -> set[str]:
     return {p.name for p in Path(tempfile.gettempdir()).glob("overcast-ansible-*")}
 
