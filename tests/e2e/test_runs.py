@@ -339,6 +339,25 @@ def test_a_git_hosted_script_runs_on_both_hosts_with_its_params(world: World) ->
     assert entry["details"]["sha256"] == h.get(f"/api/v2/scripts/{sid}").body["data"]["sha256"]
 
 
+def test_an_inline_library_script_runs_on_both_hosts_and_says_how_it_ended(world: World) -> None:
+    h = world.h
+    r = h.post("/api/v2/scripts", {"name": f"inline-{uuid.uuid4().hex[:6]}", "exec_type": "executable",
+                                   "location_type": "inline",
+                                   "script": '#!/bin/sh\necho "on $(hostname) as $(id -un): $*"\n'
+                                             'echo warn >&2\nexit "$1"\n'})
+    assert r.status == 201, r.body
+    job = run(h, {"machines": [world.ssh_machine["name"], world.agent_machine["name"]],
+                  "params": "0"}, path=f"/api/v2/scripts/{r.body['id']}")
+    assert job["status"] == "succeeded" and job["result"]["exit_code"] == 0, job
+    out = output(h, job["id"])
+    assert out["sshbox"] == {"stdout": "on ocrun-ssh as root: 0\n", "stderr": "warn\n"}
+    assert out[world.agent_machine["name"]]["stdout"] == "on ocrun-agent as root: 0\n"
+    job = run(h, {"machine": world.agent_machine["id"], "params": ["7"]},
+              path=f"/api/v2/scripts/{r.body['id']}")
+    assert job["status"] == "failed" and job["result"]["exit_code"] == 7
+    assert job["error"]["code"] == "run_failed" and "exit status 7" in job["error"]["message"]
+
+
 @pytest.mark.skipif(shutil.which("ansible-playbook", path=str(Path(sys.executable).parent))
                     is None and shutil.which("ansible-playbook") is None,
                     reason="ansible-playbook is not installed (ansible-core, the controller extra)")
