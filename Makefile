@@ -12,7 +12,7 @@ test:
 	@sh packaging/dev/bootstrap.sh test
 	$(PY) proto/generate.py --check
 	$(PY) -m ruff check controller agent tunnel tests bench proto/generate.py
-	$(PY) -m mypy controller tests/support
+	$(PY) -m mypy controller tunnel tests/support tests/tunnel
 	$(PY) -m pytest
 
 bench:

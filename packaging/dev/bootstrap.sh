@@ -27,7 +27,10 @@ if command -v dpkg-query >/dev/null 2>&1; then
         test) want libvirt-dev; want pkg-config; want gcc; want openssh-server; want iproute2
               want podman; want runc; want busybox-static
               # script tests serve and clone real repositories; run tests add a login user
-              want git; want passwd ;;
+              want git; want passwd
+              # tunnel tests run real wireguard-go (no kernel module needed); without
+              # --no-install-recommends wireguard-tools would pull a kernel image
+              want wireguard-go; want wireguard-tools ;;
     esac
     if [ -n "$need_apt$nice_apt" ] && [ "$(id -u)" != 0 ]; then
         if [ -n "$need_apt" ]; then
