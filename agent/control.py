@@ -14,12 +14,14 @@ import asyncio
 import datetime as dt
 import itertools
 import logging
+import os
 import random
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# before gRPC loads: it keeps gRPC's fork handlers off (see there)
-from agent.exec import Executor
+# before gRPC loads: scripts and shells fork, and their children must not run gRPC's fork
+# handlers (grpc/grpc#31885: see agent.proc)
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 # isort: split
 import grpc
@@ -27,11 +29,14 @@ import grpc
 from agent import AGENT_VERSION, PROTOCOL_VERSION
 from agent.collect.inventory import fingerprint, inventory
 from agent.collect.metrics import MetricsCollector
-from agent.shell import Shells
 from agent.spool import Spool
 from agent.state import AgentState, make_key_and_csr_isolated
 from overcast.agent.v1 import agent_pb2 as pb
 from overcast.agent.v1 import agent_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from agent.exec import Executor
+    from agent.shell import Shells
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +132,10 @@ class Agent:
         self._pending_key: bytes | None = None
         self._stop = asyncio.Event()
         self._stream: _Stream | None = None  # the current stream's, while connected
-        self.executor = Executor(self._send_up)
-        self.shells = Shells(self._send_up)
+        # made on the first command: an agent never asked to run anything does not load them
+        # (about 1.3 MiB)
+        self._executor: Executor | None = None
+        self._shells: Shells | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -152,7 +159,8 @@ class Agent:
                 t.cancel()
             await asyncio.gather(collector, connector, stopped, return_exceptions=True)
             # nothing this agent started outlives it
-            await asyncio.gather(self.executor.close(), self.shells.close_all(),
+            await asyncio.gather(*(x.close() for x in (self._executor,) if x),
+                                 *(x.close_all() for x in (self._shells,) if x),
                                  return_exceptions=True)
 
     # ---- collecting (works with or without the controller) ----------------------------
@@ -255,7 +263,8 @@ class Agent:
                 self._stream = None
                 # a shell belongs to the stream it was opened on (its user is gone with
                 # it); scripts run on (see agent.exec)
-                await self.shells.close_all()
+                if self._shells is not None:
+                    await self._shells.close_all()
             if sender.done() and not sender.cancelled() and sender.exception():
                 raise sender.exception()  # type: ignore[misc]
             code = await call.code()
@@ -277,6 +286,22 @@ class Agent:
             await stream.write(msg)
         except Exception as exc:
             log.debug("a %s message dropped: %s", msg.WhichOneof("body"), exc)
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            from agent.exec import Executor
+
+            self._executor = Executor(self._send_up)
+        return self._executor
+
+    @property
+    def shells(self) -> Shells:
+        if self._shells is None:
+            from agent.shell import Shells
+
+            self._shells = Shells(self._send_up)
+        return self._shells
 
     def _dispatch(self, msg: pb.ControllerMessage) -> None:
         """Commands, cancels and shell input: handed over without waiting (each run and
