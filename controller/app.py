@@ -47,6 +47,8 @@ from controller.settings import Settings
 from controller.shells import routes as shell_routes
 from controller.sshkeys import routes as key_routes
 from controller.store import StoreLocked, open_store
+from controller.tunnels import routes as tunnel_routes
+from controller.tunnels.model import TunnelsUnavailable
 from overcast import __version__
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,8 @@ def all_routes() -> list[Route]:
               account_routes.user_routes, machine_routes.routes, audit_routes.routes,
               event_routes.routes, agent_routes.routes, monitor_routes.routes,
               cloud_routes.routes, cloud_routes.inventory, job_routes.routes, key_routes.routes,
-              exec_routes.routes, script_routes.routes, shell_routes.routes)
+              exec_routes.routes, script_routes.routes, shell_routes.routes,
+              tunnel_routes.routes)
     return [r for t in tables for r in t.routes]
 
 
@@ -84,6 +87,7 @@ def build_app(settings: Settings, services: Services, pki: Pki | None) -> web.Ap
     app.cleanup_ctx.append(_maintenance)
     app.cleanup_ctx.append(_clouds)
     app.cleanup_ctx.append(shell_routes.lifecycle)
+    app.cleanup_ctx.append(_tunnels(pki))
     if pki is not None:
         app.cleanup_ctx.append(agents_server(pki))
     return app
@@ -128,6 +132,39 @@ async def _clouds(app: web.Application) -> AsyncIterator[None]:
     await services.pollers.stop()
     await services.jobs.cancel_all()
     services.clouds.runner.close()
+
+
+def _tunnels(pki: Pki | None):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        """The tunnel hub: up at start when tunnels exist (a host that cannot run WireGuard
+        logs why, and tunnel endpoints answer 503 while the rest runs), its gateways' health
+        read every tunnel_health_interval, and the interface removed on the way out."""
+        tunnels = app[keys.SERVICES].tunnels
+        if pki is not None:
+            tunnels.ca_fingerprint = pki.ca_fingerprint
+        try:
+            await tunnels.start_hub(only_if_tunnels=True)
+        except TunnelsUnavailable as exc:
+            log.warning("%s", exc.message)
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(app[keys.SETTINGS].tunnel_health_interval)
+                if not tunnels.hub.is_up:
+                    continue
+                try:
+                    await tunnels.watch_once()
+                except Exception:
+                    log.exception("reading the tunnels' health failed")
+
+        task = asyncio.create_task(loop(), name="tunnel health")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await tunnels.hub.close()
+
+    return ctx
 
 
 async def _bind_bus(app: web.Application) -> None:

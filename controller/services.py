@@ -38,10 +38,13 @@ from controller.sshkeys.model import KEY
 from controller.sshkeys.service import KeyService
 from controller.store.base import Store
 from controller.store.docs import DocKind, migrate_store
+from controller.tunnels.hub import Hub, local_networks
+from controller.tunnels.model import KINDS as TUNNEL_KINDS
+from controller.tunnels.service import TunnelService
 
 # every stored document kind, for migrations on start
 DOC_KINDS: tuple[DocKind, ...] = (*ACCOUNT_KINDS, *AGENT_KINDS, *CLOUD_KINDS, MACHINE, JOB, KEY,
-                                  SCRIPT, SHELL)
+                                  SCRIPT, SHELL, *TUNNEL_KINDS)
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Services:
     exec: ExecService
     associations: Associations
     shells: ShellService
+    tunnels: TunnelService
 
 
 def build_services(settings: Settings, store: Store, migrate: bool = True) -> Services:
@@ -114,4 +118,7 @@ def build_services(settings: Settings, store: Store, migrate: bool = True) -> Se
         associations=Associations(store, writer, keys, targets, link),
         exec=ExecService(settings, store, writer, bus, jobs, targets, link),
         shells=ShellService(settings, store, writer, targets, link, accounts),
+        tunnels=TunnelService(settings, store, writer, secrets,
+                              Hub(settings.tunnel_interface, settings.tunnel_port),
+                              lambda: local_networks(settings.tunnel_interface)),
     )

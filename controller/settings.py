@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -97,6 +98,15 @@ class Settings:
     shell_max_duration: int = 8 * 3600
     shell_ticket_ttl: int = 60
     shell_recording_max_bytes: int = 64 * 1024 * 1024
+    # tunnels: the controller is the WireGuard hub. Its interface (names are machine-wide
+    # with wireguard-go), the UDP port it listens on, the pool of tunnel addresses (the hub
+    # takes the first, each gateway the next free one), the host:port gateways dial (empty:
+    # the external URL's host and tunnel_port), and seconds between looks at their health
+    tunnel_interface: str = "oc-hub"
+    tunnel_port: int = 51820
+    tunnel_network: str = "100.96.0.0/16"
+    tunnel_endpoint: str = ""
+    tunnel_health_interval: int = 10
 
     # derived
     @property
@@ -132,6 +142,16 @@ class Settings:
         if ":" in host:
             host = f"[{host}]"
         return f"{host}:{self.agents_port}"
+
+    @property
+    def tunnel_public_endpoint(self) -> str:
+        """host:port gateways dial: the setting, else the external URL's host and tunnel_port."""
+        if self.tunnel_endpoint:
+            return self.tunnel_endpoint
+        host = urlsplit(self.public_url).hostname or "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{self.tunnel_port}"
 
     @property
     def tls_enabled(self) -> bool:
@@ -218,6 +238,21 @@ class Settings:
                 raise Invalid(f"{name} {path} does not exist", field=name)
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise Invalid("log_level must be debug, info, warning or error", field="log_level")
+        if self.tunnel_port > 65535:
+            raise Invalid(f"tunnel_port must be 1 to 65535, got {self.tunnel_port}", field="tunnel_port")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,15}", self.tunnel_interface):
+            raise Invalid(f"tunnel_interface {self.tunnel_interface!r} is not an interface name "
+                          "(1 to 15 letters, digits, '_' or '-')", field="tunnel_interface")
+        try:
+            pool = ipaddress.ip_network(self.tunnel_network)
+        except ValueError:
+            raise Invalid(f"tunnel_network {self.tunnel_network!r} is not a CIDR (like "
+                          "100.96.0.0/16)", field="tunnel_network") from None
+        if pool.num_addresses < 4:
+            raise Invalid("tunnel_network is too small: it needs room for the hub and gateways",
+                          field="tunnel_network")
+        if self.tunnel_endpoint:
+            split_hostport(self.tunnel_endpoint, "tunnel_endpoint")
         if self.tls == "off" and not _is_loopback(self.grpc_host):
             raise Invalid(f"gRPC would carry tokens in clear: bind it to loopback or turn tls on "
                           f"(grpc = {self.grpc!r}, tls = 'off')", field="grpc")
@@ -282,6 +317,8 @@ _MINIMUMS: dict[str, int] = {
     "shell_max_duration": 1,
     "shell_ticket_ttl": 1,
     "shell_recording_max_bytes": 0,
+    "tunnel_port": 1,
+    "tunnel_health_interval": 1,
 }
 
 

@@ -15,7 +15,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from controller.cli import agents, clouds, inventory, keys, output, runs, scripts, shell
+from controller.cli import agents, clouds, inventory, keys, output, runs, scripts, shell, tunnels
 from controller.cli.client import (
     AUTH,
     FAILED,
@@ -451,6 +451,7 @@ def parser() -> argparse.ArgumentParser:
     shell.register(sub)
     runs.add_run(scripts.register(sub))
     runs.register(sub)
+    tunnels.register(sub)
     return ap
 
 

@@ -30,7 +30,9 @@ if command -v dpkg-query >/dev/null 2>&1; then
               want git; want passwd
               # tunnel tests run real wireguard-go (no kernel module needed); without
               # --no-install-recommends wireguard-tools would pull a kernel image
-              want wireguard-go; want wireguard-tools ;;
+              want wireguard-go; want wireguard-tools
+              # the tunnel gateway's install script fetches with curl and NATs with iptables
+              want curl; want iptables ;;
     esac
     if [ -n "$need_apt$nice_apt" ] && [ "$(id -u)" != 0 ]; then
         if [ -n "$need_apt" ]; then

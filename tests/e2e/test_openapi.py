@@ -25,7 +25,9 @@ PUBLIC = {("GET", "/api/v2/health"), ("GET", "/api/v2/openapi.json"), ("GET", "/
           ("POST", "/api/v2/auth/sessions"), ("GET", "/api/v2/agents/bootstrap"),
           # the one-use ticket in its query is the credential
           ("GET", "/api/v2/shells/{shell}/ws"),
-          ("POST", "/api/v2/agents/enroll")}
+          ("POST", "/api/v2/agents/enroll"),
+          # the gateway's one-use token in the body is the credential; the script is public
+          ("POST", "/api/v2/tunnels/register"), ("GET", "/install/tunnel.sh")}
 
 
 def served(app: web.Application) -> set[tuple[str, str]]:

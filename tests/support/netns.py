@@ -83,6 +83,32 @@ class Lab:
         self.hosts.append(host)
         return host
 
+    def add_private(self, behind: Host, subnet: str) -> Host:
+        """A host whose only link is a veth pair to ``behind`` (not to the bridge): the
+        private network ``subnet`` (a /24 or larger), ``behind`` at its first address with
+        forwarding on, the new host at the second with a default route via ``behind``. The
+        root namespace has no route to it. Its ``veth`` is the end inside ``behind``
+        (``link()`` does not apply); both ends go with the namespaces."""
+        import ipaddress
+
+        net = ipaddress.ip_network(subnet)
+        first, second = (str(a) for a in list(net.hosts())[:2])
+        n = len(self.hosts) + 2
+        ns = f"oc{self.tag}p{n}"
+        near, far = f"ocq{self.tag}{n}", f"ocr{self.tag}{n}"
+        _ip("netns", "add", ns)
+        _ip("-n", behind.name, "link", "add", near, "type", "veth", "peer", "name", far, "netns", ns)
+        _ip("-n", behind.name, "addr", "add", f"{first}/{net.prefixlen}", "dev", near)
+        _ip("-n", behind.name, "link", "set", near, "up")
+        subprocess.run(behind.cmd("sysctl", "-qw", "net.ipv4.ip_forward=1"), check=True)
+        _ip("-n", ns, "addr", "add", f"{second}/{net.prefixlen}", "dev", far)
+        _ip("-n", ns, "link", "set", far, "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("-n", ns, "route", "add", "default", "via", first)
+        host = Host(ns, second, near)
+        self.hosts.append(host)
+        return host
+
     def __exit__(self, *exc: object) -> None:
         for h in self.hosts:
             _ip("netns", "del", h.name, check=False)
