@@ -48,6 +48,7 @@ from controller.shells import routes as shell_routes
 from controller.sshkeys import routes as key_routes
 from controller.store import StoreLocked, open_store
 from controller.tunnels import routes as tunnel_routes
+from controller.tunnels.listeners import LISTENERS, WILDCARD, HubListeners
 from controller.tunnels.model import TunnelsUnavailable
 from overcast import __version__
 
@@ -87,6 +88,10 @@ def build_app(settings: Settings, services: Services, pki: Pki | None) -> web.Ap
     app.cleanup_ctx.append(_maintenance)
     app.cleanup_ctx.append(_clouds)
     app.cleanup_ctx.append(shell_routes.lifecycle)
+    listeners = HubListeners(settings, services, pki)
+    app[LISTENERS] = listeners
+    services.tunnels.hub.on_up.append(listeners.up)
+    services.tunnels.hub.on_down.append(listeners.down)
     app.cleanup_ctx.append(_tunnels(pki))
     if pki is not None:
         app.cleanup_ctx.append(agents_server(pki))
@@ -263,6 +268,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     services = open_data_dir(settings)
     hosts = [h for h in {urlsplit(settings.public_url).hostname or "", settings.http_host,
                          settings.grpc_host} if h and h not in ("0.0.0.0", "::")]
+    if settings.http_host in WILDCARD or settings.agents_host in WILDCARD:
+        # a wildcard listener answers on the tunnel hub's address too (hosts behind tunnels
+        # reach it there): its certificate names that address
+        hosts.append(services.tunnels.hub_address())
     try:
         try:
             pki = ensure_pki(settings.data_dir, hosts, settings.tls_cert, settings.tls_key)
@@ -304,6 +313,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         except OSError as exc:
             raise OvercastError(f"cannot listen for HTTP on {settings.http}: "
                                 f"{exc.strerror or exc}") from None
+        await app[LISTENERS].attach(runner)  # HTTPS on the tunnel hub's address, when up
         sock = settings.admin_socket
         with contextlib.suppress(FileNotFoundError):
             os.unlink(sock)  # left by a controller that was killed

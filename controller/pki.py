@@ -99,31 +99,52 @@ def ensure_pki(data_dir: str, hosts: list[str], cert: str = "", key: str = "") -
         return Pki(ca_cert, ca_key, Path(cert), Path(key))
     srv_cert, srv_key = d / "server.crt", d / "server.key"
     if not _server_cert_fits(srv_cert, hosts):
-        ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
-        ca_k = serialization.load_pem_private_key(ca_key.read_bytes(), None)
-        assert isinstance(ca_k, ec.EllipticCurvePrivateKey)
-        k = ec.generate_private_key(ec.SECP256R1())
-        sans: list[x509.GeneralName] = []
-        for h in sorted(set(hosts) | {"localhost", "127.0.0.1", "::1"}):
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-            except ValueError:
-                sans.append(x509.DNSName(h))
-        c = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0] if hosts else "localhost")]))
-            .issuer_name(ca.subject).public_key(k.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=397))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-            .sign(ca_k, hashes.SHA256())
-        )
-        _write_private(srv_key, _key_pem(k))
-        _write_private(srv_cert, c.public_bytes(serialization.Encoding.PEM) + ca_cert.read_bytes())
+        _issue_server_cert(ca_cert, ca_key, hosts, srv_cert, srv_key)
     return Pki(ca_cert, ca_key, srv_cert, srv_key)
+
+
+def ensure_hub_cert(pki: Pki, hosts: list[str]) -> Pki:
+    """The certificate of the listeners on the tunnel hub's address (HTTPS and agents),
+    issued by the controller's own CA for ``hosts`` (the hub address) and kept beside the CA
+    (``hub.crt``/``hub.key``, reused while it fits). Always the own CA's, even with a
+    ``tls_cert``: agents behind a tunnel pin that CA. Returns a Pki whose server certificate
+    is this one. Blocks (file I/O, a signature)."""
+    d = pki.ca_cert.parent
+    cert, key = d / "hub.crt", d / "hub.key"
+    if not _server_cert_fits(cert, hosts):
+        _issue_server_cert(pki.ca_cert, pki.ca_key, hosts, cert, key)
+    return Pki(pki.ca_cert, pki.ca_key, cert, key)
+
+
+def _issue_server_cert(ca_cert: Path, ca_key: Path, hosts: list[str], srv_cert: Path,
+                       srv_key: Path) -> None:
+    """A server certificate for ``hosts`` (and loopback) signed by the CA, with the CA
+    appended; written 0600."""
+    now = dt.datetime.now(dt.UTC)
+    ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
+    ca_k = serialization.load_pem_private_key(ca_key.read_bytes(), None)
+    assert isinstance(ca_k, ec.EllipticCurvePrivateKey)
+    k = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for h in sorted(set(hosts) | {"localhost", "127.0.0.1", "::1"}):
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    c = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0] if hosts else "localhost")]))
+        .issuer_name(ca.subject).public_key(k.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=397))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .sign(ca_k, hashes.SHA256())
+    )
+    _write_private(srv_key, _key_pem(k))
+    _write_private(srv_cert, c.public_bytes(serialization.Encoding.PEM) + ca_cert.read_bytes())
 
 
 def _server_cert_fits(path: Path, hosts: list[str]) -> bool:

@@ -92,6 +92,10 @@ def build_services(settings: Settings, store: Store, migrate: bool = True) -> Se
     keys = KeyService(store, writer, secrets)
     targets = Targets(store, clouds, keys, link)
     accounts = AccountService(settings, store, writer)
+    tunnels = TunnelService(settings, store, writer, secrets,
+                            Hub(settings.tunnel_interface, settings.tunnel_port),
+                            lambda: local_networks(settings.tunnel_interface))
+    tunnels.commit_refusal = accounts.commit_unauthenticated
     actions.poke = pollers.poke
     return Services(
         settings=settings,
@@ -118,7 +122,5 @@ def build_services(settings: Settings, store: Store, migrate: bool = True) -> Se
         associations=Associations(store, writer, keys, targets, link),
         exec=ExecService(settings, store, writer, bus, jobs, targets, link),
         shells=ShellService(settings, store, writer, targets, link, accounts),
-        tunnels=TunnelService(settings, store, writer, secrets,
-                              Hub(settings.tunnel_interface, settings.tunnel_port),
-                              lambda: local_networks(settings.tunnel_interface)),
+        tunnels=tunnels,
     )

@@ -442,6 +442,10 @@ class AccountService:
             Change("auth.refused", org=org, outcome="denied", target_kind=kind,
                    target_id=getattr(exc, "credential_id", ""), details={"reason": exc.message}))
 
+    def commit_unauthenticated(self, actor: Actor, change: Change) -> None:
+        """For other services' refusals that anybody can cause (see below)."""
+        self._commit_unauthenticated(actor, change)
+
     def _commit_unauthenticated(self, actor: Actor, change: Change) -> None:
         """Commit an entry that anybody can cause at will, without credentials (a refused
         token, a throttled login): at most AUDIT_UNAUTHENTICATED_PER_MINUTE a minute per

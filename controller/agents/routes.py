@@ -17,7 +17,9 @@ routes = RouteTable("agents")
 
 JOIN_BODY = obj((), ttl=integer(1, description="seconds; default: the join_token_ttl setting"),
                 uses=integer(1, 100_000), tags={"oneOf": [{"type": "string"}, {"type": "object"}]},
-                name=string(0, 100))
+                name=string(0, 100),
+                tunnel=string(1, 100, description="a tunnel (id or name): the token is for hosts "
+                              "behind it, which reach the controller at the tunnel hub's address"))
 
 
 @routes.route("GET", "/api/v2/agents/bootstrap", op="agent_bootstrap", auth=False,
@@ -44,7 +46,20 @@ async def enroll(ctx: Ctx) -> Any:
     return Reply({"agent_id": r["agent_id"], "org": r["org"],
                   "certificate_pem": r["certificate_pem"].decode(), "ca_pem": r["ca_pem"].decode(),
                   "not_after": r["not_after"].strftime("%Y-%m-%dT%H:%M:%SZ"),
-                  "grpc": ctx.services.settings.agents_public_endpoint}, status=201)
+                  "grpc": _grpc_endpoint(ctx, r["org"], r.get("tunnel", ""))}, status=201)
+
+
+def _grpc_endpoint(ctx: Ctx, org: str, tunnel: str) -> str:
+    """Where this agent dials: the tunnel hub's agents listener when its join token is for a
+    tunnel (that still exists) or when it enrolled through the hub address; else the public
+    agents endpoint."""
+    tunnels = ctx.services.tunnels
+    ends = tunnels.agent_endpoints(org, tunnel) if tunnel else None
+    if ends is None:
+        sock = ctx.request.transport.get_extra_info("sockname") if ctx.request.transport else None
+        if sock and tunnels.hub.address and sock[0] == tunnels.hub.address:
+            ends = tunnels.hub_endpoints()
+    return ends[1] if ends else ctx.services.settings.agents_public_endpoint
 
 
 @routes.route("GET", "/api/v2/agents/tokens", op="list_join_tokens", summary="List join tokens",
@@ -66,8 +81,13 @@ async def create_join_token(ctx: Ctx) -> Any:
         parse_tags(",".join(f"{k}={v}" for k, v in tags.items()))
     else:
         raise Invalid("tags must be 'k=v,...' or an object", field="tags")
+    tunnel, url = "", ""
+    if b.get("tunnel"):
+        tunnel = ctx.services.tunnels.get(ctx.principal, b["tunnel"])["id"]  # NotFound
+        url = ctx.services.tunnels.hub_endpoints()[0]
     secret, tok = ctx.services.agents.create_join_token(
-        ctx.principal, ctx.actor, b.get("ttl"), b.get("uses", 1), tags, b.get("name", ""))
+        ctx.principal, ctx.actor, b.get("ttl"), b.get("uses", 1), tags, b.get("name", ""),
+        tunnel, url)
     return Reply(tok, status=201)
 
 

@@ -67,7 +67,11 @@ class AgentService:
 
     # ---- join tokens ---------------------------------------------------------------------
     def create_join_token(self, p: Principal, actor: Actor, ttl: int | None, uses: int,
-                          tags: dict[str, str], name: str = "") -> tuple[str, dict[str, Any]]:
+                          tags: dict[str, str], name: str = "", tunnel: str = "",
+                          url: str = "") -> tuple[str, dict[str, Any]]:
+        """A join token; with ``tunnel`` (a tunnel's id), for hosts behind that tunnel: its
+        command names ``url`` (the controller at the hub address) and enrolment answers the
+        hub's agents endpoint."""
         if not p.org_id:
             raise Invalid("you belong to no organisation", field="org")
         ttl = self.settings.join_token_ttl if ttl is None else ttl
@@ -80,26 +84,30 @@ class AgentService:
         tok = {"id": uuid.uuid4().hex[:16], "org": p.org_id, "name": name, "created": iso(now),
                "created_by": p.user.get("email", ""), "expires": iso(now + ttl),
                "_expires_at": now + ttl, "uses": uses, "used": 0, "tags": tags, "agents": []}
+        details: dict[str, Any] = {"ttl": ttl, "uses": uses, "tags": tags}
+        if tunnel:
+            tok["tunnel"] = details["tunnel"] = tunnel
         change = Change("jointoken.create", org=p.org_id, target_kind="jointoken",
-                        target_id=tok["id"], details={"ttl": ttl, "uses": uses, "tags": tags})
+                        target_id=tok["id"], details=details)
         change.put(f"jointoken/{p.org_id}/{tok['id']}", dump(JOIN_TOKEN, tok))
         change.put(f"joinhash/{_hash(secret)}", f"{p.org_id}/{tok['id']}".encode())
         change.event("created", "jointoken", tok["id"], {"uses": uses})
         self.writer.commit(actor, change)
-        return secret, self._token_view(tok, secret)
+        return secret, self._token_view(tok, secret, url)
 
-    def join_command(self, secret: str) -> str:
+    def join_command(self, secret: str, url: str = "") -> str:
         fp = self.pki.ca_fingerprint if self.pki else "<ca-fingerprint>"
-        return (f"overcast agent --controller {self.settings.public_url} --token {secret} "
+        return (f"overcast agent --controller {url or self.settings.public_url} --token {secret} "
                 f"--ca-fingerprint sha256:{fp}")
 
-    def _token_view(self, tok: dict[str, Any], secret: str | None = None) -> dict[str, Any]:
+    def _token_view(self, tok: dict[str, Any], secret: str | None = None,
+                    url: str = "") -> dict[str, Any]:
         v = public(tok)
         v["expired"] = tok["_expires_at"] < time.time()
         v["exhausted"] = tok["used"] >= tok["uses"]
         if secret:
             v["token"] = secret
-            v["command"] = self.join_command(secret)
+            v["command"] = self.join_command(secret, url)
         return v
 
     def list_join_tokens(self, p: Principal) -> list[dict[str, Any]]:
@@ -180,7 +188,7 @@ class AgentService:
         change.event("created", "machine", agent_id, {"name": hostname, "state": "pending"})
         self.writer.commit(Actor(kind="agent", id=agent_id, ip=ip, via="agent", org=org), change)
         return {"agent_id": agent_id, "certificate_pem": cert, "ca_pem": self.pki.ca_pem,
-                "not_after": not_after, "org": org}
+                "not_after": not_after, "org": org, "tunnel": tok.get("tunnel", "")}
 
     @staticmethod
     def _agents_cloud(org: str) -> str:

@@ -64,6 +64,8 @@ def cmd_join_create(args: argparse.Namespace) -> int:
         body["ttl"] = args.ttl
     if args.name:
         body["name"] = args.name
+    if getattr(args, "tunnel", None):
+        body["tunnel"] = args.tunnel
     tok = _client().request("POST", "/api/v2/agents/tokens", body)
     if args.json:
         output.emit_json(tok)
@@ -214,6 +216,8 @@ def register(sub: Any, token_sub: Any, duration: Any) -> None:
     c.add_argument("--uses", type=int, default=1, help="how many agents may enrol with it (default 1)")
     c.add_argument("--tags", help="tags for the agents' machines: k=v,k2=v2")
     c.add_argument("--name", help="a name to remember it by")
+    c.add_argument("--tunnel", metavar="NAME", help="for hosts behind this tunnel: they reach "
+                   "the controller through it (at the tunnel hub's address)")
     c.add_argument("--json", action="store_true", help="print the token object (with id, token, command)")
     c.set_defaults(func=cmd_join_create)
     c = jsub.add_parser("list", help="list join tokens")

@@ -16,7 +16,7 @@ import ipaddress
 import json
 import logging
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from controller.tunnels.model import TunnelsUnavailable
 from tunnel.backend import AsyncInterface, Interface, Peer, PeerStats, TunnelError, choose
@@ -37,6 +37,11 @@ class Hub:
         self._iface: AsyncInterface | None = None
         self._lock = asyncio.Lock()
         self.unavailable = ""  # why the hub could not come up, once it failed
+        self.address = ""  # the hub's own tunnel address (no prefix) while it is up
+        # called with the hub's address once it is up, and before it goes down (listeners on
+        # that address: controller/tunnels/listeners.py); their errors are logged, not raised
+        self.on_up: list[Callable[[str], Awaitable[None]]] = []
+        self.on_down: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def is_up(self) -> bool:
@@ -59,7 +64,13 @@ class Hub:
                 raise TunnelsUnavailable(f"tunnels are not available on this controller: {e}") from None
             self._iface = iface
             self.unavailable = ""
+            self.address = str(ipaddress.ip_interface(address).ip)
             log.info("tunnel hub %s up on UDP port %d (%s)", self.name, self.port, address)
+            for hook in self.on_up:
+                try:
+                    await hook(self.address)
+                except Exception:
+                    log.exception("starting a listener on the hub address %s failed", self.address)
 
     def _need(self) -> AsyncInterface:
         if self._iface is None:
@@ -104,6 +115,13 @@ class Hub:
         """Remove the interface (its peers and routes go with it). Idempotent."""
         async with self._lock:
             iface, self._iface = self._iface, None
+            if iface is not None:
+                for hook in self.on_down:
+                    try:
+                        await hook()
+                    except Exception:
+                        log.exception("stopping a listener on the hub address failed")
+            self.address = ""
         if iface is not None:
             await iface.down()
 

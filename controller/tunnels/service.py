@@ -63,6 +63,9 @@ class TunnelService:
         self.own_ca = True  # False when the HTTPS certificate is the operator's (tls_cert)
         self._stats: dict[str, PeerStats] = {}
         self._states: dict[str, str] = {}  # tunnel id -> the last state seen by the watcher
+        # how refusals anyone can cause (a public endpoint, bad tokens) are audited: bounded
+        # per address (AccountService.commit_unauthenticated); set by build_services
+        self.commit_refusal: Callable[[Actor, Change], object] = writer.commit
 
     # ---- reading ---------------------------------------------------------------------------
     def _all(self) -> list[dict[str, Any]]:
@@ -159,6 +162,28 @@ class TunnelService:
         change.put(HUB_KEY, dump(HUB, doc)).expect(HUB_KEY, None)
         self.writer.commit(SYSTEM, change)
         return doc
+
+    def hub_address(self) -> str:
+        """The hub's tunnel address (no prefix): the stored one, else the one it will take
+        (the first of tunnel_network). Writes nothing."""
+        raw = self.store.get(HUB_KEY)
+        if raw is not None:
+            return str(load(HUB, raw)["address"])
+        return addressing.allocate(self.settings.tunnel_network, [])
+
+    def agent_endpoints(self, org: str, tunnel_id: str) -> tuple[str, str] | None:
+        """(controller URL, agents' gRPC host:port) for hosts behind tunnel ``tunnel_id`` of
+        ``org``: the controller's listeners on the hub address (controller/tunnels/
+        listeners.py; always HTTPS there). None when there is no such tunnel."""
+        if not tunnel_id or "/" in tunnel_id or self.store.get(tunnel_key(org, tunnel_id)) is None:
+            return None
+        return self.hub_endpoints()
+
+    def hub_endpoints(self) -> tuple[str, str]:
+        """(controller URL, agents' gRPC host:port) at the hub address."""
+        a = self.hub_address()
+        host = f"[{a}]" if ":" in a else a
+        return f"https://{host}:{self.settings.http_port}", f"{host}:{self.settings.agents_port}"
 
     def _peer(self, doc: dict[str, Any]) -> tuple[Peer, list[str]]:
         routes = addressing.allowed_ips(doc["cidrs"], doc["excluded"])
@@ -321,9 +346,10 @@ class TunnelService:
 
     # ---- gateways --------------------------------------------------------------------------
     def _refuse(self, ip: str, reason: str, org: str = "", target: str = "") -> Unauthenticated:
-        self.writer.commit(Actor(kind="anonymous", ip=ip, via="rest", org=org),
-                           Change("tunnel.register", org=org, outcome="denied", target_kind="tunnel",
-                                  target_id=target, details={"reason": reason}))
+        self.commit_refusal(Actor(kind="anonymous", ip=ip, via="rest", org=org),
+                            Change("tunnel.register", org=org, outcome="denied",
+                                   target_kind="tunnel", target_id=target,
+                                   details={"reason": reason}))
         return Unauthenticated(reason)
 
     async def register(self, ip: str, secret: str, public_key: str) -> dict[str, str]:

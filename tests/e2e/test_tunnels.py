@@ -18,7 +18,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import pytest
 
 from tests.support import netns
 from tests.support import sshd as sshd_support
+from tests.support.agents import AgentProc
 from tests.support.clouds import audit, poll, wait_job
 from tests.support.controller import ADMIN_EMAIL, ADMIN_PASSWORD, Controller, Http, free_port
 from tests.support.netns import Host, Lab
@@ -59,6 +60,7 @@ class World:
     gateway_log: Path
     key: asyncssh.SSHKey
     up_after: float  # seconds from the gateway's start to the hub's first handshake
+    agents: list[AgentProc] = field(default_factory=list)  # stopped by the fixture
 
 
 def wait_for(predicate: Callable[[], bool], within: float, what: str) -> float:
@@ -125,6 +127,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         c.adduser(ADMIN_EMAIL, ADMIN_PASSWORD, "--admin", "--org", "Tunnels")
         c.start()
         gateway: subprocess.Popen[bytes] | None = None
+        w: World | None = None
         try:
             h = c.session()
             r = h.post("/api/v2/tunnels", {"name": "lab", "cidrs": [subnet]})
@@ -139,9 +142,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             except AssertionError:
                 raise AssertionError(f"gateway: {log.read_text()}\ncontroller: "
                                      f"{c.log_path.read_text()[-3000:]}") from None
-            yield World(c, h, tmp, lab, gw, private, subnet, t, gateway, log, key,
-                        time.monotonic() - t0)
+            w = World(c, h, tmp, lab, gw, private, subnet, t, gateway, log, key,
+                      time.monotonic() - t0)
+            yield w
         finally:
+            for a in (w.agents if w is not None else []):
+                a.stop()
+            if w is not None:
+                stop(w.gateway)  # the one running now (a test may have restarted it)
             if gateway is not None:
                 stop(gateway)
             if c.proc is not None and c.proc.poll() is None:
@@ -238,6 +246,196 @@ def test_a_gateway_whose_key_the_hub_does_not_know_gets_no_handshake(world: Worl
     finally:
         iface.down()
     assert h.delete(f"/api/v2/tunnels/{t['id']}").status == 204
+
+
+def wg_pid(ifname: str) -> int | None:
+    """The pid of the wireguard-go serving ``ifname`` (names are machine-wide), from /proc."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            argv = [a for a in Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            continue
+        if len(argv) >= 2 and os.path.basename(argv[0]) == b"wireguard-go" and argv[-1] == ifname.encode():
+            return int(d)
+    return None
+
+
+def run_via_agent(h: Http, machine: str, command: str, within: float = 30) -> dict[str, Any]:
+    r = h.post("/api/v2/commands", {"command": command, "machine": machine, "timeout": 20})
+    assert r.status == 202, r.body
+    return wait_job(h, r.body["job_id"], within)
+
+
+def answers_via_agent(h: Http, machine: str) -> bool:
+    """A command through the agent succeeded; False while it is refused or still waits (the
+    agent may be reconnecting)."""
+    r = h.post("/api/v2/commands", {"command": "true", "machine": machine, "timeout": 10})
+    if r.status != 202:
+        return False
+    try:
+        return wait_job(h, r.body["job_id"], 15)["status"] == "succeeded"
+    except AssertionError:
+        return False
+
+
+def test_an_agent_behind_the_tunnel_enrols_and_connects_through_it(world: World) -> None:
+    """A join token for the tunnel: its command names the controller at the hub's address,
+    where the private host reaches its HTTPS and agents listeners through the tunnel (a
+    certificate of the controller's CA naming that address); enrolment answers the hub's
+    agents endpoint. No hosts-file trick: the agent verifies what it was told."""
+    h, c = world.h, world.c
+    r = h.post("/api/v2/agents/tokens", {"tunnel": world.tunnel["name"], "name": "behind"})
+    assert r.status == 201, r.body
+    tok = r.body
+    assert tok["tunnel"] == world.tunnel["id"]
+    hub = "100.96.0.1"  # the first address of the default tunnel_network
+    url = f"https://{hub}:{c.http_port}"
+    assert f"--controller {url} " in tok["command"], tok["command"]
+    r = h.post("/api/v2/agents/tokens", {"tunnel": "no-such-tunnel"})
+    assert r.status == 404, r.body
+    agent = AgentProc(c, world.tmp / "agent-priv", host=world.private, hostname="ocprivagent")
+    world.agents.append(agent)
+    r2 = subprocess.run(agent.argv("--controller", url, "--token", tok["token"],
+                                   "--ca-fingerprint", c.ca_fingerprint, "--enrol-only"),
+                        capture_output=True, text=True, env=agent.env(), timeout=60)
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    saved = (world.tmp / "agent-priv" / "agent.json").read_text()
+    assert f'"{hub}:' in saved, saved  # it dials the hub's agents listener
+    agent.start()
+    aid = agent.agent_id
+
+    def running() -> bool:
+        g = h.get(f"/api/v2/machines/{aid}")
+        return g.status == 200 and g.body["data"]["state"] == "running"
+
+    try:
+        wait_for(running, 45, "the agent's machine running")
+    except AssertionError:
+        raise AssertionError(f"agent: {agent.log_path.read_text()[-3000:]}") from None
+    a = h.get(f"/api/v2/agents/{aid}").body["data"]
+    assert a["connected"], a
+    job = run_via_agent(h, aid, "echo agent-on-$(hostname)")
+    assert job["status"] == "succeeded", job
+    [target] = job["result"]["targets"]
+    assert target.get("via") == "agent", target
+    out = h.get(f"/api/v2/jobs/{job['id']}/output").body["data"]
+    assert "agent-on-ocprivagent" in "".join(text for o in out for _, text in o["chunks"])
+
+    # the gateway's wireguard-go dies; the script exits (its unit would start it again: we
+    # do, at once, as `sh tunnel.sh --up --foreground`): the agent is connected again
+    ifname = f"ocgw{world.lab.tag}"
+    pid = wg_pid(ifname)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    world.gateway.wait(15)
+    script = world.tmp / "tunnel.sh"
+    script.write_bytes(h.get("/install/tunnel.sh").raw)
+    with open(world.gateway_log, "ab") as out_f:
+        world.gateway = subprocess.Popen(
+            world.gw.cmd("sh", str(script), "--up", "--foreground", "--state-dir",
+                         str(world.tmp / "gwstate")),
+            stdout=out_f, stderr=out_f, stdin=subprocess.DEVNULL, start_new_session=True)
+    t0 = time.monotonic()
+
+    took = wait_for(lambda: answers_via_agent(h, aid), 90, "a command through the agent after the gateway restarted")
+    print(f"gateway wireguard-go killed and restarted: agent answers after {time.monotonic() - t0:.1f}s "
+          f"({took:.1f}s of polling)")
+    assert h.get(f"/api/v2/agents/{aid}").body["data"]["connected"]
+
+
+def hub_peers(world: World) -> str:
+    return subprocess.run(["wg", "show", f"ochub{world.lab.tag}", "peers"],
+                          capture_output=True, text=True).stdout
+
+
+def agent_machine(world: World) -> str:
+    [a] = world.agents
+    return a.agent_id
+
+
+def test_rotation_moves_the_tunnel_to_a_new_key_and_the_old_one_no_longer_handshakes(world: World) -> None:
+    h, t = world.h, world.tunnel
+    aid = agent_machine(world)
+    state_dir = world.tmp / "gwstate"
+    old_private = (state_dir / "private.key").read_text().strip()
+    old_public = keys.public_of(old_private)
+    assert old_public in hub_peers(world)
+    t0 = time.monotonic()
+    r = h.post(f"/api/v2/tunnels/{t['id']}/actions/rotate")
+    assert r.status == 200, r.body
+    command = r.body["data"]["install_command"]
+    assert "--rotate" in command
+    previous = world.gateway
+    # the new command on the gateway: a new key, registered; the script stops the running one
+    world.gateway = start_gateway(world.tmp, world.gw, command, f"ocgw{world.lab.tag}",
+                                  state_dir, world.gateway_log)
+    previous.wait(15)
+    new_private = (state_dir / "private.key").read_text().strip()
+    assert new_private != old_private
+    new_public = keys.public_of(new_private)
+    got = h.get(f"/api/v2/tunnels/{t['id']}").body["data"]
+    assert got["public_key"] == new_public
+    peers = hub_peers(world)
+    assert new_public in peers and old_public not in peers, peers  # the hub replaced the peer
+
+    wait_for(lambda: answers_via_agent(h, aid), 30, "a command on the private host after the rotation")
+    took = time.monotonic() - t0
+    print(f"rotation (API call, install command, new key registered) to the private host "
+          f"answering again: {took:.1f}s")
+    assert took < 15, took
+    wait_for(lambda: state(h, t["id"]) == "up", 15, "the tunnel up with the new key")
+    assert audit(h, "tunnel.rotate", t["id"]) and audit(h, "tunnel.register", t["id"])
+    # the old key dials the hub from elsewhere: no handshake
+    host = world.lab.add_host()
+    hub_port = world.c.extra_env["OVERCAST_TUNNEL_PORT"]
+    iface = WireguardGo(f"ocold{world.lab.tag}", host.name)
+    try:
+        iface.configure(old_private)
+        iface.set_address(t["address"])
+        from tunnel.backend import Peer
+
+        hub_pub = _hub_public(world)
+        iface.set_peer(Peer(hub_pub, ["100.96.0.1/32"], f"{world.lab.gateway}:{hub_port}",
+                            keepalive=1))
+        iface.up()
+        iface.add_route("100.96.0.1/32")
+        time.sleep(4)
+        assert iface.peers()[hub_pub].last_handshake is None
+    finally:
+        iface.down()
+
+
+def _hub_public(world: World) -> str:
+    out = subprocess.run(["wg", "show", f"ochub{world.lab.tag}", "public-key"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.strip()
+
+
+def test_a_controller_restart_restores_the_hub(world: World) -> None:
+    h, c, t = world.h, world.c, world.tunnel
+    aid = agent_machine(world)
+    hub_if = f"ochub{world.lab.tag}"
+    before = hub_peers(world).split()
+    c.stop()
+    assert subprocess.run(["ip", "link", "show", hub_if], capture_output=True).returncode != 0
+    t0 = time.monotonic()
+    c.start()
+    assert hub_peers(world).split() == before  # the peer is back, with its key
+    routes = subprocess.run(["ip", "route", "show", "dev", hub_if], capture_output=True,
+                            text=True).stdout
+    assert world.subnet in routes, routes
+    wait_for(lambda: state(h, t["id"]) == "up", 40, "the gateway's handshake with the new hub")
+
+    try:
+        wait_for(lambda: answers_via_agent(h, aid), 90, "the agent behind the tunnel reconnected and answering")
+    except AssertionError:
+        raise AssertionError(f"agent: {world.agents[0].log_path.read_text()[-2000:]}\ncontroller: "
+                             f"{c.log_path.read_text()[-3000:]}") from None
+    print(f"controller restart (start to ready) to the agent behind the tunnel answering: "
+          f"{time.monotonic() - t0:.1f}s")
+    assert h.get(f"/api/v2/agents/{aid}").body["data"]["connected"]
 
 
 def test_deleting_the_tunnel_makes_the_private_host_unreachable(world: World) -> None:

@@ -264,3 +264,23 @@ async def test_no_wireguard_answers_503_in_words(store: Store, tmp_path: Path) -
     assert not list(store.scan("tunnel/"))
     assert svc.list_tunnels(P) == []
     assert store.get(tunnel_key("o1", "x")) is None
+
+
+async def test_bad_tokens_from_one_address_cannot_flood_the_audit_log(
+        store: Store, tmp_path: Path, iface: FakeInterface) -> None:
+    from controller.accounts.service import AccountService
+
+    svc = service(store, tmp_path, iface)
+    accounts = AccountService(Settings(data_dir=str(tmp_path)), store, Writer(store))
+    svc.commit_refusal = accounts.commit_unauthenticated
+    gw = keys.public_of(keys.generate_private())
+    for i in range(60):
+        with pytest.raises(Unauthenticated):
+            await svc.register("10.9.9.7", f"oct_wrong{i}", gw)
+    with pytest.raises(Unauthenticated):
+        await svc.register("10.9.9.8", "oct_other", gw)
+    denied = [e for e in audit(store, "tunnel.register") if e.get("outcome") == "denied"]
+    from_first = [e for e in denied if e["source"]["ip"] == "10.9.9.7"]
+    # at most 20 a minute per address (the loop may straddle two minutes); others unaffected
+    assert 1 <= len(from_first) <= 40, len(from_first)
+    assert len([e for e in denied if e["source"]["ip"] == "10.9.9.8"]) == 1
