@@ -11,6 +11,8 @@ unreachable again. Needs root, iproute2, iptables, curl and wireguard-go."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import random
 import shutil
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncssh
 import pytest
 
@@ -194,9 +197,39 @@ def test_a_command_reaches_the_private_host_through_the_tunnel(world: World) -> 
         assert job["status"] == "succeeded", job
         out = h.get(f"/api/v2/jobs/{job['id']}/output").body["data"]
         assert "hello-from-ocpriv" in "".join(text for o in out for _, text in o["chunks"])
+        # and a shell, over its WebSocket, typed at and left with an exit status
+        r = h.post(f"/api/v2/machines/{m['id']}/actions/ssh", {"cols": 80, "rows": 24})
+        assert r.status == 201, r.body
+        output, code = asyncio.run(_type_into_shell(world, r.body["data"]["location"],
+                                                    b"echo shell-on-$(hostname)\nexit 6\n"))
+        assert b"shell-on-ocpriv" in output and code == 6, (output, code)
         # deleting the tunnel while the machine is reached through it: refused in words
         r = h.delete(f"/api/v2/tunnels/{world.tunnel['id']}")
         assert r.status == 409 and "privbox" in r.body["error"]["message"], r.body
+
+
+async def _type_into_shell(world: World, location: str, typed: bytes) -> tuple[bytes, int | None]:
+    """Open the shell's WebSocket, type ``typed`` once it is ready, read until it exits."""
+    out, code = bytearray(), None
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+            location, ssl=world.c.ssl_context() or True) as ws:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            msg = await ws.receive(timeout=deadline - time.monotonic())
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                out += msg.data
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                control = json.loads(msg.data)
+                if control["type"] == "ready":
+                    await ws.send_bytes(typed)
+                elif control["type"] == "exit":
+                    code = control["code"]
+                    break
+                elif control["type"] == "error":
+                    raise AssertionError(control)
+            else:
+                break
+    return bytes(out), code
 
 
 def test_bad_input_is_refused_in_words(world: World) -> None:
