@@ -36,6 +36,7 @@ from overcast.agent.v1 import agent_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from agent.exec import Executor
+    from agent.gateway import Gateways
     from agent.shell import Shells
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,8 @@ class Agent:
         # (about 1.3 MiB)
         self._executor: Executor | None = None
         self._shells: Shells | None = None
+        # made on the first TunnelUp, or at start when a tunnel is stored (agent.gateway)
+        self._gateways: Gateways | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -150,6 +153,8 @@ class Agent:
         collector = asyncio.create_task(self._collect_loop(), name="collect")
         connector = asyncio.create_task(self._connect_loop(), name="connect")
         stopped = asyncio.create_task(self._stop.wait())
+        if self._tunnels_stored():
+            self.gateways.spawn(self.gateways.restore())
         try:
             await asyncio.wait({connector, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if connector.done():
@@ -161,6 +166,7 @@ class Agent:
             # nothing this agent started outlives it
             await asyncio.gather(*(x.close() for x in (self._executor,) if x),
                                  *(x.close_all() for x in (self._shells,) if x),
+                                 *(x.close() for x in (self._gateways,) if x),
                                  return_exceptions=True)
 
     # ---- collecting (works with or without the controller) ----------------------------
@@ -239,6 +245,8 @@ class Agent:
             series: SeriesTable | None = {} if welcome.compact_metrics else None
             sender = asyncio.create_task(self._send(stream, acked, series))
             self._stream = stream
+            if self._gateways is not None:
+                self._gateways.spawn(self._gateways.report())
             try:
                 while True:
                     msg = await call.read()
@@ -252,7 +260,8 @@ class Agent:
                         self._apply_config(msg.config)
                     elif kind == "renew":
                         await self._install_renewed(msg.renew.certificate_pem)
-                    elif kind in ("command", "cancel", "shell_data", "shell_resize", "shell_close"):
+                    elif kind in ("command", "cancel", "shell_data", "shell_resize", "shell_close",
+                                  "tunnel_up", "tunnel_down"):
                         self._dispatch(msg)
                     else:
                         log.debug("controller sent %s: not handled by this agent version", kind)
@@ -303,11 +312,30 @@ class Agent:
             self._shells = Shells(self._send_up)
         return self._shells
 
+    @property
+    def gateways(self) -> Gateways:
+        if self._gateways is None:
+            from agent.gateway import Gateways
+
+            self._gateways = Gateways(self.state.directory, self._send_up)
+        return self._gateways
+
+    def _tunnels_stored(self) -> bool:
+        """Whether this agent is a tunnel's gateway (without loading the tunnel code)."""
+        try:
+            return any(n.endswith(".json") for n in os.listdir(self.state.directory / "tunnels"))
+        except OSError:
+            return False
+
     def _dispatch(self, msg: pb.ControllerMessage) -> None:
-        """Commands, cancels and shell input: handed over without waiting (each run and
-        shell is a task of its own), so the read loop never stalls on them."""
+        """Commands, cancels, shell input and tunnels: handed over without waiting (each run,
+        shell and tunnel change is a task of its own), so the read loop never stalls on them."""
         kind = msg.WhichOneof("body")
-        if kind == "command":
+        if kind == "tunnel_up":
+            self.gateways.spawn(self.gateways.up(msg.tunnel_up))
+        elif kind == "tunnel_down":
+            self.gateways.spawn(self.gateways.down(msg.tunnel_down.tunnel_id))
+        elif kind == "command":
             if msg.command.WhichOneof("kind") == "shell":
                 self.shells.open(msg.command.id, msg.command.shell)
             else:

@@ -96,6 +96,7 @@ def build_services(settings: Settings, store: Store, migrate: bool = True) -> Se
                             Hub(settings.tunnel_interface, settings.tunnel_port),
                             lambda: local_networks(settings.tunnel_interface))
     tunnels.commit_refusal = accounts.commit_unauthenticated
+    tunnels.attach_agents(link)
     actions.poke = pollers.poke
     return Services(
         settings=settings,

@@ -3,7 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+
+# as the agent does before gRPC loads (agent.proc): tests that run the agent's shells and
+# runs in this process fork while gRPC's threads run, and gRPC's fork handlers crash such
+# children (grpc/grpc#31885); other test modules load gRPC first, so it is set here
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path
 
 import pytest

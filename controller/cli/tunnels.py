@@ -12,7 +12,8 @@ from controller.cli.clouds import client, json_opt, q
 
 COLUMNS = ["id", "name", "cidrs", "address", "state", "last_handshake"]
 FIELDS = ["id", "name", "cidrs", "excluded", "allowed_ips", "address", "public_key", "state",
-          "last_handshake", "rx_bytes", "tx_bytes", "registered", "created", "created_by"]
+          "last_handshake", "rx_bytes", "tx_bytes", "registered", "gateway_machine",
+          "gateway_error", "created", "created_by"]
 
 
 def _flat(t: dict[str, Any]) -> dict[str, Any]:
@@ -26,6 +27,10 @@ def _flat(t: dict[str, Any]) -> dict[str, Any]:
 def _with_command(t: dict[str, Any], as_json: bool, verb: str) -> int:
     if as_json:
         output.emit_json(t)
+        return OK
+    if "install_command" not in t:  # an agent is the gateway
+        print(f"tunnel {t['name']} ({t['id']}) {verb}; the agent of machine "
+              f"{t.get('gateway_machine', '')} is told to bring it up.")
         return OK
     print(f"tunnel {t['name']} ({t['id']}) {verb}; the token is good once, until {t['token_expires']}.")
     print("Run this on the gateway host inside the private network:\n")
@@ -55,6 +60,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_create(args: argparse.Namespace) -> int:
     body = {"name": args.name, "cidrs": args.cidr, "excluded": args.exclude or []}
+    if args.gateway_agent:
+        body["gateway_agent"] = args.gateway_agent
     return _with_command(client().request("POST", "/api/v2/tunnels", body)["data"], args.json, "created")
 
 
@@ -90,6 +97,9 @@ def register(sub: Any) -> Any:
                    help="a private network to reach (repeat for more)")
     c.add_argument("--exclude", action="append", metavar="CIDR",
                    help="a part of the CIDRs not to route (repeat for more)")
+    c.add_argument("--gateway-agent", metavar="MACHINE",
+                   help="a machine (id or name) whose connected Overcast agent (as root) brings "
+                   "the tunnel up, instead of the install command")
     json_opt(c, inherit=True)
     c.set_defaults(func=cmd_create)
     c = g.add_parser("show", help="show a tunnel")

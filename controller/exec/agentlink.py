@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +151,9 @@ class AgentLink:
         self.registry = registry
         self._runs: dict[tuple[str, str], _Run] = {}
         self._shells: dict[tuple[str, str], AgentShell] = {}
+        # other services' up-message kinds: kind -> handler(agent_id, its fields as a dict);
+        # e.g. "tunnel_status" -> the tunnel service (protobuf stops here)
+        self.handlers: dict[str, Callable[[str, dict[str, Any]], Awaitable[None]]] = {}
 
     # ---- writing ------------------------------------------------------------------------
     async def write(self, agent_id: str, msg: pb.ControllerMessage) -> None:
@@ -290,7 +293,7 @@ class AgentLink:
 
     # ---- what the agents send -----------------------------------------------------------
     async def deliver(self, agent_id: str, msg: pb.AgentMessage) -> None:
-        """One command or shell message from ``agent_id``'s own stream."""
+        """One command, shell or other service's message from ``agent_id``'s own stream."""
         kind = msg.WhichOneof("body")
         if kind == "command_output":
             o = msg.command_output
@@ -322,6 +325,28 @@ class AgentLink:
             shell = self._shells.get((agent_id, c.session_id))
             if shell is not None:
                 shell._end(None if c.error else c.exit_code, c.error)
+        elif kind is not None and kind in self.handlers:
+            body = getattr(msg, kind)
+            fields = {f.name: getattr(body, f.name) for f in body.DESCRIPTOR.fields}
+            try:
+                await self.handlers[kind](agent_id, fields)
+            except Exception:  # noqa: BLE001 - one service's failure must not end the stream
+                log.exception("agent %s: handling a %s message failed", agent_id, kind)
+
+    # ---- tunnels (the agent as a gateway: controller/tunnels) ---------------------------
+    async def tunnel_up(self, agent_id: str, *, tunnel_id: str, interface: str, address: str,
+                        hub_public_key: str, hub_endpoint: str, hub_address: str,
+                        cidrs: list[str], keepalive: int) -> None:
+        """Tell an agent to be a tunnel's gateway (it answers TunnelStatus). Raises
+        ProviderUnavailable when it is not connected."""
+        await self.write(agent_id, pb.ControllerMessage(tunnel_up=pb.TunnelUp(
+            tunnel_id=tunnel_id, interface=interface, address=address,
+            hub_public_key=hub_public_key, hub_endpoint=hub_endpoint, hub_address=hub_address,
+            cidrs=cidrs, keepalive=keepalive)))
+
+    async def tunnel_down(self, agent_id: str, tunnel_id: str) -> None:
+        await self.write(agent_id, pb.ControllerMessage(
+            tunnel_down=pb.TunnelDown(tunnel_id=tunnel_id)))
 
     def stream_ended(self, agent_id: str, stream: Any) -> None:
         """One of the agent's streams ended (the agent may be back on a newer one already):

@@ -17,8 +17,11 @@ from controller.tunnels.model import MAX_CIDRS
 routes = RouteTable("tunnels")
 
 CIDRS: dict[str, Any] = {"type": "array", "items": string(1, 64), "maxItems": MAX_CIDRS}
-CREATE = obj(("name", "cidrs"), name=string(1, 100), cidrs=CIDRS, excluded=CIDRS)
-EDIT = obj((), name=string(1, 100), cidrs=CIDRS, excluded=CIDRS)
+# gateway_agent: a machine (id or name) whose connected Overcast agent is told to be the
+# gateway (no install command then); "" in an edit goes back to the install script (rotate)
+CREATE = obj(("name", "cidrs"), name=string(1, 100), cidrs=CIDRS, excluded=CIDRS,
+             gateway_agent=string(0, 200))
+EDIT = obj((), name=string(1, 100), cidrs=CIDRS, excluded=CIDRS, gateway_agent=string(0, 200))
 REGISTER = obj(("token", "public_key"), token=string(1, 200), public_key=string(1, 100))
 
 
@@ -30,7 +33,9 @@ async def list_tunnels(ctx: Ctx) -> Any:
 
 @routes.route("POST", "/api/v2/tunnels", op="create_tunnel", body=CREATE,
               summary="Create a tunnel: its gateway's one-use token and install command are "
-                      "shown once")
+                      "shown once; or, with gateway_agent, a machine's agent is told to be the "
+                      "gateway (404: no such machine with an agent; 422: its agent is not "
+                      "connected)")
 async def create_tunnel(ctx: Ctx) -> Any:
     doc = await ctx.services.tunnels.create(ctx.principal, ctx.actor, ctx.body)
     return Reply({"data": doc, "id": doc["id"]}, status=201)
@@ -65,7 +70,8 @@ async def get_tunnel(ctx: Ctx) -> Any:
 
 
 @routes.route("PUT", "/api/v2/tunnels/{tunnel}", op="edit_tunnel", body=EDIT,
-              summary="Rename a tunnel or change its CIDRs (checked again; the hub follows)")
+              summary="Rename a tunnel, change its CIDRs (checked again; the hub follows) or "
+                      "its gateway agent")
 async def edit_tunnel(ctx: Ctx) -> Any:
     return one(await ctx.services.tunnels.edit(ctx.principal, ctx.actor, ctx.match("tunnel"), ctx.body))
 

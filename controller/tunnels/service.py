@@ -17,13 +17,15 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from controller.accounts.model import Principal
 from controller.errors import Conflict, Invalid, NotFound, Unauthenticated
 from controller.events.model import SYSTEM, Actor
 from controller.events.writer import Change, Writer
 from controller.machines.model import MACHINE
+from controller.machines.model import key as machine_key
 from controller.secrets import SecretBox
 from controller.settings import Settings
 from controller.store.base import Store
@@ -47,6 +49,9 @@ from controller.tunnels.model import (
 from tunnel import addressing, keys
 from tunnel.backend import Peer, PeerStats
 
+if TYPE_CHECKING:
+    from controller.exec.agentlink import AgentLink
+
 log = logging.getLogger(__name__)
 
 
@@ -66,6 +71,13 @@ class TunnelService:
         # how refusals anyone can cause (a public endpoint, bad tokens) are audited: bounded
         # per address (AccountService.commit_unauthenticated); set by build_services
         self.commit_refusal: Callable[[Actor, Change], object] = writer.commit
+        self.agentlink: AgentLink | None = None  # set by attach_agents: agents as gateways
+
+    def attach_agents(self, link: AgentLink) -> None:
+        """Agents as gateways: TunnelUp/TunnelDown go down their streams through ``link``,
+        and their TunnelStatus messages come here."""
+        self.agentlink = link
+        link.handlers["tunnel_status"] = self.gateway_status
 
     # ---- reading ---------------------------------------------------------------------------
     def _all(self) -> list[dict[str, Any]]:
@@ -236,6 +248,7 @@ class TunnelService:
             raise Invalid("you belong to no organisation", field="org")
         name = self._name(body.get("name"))
         self._unique(p.org_id, name, "")
+        gateway = self._gateway_agent(p.org_id, body["gateway_agent"]) if body.get("gateway_agent") else None
         tid = uuid.uuid4().hex
         cidrs, excluded = await asyncio.to_thread(self._check, p.org_id, tid, body.get("cidrs"),
                                                   body.get("excluded", []))
@@ -251,10 +264,19 @@ class TunnelService:
         doc: dict[str, Any] = {"id": tid, "org": p.org_id, "name": name, "cidrs": cidrs,
                                "excluded": excluded, "address": f"{address}/{prefix}",
                                "public_key": "", "registered": None, "created": iso(),
-                               "created_by": email}
+                               "created_by": email, "gateway_machine": "", "gateway_agent": "",
+                               "gateway_error": ""}
         change = Change("tunnel.create", org=p.org_id, target_kind="tunnel", target_id=tid,
                         details={"name": name, "cidrs": cidrs, "excluded": excluded,
                                  "address": doc["address"]})
+        if gateway is not None:
+            doc["gateway_machine"], doc["gateway_agent"] = gateway
+            change.details["gateway_machine"] = doc["gateway_machine"]
+            change.put(tunnel_key(p.org_id, tid), dump(TUNNEL, doc)).expect(tunnel_key(p.org_id, tid), None)
+            change.event("created", "tunnel", tid, {"name": name})
+            self.writer.commit(actor, change)
+            await self._tell_up(doc)
+            return self.view(doc)
         secret = self._token(change, p.org_id, tid, doc, rotate=False)
         change.put(tunnel_key(p.org_id, tid), dump(TUNNEL, doc)).expect(tunnel_key(p.org_id, tid), None)
         change.event("created", "tunnel", tid, {"name": name})
@@ -279,16 +301,34 @@ class TunnelService:
                 new.update(cidrs=cidrs, excluded=excluded)
                 change.details["cidrs"] = {"from": doc["cidrs"], "to": cidrs}
                 change.details["excluded"] = {"from": doc["excluded"], "to": excluded}
+        old_agent = doc.get("gateway_agent", "")
+        if body.get("gateway_agent") is not None:
+            machine, agent = (self._gateway_agent(p.org_id, body["gateway_agent"])
+                              if body["gateway_agent"] else ("", ""))
+            if agent != old_agent:
+                new.update(gateway_machine=machine, gateway_agent=agent, gateway_error="")
+                change.details["gateway_machine"] = {"from": doc.get("gateway_machine", ""),
+                                                     "to": machine}
+                if old_agent and not agent:
+                    # back to a gateway with the install script: its key comes with a token
+                    # (rotate); the agent's key leaves the hub
+                    new["public_key"] = ""
         if not change.details:
             return self.view(doc)
         if new.get("public_key") and "cidrs" in change.details:
             await self.start_hub()
             peer, routes = self._peer(new)
             await self.hub.set_gateway(peer, routes, drop=self._peer(doc)[1])
+        if doc.get("public_key") and not new.get("public_key"):
+            await self.hub.remove_gateway(doc["public_key"], self._peer(doc)[1])
         k = tunnel_key(p.org_id, doc["id"])
         change.put(k, dump(TUNNEL, new)).expect(k, raw)
         change.event("changed", "tunnel", doc["id"], {"name": new["name"]})
         self.writer.commit(actor, change)
+        if old_agent and old_agent != new.get("gateway_agent"):
+            await self._tell_down(old_agent, doc["id"])
+        if new.get("gateway_agent") and (new["gateway_agent"] != old_agent or "cidrs" in change.details):
+            await self._tell_up(new)
         return self.view(new)
 
     def in_use(self, org: str, doc: dict[str, Any]) -> list[str]:
@@ -329,6 +369,8 @@ class TunnelService:
         change.event("deleted", "tunnel", doc["id"], {"name": doc["name"]})
         self.writer.commit(actor, change)
         self._states.pop(doc["id"], None)
+        if doc.get("gateway_agent"):
+            await self._tell_down(doc["gateway_agent"], doc["id"])
 
     def rotate(self, p: Principal, actor: Actor, ref: str) -> dict[str, Any]:
         """A new one-use token whose install command (``--rotate``) makes the gateway a new
@@ -370,22 +412,10 @@ class TunnelService:
             raise self._refuse(ip, "the tunnel token is not valid (wrong, or used already)", org, doc["id"])
         if doc["_token_expires_at"] < time.time():
             raise self._refuse(ip, "the tunnel token has expired: make a new one with rotate", org, doc["id"])
-        await self.start_hub()
-        old = doc.get("public_key") or ""
-        new = dict(doc, public_key=public_key, registered=iso(), _token_hash="",
-                   _token_expires_at=0, _token_rotate=False)
-        peer, routes = self._peer(new)
-        await self.hub.set_gateway(peer, routes)
-        if old and old != public_key:
-            await self.hub.remove_peer(old)
-            self._stats.pop(old, None)
-        k = tunnel_key(org, doc["id"])
-        change = Change("tunnel.register", org=org, target_kind="tunnel", target_id=doc["id"],
-                        details={"name": doc["name"], "public_key": public_key, "ip": ip,
-                                 "rotated": bool(old)})
-        change.put(k, dump(TUNNEL, new)).expect(k, raw).delete(hash_key(secret))
-        change.event("changed", "tunnel", doc["id"], {"name": doc["name"], "registered": True})
-        self.writer.commit(Actor(kind="anonymous", ip=ip, via="rest", org=org), change)
+        routes = await self._set_key(doc, raw, public_key, Actor(kind="anonymous", ip=ip, via="rest", org=org),
+                                     {"ip": ip}, hash_key(secret))
+        if doc.get("gateway_agent"):  # the install script took over from the agent
+            await self._tell_down(doc["gateway_agent"], doc["id"])
         hub = await asyncio.to_thread(self._hub_doc)
         hub_ip = ipaddress.ip_address(hub["address"])
         return {"tunnel_id": doc["id"], "name": doc["name"], "address": doc["address"],
@@ -393,6 +423,125 @@ class TunnelService:
                 "hub_endpoint": self.settings.tunnel_public_endpoint,
                 "hub_address": str(hub_ip), "allowed_ips": f"{hub_ip}/{hub_ip.max_prefixlen}",
                 "cidrs": " ".join(routes), "keepalive": str(KEEPALIVE)}
+
+    async def _set_key(self, doc: dict[str, Any], raw: bytes, public_key: str, actor: Actor,
+                       details: dict[str, Any], spent: str = "") -> list[str]:
+        """Record ``public_key`` as the tunnel's gateway: the hub gets the peer FIRST, then
+        the store (audited ``tunnel.register``); a previous key leaves the hub. Returns the
+        tunnel's routes. Raises TunnelsUnavailable."""
+        await self.start_hub()
+        org = doc["org"]
+        old = doc.get("public_key") or ""
+        new = dict(doc, public_key=public_key, registered=iso(), _token_hash="",
+                   _token_expires_at=0, _token_rotate=False)
+        if "gateway_error" in doc:
+            new["gateway_error"] = ""
+        if spent and doc.get("gateway_agent"):  # the install script takes over from the agent
+            new.update(gateway_machine="", gateway_agent="")
+        peer, routes = self._peer(new)
+        await self.hub.set_gateway(peer, routes)
+        if old and old != public_key:
+            await self.hub.remove_peer(old)
+            self._stats.pop(old, None)
+        k = tunnel_key(org, doc["id"])
+        change = Change("tunnel.register", org=org, target_kind="tunnel", target_id=doc["id"],
+                        details={"name": doc["name"], "public_key": public_key, **details,
+                                 "rotated": bool(old)})
+        change.put(k, dump(TUNNEL, new)).expect(k, raw)
+        if spent:
+            change.delete(spent)
+        elif doc.get("_token_hash"):  # an agent took over: the install command's token goes
+            change.delete(f"tunnelhash/{doc['_token_hash']}")
+        change.event("changed", "tunnel", doc["id"], {"name": doc["name"], "registered": True})
+        self.writer.commit(actor, change)
+        return routes
+
+    # ---- agents as gateways ----------------------------------------------------------------
+    def _gateway_agent(self, org: str, ref: Any) -> tuple[str, str]:
+        """(machine id, agent id) of machine ``ref`` (id or name) of ``org`` with an agent.
+        NotFound when there is none (or it has no agent); Invalid (422) when its agent is
+        not connected."""
+        ref = str(ref)
+        raw = self.store.get(machine_key(org, ref)) if ref and "/" not in ref else None
+        m = load(MACHINE, raw) if raw is not None else None
+        if m is None:
+            for _, v in self.store.scan(f"machine/{org}/"):
+                d = load(MACHINE, v)
+                if d.get("name") == ref and d.get("agent"):
+                    m = d
+                    break
+        if m is None or not m.get("agent"):
+            raise NotFound("no machine with an Overcast agent of that id or name",
+                           {"gateway_agent": ref[:100]})
+        agent = str(m["agent"])
+        if self.agentlink is None or not self.agentlink.connected(agent):
+            raise Invalid(f"the agent of machine {m.get('name') or m['id']!r} is not connected: "
+                          "it must be, to be told to bring the tunnel up", field="gateway_agent")
+        return str(m["id"]), agent
+
+    async def _tell_up(self, doc: dict[str, Any]) -> None:
+        """Send the tunnel's TunnelUp to its gateway agent (it answers TunnelStatus)."""
+        await self.start_hub()
+        hub = await asyncio.to_thread(self._hub_doc)
+        try:
+            assert self.agentlink is not None
+            await self.agentlink.tunnel_up(
+                doc["gateway_agent"], tunnel_id=doc["id"], interface=f"oc-{doc['id'][:8]}",
+                address=doc["address"], hub_public_key=hub["public_key"],
+                hub_endpoint=self.settings.tunnel_public_endpoint,
+                hub_address=str(hub["address"]),
+                cidrs=addressing.allowed_ips(doc["cidrs"], doc["excluded"]), keepalive=KEEPALIVE)
+        except Exception as exc:  # noqa: BLE001 - it is told again when it reports
+            log.warning("tunnel %s: TunnelUp not sent to agent %s: %s", doc["id"],
+                        doc["gateway_agent"], exc)
+
+    async def _tell_down(self, agent_id: str, tunnel_id: str) -> None:
+        """Send TunnelDown; an agent that is not connected hears it when it next reports
+        the tunnel (gateway_status)."""
+        if self.agentlink is None:
+            return
+        try:
+            await self.agentlink.tunnel_down(agent_id, tunnel_id)
+        except Exception as exc:  # noqa: BLE001
+            log.info("tunnel %s: TunnelDown not sent to agent %s (%s): sent when it reports",
+                     tunnel_id, agent_id, exc)
+
+    def _by_id(self, tunnel_id: str) -> tuple[dict[str, Any], bytes] | None:
+        for _, v in self.store.scan("tunnel/"):
+            d = load(TUNNEL, v)
+            if d["id"] == tunnel_id:
+                return d, v
+        return None
+
+    async def gateway_status(self, agent_id: str, status: dict[str, Any]) -> None:
+        """A TunnelStatus from agent ``agent_id`` (its fields: tunnel_id, public_key, error,
+        up): its public key is registered (as the install script's would be, audited with
+        the agent as actor), or its error kept for the tunnel's view; a tunnel it is not (or
+        no longer) the gateway of is taken down."""
+        st = SimpleNamespace(**status)
+        found = await asyncio.to_thread(self._by_id, st.tunnel_id) if st.tunnel_id else None
+        if found is None or found[0].get("gateway_agent") != agent_id:
+            await self._tell_down(agent_id, st.tunnel_id)
+            return
+        doc, raw = found
+        org = doc["org"]
+        actor = Actor(kind="agent", id=agent_id, via="agent", org=org)
+        if st.error:
+            if doc.get("gateway_error") != st.error:
+                k = tunnel_key(org, doc["id"])
+                change = Change("tunnel.gateway", org=org, target_kind="tunnel",
+                                target_id=doc["id"], outcome="failed",
+                                details={"name": doc["name"], "agent": agent_id, "error": st.error})
+                change.put(k, dump(TUNNEL, dict(doc, gateway_error=st.error))).expect(k, raw)
+                change.event("changed", "tunnel", doc["id"], {"name": doc["name"]})
+                self.writer.commit(actor, change)
+            return
+        if st.public_key and st.public_key != doc.get("public_key"):
+            if not keys.is_key(st.public_key):
+                log.warning("agent %s sent a bad public key for tunnel %s", agent_id, doc["id"])
+                return
+            await self._set_key(doc, raw, st.public_key, actor,
+                                {"agent": agent_id, "machine": doc.get("gateway_machine", "")})
 
     # ---- health ----------------------------------------------------------------------------
     async def watch_once(self) -> None:

@@ -488,3 +488,69 @@ def test_deleting_the_tunnel_makes_the_private_host_unreachable(world: World) ->
     assert job["status"] == "failed", job
     [target] = job["result"]["targets"]
     assert target.get("error"), target
+
+
+def test_an_agent_on_the_gateway_host_brings_the_tunnel_up_when_told(world: World) -> None:
+    """The script gateway is gone (the test before deleted its tunnel): an Overcast agent on
+    the same gateway host, enrolled normally over the bridge, is told to be the gateway of a
+    new tunnel to the same private network. It makes its own key, and the private host's
+    sshd answers through it; deleting the tunnel (force) brings it down again there."""
+    h, c = world.h, world.c
+    tok = h.post("/api/v2/agents/tokens", {"name": "gwagent"})
+    assert tok.status == 201, tok.body
+    agent = AgentProc(c, world.tmp / "agent-gw", host=world.gw, hostname="ocgwagent")
+    world.agents.append(agent)
+    r = agent.enrol(tok.body["token"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    agent.start()
+    aid = agent.agent_id
+    wait_for(lambda: h.get(f"/api/v2/agents/{aid}").body["data"].get("connected") is True, 30,
+             "the gateway's agent connected")
+    [priv] = [m for m in h.get("/api/v2/machines?limit=1000").body["data"] if m["name"] == "privbox"]
+    # bad input: a machine without an agent, one that does not exist
+    for ref in (priv["id"], "no-such-machine"):
+        r = h.post("/api/v2/tunnels", {"name": "viaagent", "cidrs": [world.subnet], "gateway_agent": ref})
+        assert r.status == 404, r.body
+    t0 = time.monotonic()
+    r = h.post("/api/v2/tunnels", {"name": "viaagent", "cidrs": [world.subnet], "gateway_agent": aid})
+    assert r.status == 201, r.body
+    t = r.body["data"]
+    assert "install_command" not in t and t["gateway_agent"] == aid
+    try:
+        wait_for(lambda: state(h, t["id"]) == "up", 30, "the agent's tunnel up")
+    except AssertionError:
+        raise AssertionError(f"agent: {agent.log_path.read_text()[-3000:]}") from None
+    print(f"tunnel created to its agent gateway up: {time.monotonic() - t0:.2f}s")
+    ifname = f"oc-{t['id'][:8]}"
+    key_file = world.tmp / "agent-gw" / "tunnels" / f"{t['id']}.key"
+    got = h.get(f"/api/v2/tunnels/{t['id']}").body["data"]
+    assert got["public_key"] == keys.public_of(key_file.read_text().strip())
+    assert oct(os.stat(key_file).st_mode & 0o777) == "0o600"
+    assert ifname in subprocess.run(["ip", "-n", world.gw.name, "link"], capture_output=True, text=True).stdout
+    nat = subprocess.run(world.gw.cmd("iptables", "-t", "nat", "-S", "POSTROUTING"),
+                         capture_output=True, text=True).stdout
+    assert f"-d {world.subnet}" in nat and "MASQUERADE" in nat, nat
+    reg = audit(h, "tunnel.register", t["id"])
+    assert reg, "tunnel.register audited"
+
+    sshd = sshd_support.Sshd(world.private, world.tmp / "sshd", hostname="ocpriv")
+    sshd.authorize(world.key.export_public_key().decode())
+    with sshd:  # reached from the root namespace: through the agent's tunnel
+        job = run_via_agent(h, priv["id"], "echo hello-via-agent-$(hostname)", within=60)
+        assert job["status"] == "succeeded", job
+        out = h.get(f"/api/v2/jobs/{job['id']}/output").body["data"]
+        assert "hello-via-agent-ocpriv" in "".join(text for o in out for _, text in o["chunks"])
+
+        r = h.delete(f"/api/v2/tunnels/{t['id']}?force=true")
+        assert r.status == 204, r.body
+        wait_for(lambda: ifname not in subprocess.run(["ip", "-n", world.gw.name, "link"],
+                                                      capture_output=True, text=True).stdout,
+                 15, "the agent took its interface down")
+        nat = subprocess.run(world.gw.cmd("iptables", "-t", "nat", "-S", "POSTROUTING"),
+                             capture_output=True, text=True).stdout
+        assert "MASQUERADE" not in nat, nat
+        assert not key_file.exists()
+        r = h.post("/api/v2/commands", {"command": "true", "machine": priv["id"], "timeout": 20})
+        assert r.status == 202, r.body
+        job = wait_job(h, r.body["job_id"], 60)
+        assert job["status"] == "failed", job

@@ -15,8 +15,10 @@ from typing import Any, cast
 import pytest
 
 from controller.accounts.model import Principal
+from controller.agents.registry import Registry
 from controller.errors import Conflict, Invalid, NotFound, Unauthenticated
 from controller.events.writer import Writer
+from controller.exec.agentlink import AgentLink
 from controller.machines.model import MACHINE
 from controller.machines.model import key as machine_key
 from controller.secrets import SecretBox
@@ -284,3 +286,94 @@ async def test_bad_tokens_from_one_address_cannot_flood_the_audit_log(
     # at most 20 a minute per address (the loop may straddle two minutes); others unaffected
     assert 1 <= len(from_first) <= 40, len(from_first)
     assert len([e for e in denied if e["source"]["ip"] == "10.9.9.8"]) == 1
+
+
+class FakeLink(AgentLink):
+    """The agent link with streams that only record what went down them (the messages are
+    built, and the agents' answers converted, by the real AgentLink)."""
+
+    def __init__(self, connected: set[str]) -> None:
+        super().__init__(Registry())
+        self.up = connected
+        self.sent: list[tuple[str, Any]] = []
+
+    def connected(self, agent_id: str) -> bool:
+        return agent_id in self.up
+
+    async def write(self, agent_id: str, msg: Any) -> None:
+        if agent_id not in self.up:
+            raise RuntimeError("not connected")
+        self.sent.append((agent_id, msg))
+
+
+def agent_machine(store: Store, org: str, mid: str, name: str, agent: str = "") -> None:
+    store.put(machine_key(org, mid), dump(MACHINE, {"id": mid, "name": name, "agent": agent,
+                                                    "public_ips": [], "private_ips": []}))
+
+
+async def test_an_agent_gateway_is_told_and_its_key_registered(store: Store, tmp_path: Path,
+                                                               iface: FakeInterface) -> None:
+    from overcast.agent.v1 import agent_pb2 as pb
+
+    svc = service(store, tmp_path, iface)
+    link = FakeLink({"a1", "a2"})
+    svc.attach_agents(cast(Any, link))
+    assert "tunnel_status" in link.handlers
+    agent_machine(store, "o1", "a1", "gw1", agent="a1")
+    agent_machine(store, "o1", "a3", "gw3", agent="a3")  # not connected
+    agent_machine(store, "o1", "m9", "plain")  # no agent
+    agent_machine(store, "o2", "a2", "theirs", agent="a2")  # another organisation's
+    for ref, err in (("plain", NotFound), ("a2", NotFound), ("nope", NotFound), ("gw3", Invalid)):
+        with pytest.raises(err):
+            await svc.create(P, P.actor(), {"name": "x", "cidrs": ["172.20.0.0/16"], "gateway_agent": ref})
+    assert not list(store.scan("tunnel/"))
+    t = await svc.create(P, P.actor(), {"name": "dc1", "cidrs": ["172.20.0.0/16"], "gateway_agent": "gw1"})
+    assert "token" not in t and "install_command" not in t and t["gateway_machine"] == "a1"
+    [(aid, msg)] = link.sent
+    up = msg.tunnel_up
+    assert aid == "a1" and up.tunnel_id == t["id"] and up.interface == f"oc-{t['id'][:8]}"
+    assert up.address == "100.96.0.2/32" and up.hub_address == "100.96.0.1"
+    assert up.hub_public_key == keys.public_of(iface.private_key) and list(up.cidrs) == ["172.20.0.0/16"]
+    # the agent answers its key: registered, the hub gets the peer, audited with the agent
+    gw = keys.public_of(keys.generate_private())
+    await link.deliver("a1", pb.AgentMessage(tunnel_status=pb.TunnelStatus(
+        tunnel_id=t["id"], public_key=gw)))
+    assert svc.get(P, "dc1")["public_key"] == gw and gw in iface.peers_
+    reg = audit(store, "tunnel.register")[-1]
+    assert reg["details"]["agent"] == "a1" and reg["actor"]["kind"] == "agent"
+    # an error is kept for the view
+    await link.deliver("a1", pb.AgentMessage(tunnel_status=pb.TunnelStatus(
+        tunnel_id=t["id"], error="the agent does not run as root")))
+    assert "root" in svc.get(P, "dc1")["gateway_error"]
+    # another agent claiming the tunnel, or a tunnel unknown: told to take it down
+    link.sent.clear()
+    await link.deliver("a2", pb.AgentMessage(tunnel_status=pb.TunnelStatus(
+        tunnel_id=t["id"], public_key=keys.public_of(keys.generate_private()))))
+    assert [(a, m.tunnel_down.tunnel_id) for a, m in link.sent] == [("a2", t["id"])]
+    assert svc.get(P, "dc1")["public_key"] == gw
+    # delete: the hub forgets the peer, the agent is told
+    link.sent.clear()
+    await svc.delete(P, P.actor(), "dc1", force=False)
+    assert gw not in iface.peers_
+    assert [(a, m.tunnel_down.tunnel_id) for a, m in link.sent] == [("a1", t["id"])]
+
+
+async def test_edit_moves_the_tunnel_to_another_agent_or_back_to_the_script(
+        store: Store, tmp_path: Path, iface: FakeInterface) -> None:
+    svc = service(store, tmp_path, iface)
+    link = FakeLink({"a1", "a4"})
+    svc.attach_agents(cast(Any, link))
+    agent_machine(store, "o1", "a1", "gw1", agent="a1")
+    agent_machine(store, "o1", "a4", "gw4", agent="a4")
+    t = await svc.create(P, P.actor(), {"name": "dc1", "cidrs": ["172.20.0.0/16"]})
+    gw = keys.public_of(keys.generate_private())
+    await svc.register("1.2.3.4", t["token"], gw)
+    e = await svc.edit(P, P.actor(), "dc1", {"gateway_agent": "gw1"})
+    assert e["gateway_agent"] == "a1" and [m.WhichOneof("body") for _, m in link.sent] == ["tunnel_up"]
+    link.sent.clear()
+    await svc.edit(P, P.actor(), "dc1", {"gateway_agent": "a4"})
+    assert [(a, m.WhichOneof("body")) for a, m in link.sent] == [("a1", "tunnel_down"), ("a4", "tunnel_up")]
+    link.sent.clear()
+    e = await svc.edit(P, P.actor(), "dc1", {"gateway_agent": ""})
+    assert e["gateway_agent"] == "" and e["public_key"] == "" and gw not in iface.peers_
+    assert [(a, m.WhichOneof("body")) for a, m in link.sent] == [("a4", "tunnel_down")]

@@ -39,7 +39,7 @@ class EnrollResponse(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., org: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "inventory", "metrics", "command_output", "command_result", "shell_data", "shell_closed", "renew", "command_started")
+    __slots__ = ("hello", "inventory", "metrics", "command_output", "command_result", "shell_data", "shell_closed", "renew", "command_started", "tunnel_status")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class AgentMessage(_message.Message):
     SHELL_CLOSED_FIELD_NUMBER: _ClassVar[int]
     RENEW_FIELD_NUMBER: _ClassVar[int]
     COMMAND_STARTED_FIELD_NUMBER: _ClassVar[int]
+    TUNNEL_STATUS_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     inventory: Inventory
     metrics: MetricBatch
@@ -58,7 +59,8 @@ class AgentMessage(_message.Message):
     shell_closed: ShellClosed
     renew: RenewRequest
     command_started: CommandStarted
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., metrics: _Optional[_Union[MetricBatch, _Mapping]] = ..., command_output: _Optional[_Union[CommandOutput, _Mapping]] = ..., command_result: _Optional[_Union[CommandResult, _Mapping]] = ..., shell_data: _Optional[_Union[ShellData, _Mapping]] = ..., shell_closed: _Optional[_Union[ShellClosed, _Mapping]] = ..., renew: _Optional[_Union[RenewRequest, _Mapping]] = ..., command_started: _Optional[_Union[CommandStarted, _Mapping]] = ...) -> None: ...
+    tunnel_status: TunnelStatus
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., metrics: _Optional[_Union[MetricBatch, _Mapping]] = ..., command_output: _Optional[_Union[CommandOutput, _Mapping]] = ..., command_result: _Optional[_Union[CommandResult, _Mapping]] = ..., shell_data: _Optional[_Union[ShellData, _Mapping]] = ..., shell_closed: _Optional[_Union[ShellClosed, _Mapping]] = ..., renew: _Optional[_Union[RenewRequest, _Mapping]] = ..., command_started: _Optional[_Union[CommandStarted, _Mapping]] = ..., tunnel_status: _Optional[_Union[TunnelStatus, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("agent_id", "protocol_version", "agent_version", "inventory", "spooled_batches", "dropped_batches")
@@ -267,7 +269,7 @@ class RenewRequest(_message.Message):
     def __init__(self, csr_pem: _Optional[bytes] = ...) -> None: ...
 
 class ControllerMessage(_message.Message):
-    __slots__ = ("welcome", "config", "batch_ack", "command", "cancel", "shell_data", "shell_resize", "shell_close", "renew")
+    __slots__ = ("welcome", "config", "batch_ack", "command", "cancel", "shell_data", "shell_resize", "shell_close", "renew", "tunnel_up", "tunnel_down")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     BATCH_ACK_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +279,8 @@ class ControllerMessage(_message.Message):
     SHELL_RESIZE_FIELD_NUMBER: _ClassVar[int]
     SHELL_CLOSE_FIELD_NUMBER: _ClassVar[int]
     RENEW_FIELD_NUMBER: _ClassVar[int]
+    TUNNEL_UP_FIELD_NUMBER: _ClassVar[int]
+    TUNNEL_DOWN_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     config: Config
     batch_ack: BatchAck
@@ -286,7 +290,9 @@ class ControllerMessage(_message.Message):
     shell_resize: ShellResize
     shell_close: ShellClose
     renew: RenewResponse
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., config: _Optional[_Union[Config, _Mapping]] = ..., batch_ack: _Optional[_Union[BatchAck, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., cancel: _Optional[_Union[CancelCommand, _Mapping]] = ..., shell_data: _Optional[_Union[ShellData, _Mapping]] = ..., shell_resize: _Optional[_Union[ShellResize, _Mapping]] = ..., shell_close: _Optional[_Union[ShellClose, _Mapping]] = ..., renew: _Optional[_Union[RenewResponse, _Mapping]] = ...) -> None: ...
+    tunnel_up: TunnelUp
+    tunnel_down: TunnelDown
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., config: _Optional[_Union[Config, _Mapping]] = ..., batch_ack: _Optional[_Union[BatchAck, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., cancel: _Optional[_Union[CancelCommand, _Mapping]] = ..., shell_data: _Optional[_Union[ShellData, _Mapping]] = ..., shell_resize: _Optional[_Union[ShellResize, _Mapping]] = ..., shell_close: _Optional[_Union[ShellClose, _Mapping]] = ..., renew: _Optional[_Union[RenewResponse, _Mapping]] = ..., tunnel_up: _Optional[_Union[TunnelUp, _Mapping]] = ..., tunnel_down: _Optional[_Union[TunnelDown, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("agent_id", "protocol_version", "config", "acked_seq", "compact_metrics")
@@ -409,3 +415,41 @@ class RenewResponse(_message.Message):
     certificate_pem: bytes
     not_after: _timestamp_pb2.Timestamp
     def __init__(self, certificate_pem: _Optional[bytes] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class TunnelUp(_message.Message):
+    __slots__ = ("tunnel_id", "interface", "address", "hub_public_key", "hub_endpoint", "hub_address", "cidrs", "keepalive")
+    TUNNEL_ID_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HUB_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    HUB_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    HUB_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CIDRS_FIELD_NUMBER: _ClassVar[int]
+    KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
+    tunnel_id: str
+    interface: str
+    address: str
+    hub_public_key: str
+    hub_endpoint: str
+    hub_address: str
+    cidrs: _containers.RepeatedScalarFieldContainer[str]
+    keepalive: int
+    def __init__(self, tunnel_id: _Optional[str] = ..., interface: _Optional[str] = ..., address: _Optional[str] = ..., hub_public_key: _Optional[str] = ..., hub_endpoint: _Optional[str] = ..., hub_address: _Optional[str] = ..., cidrs: _Optional[_Iterable[str]] = ..., keepalive: _Optional[int] = ...) -> None: ...
+
+class TunnelDown(_message.Message):
+    __slots__ = ("tunnel_id",)
+    TUNNEL_ID_FIELD_NUMBER: _ClassVar[int]
+    tunnel_id: str
+    def __init__(self, tunnel_id: _Optional[str] = ...) -> None: ...
+
+class TunnelStatus(_message.Message):
+    __slots__ = ("tunnel_id", "public_key", "error", "up")
+    TUNNEL_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    tunnel_id: str
+    public_key: str
+    error: str
+    up: bool
+    def __init__(self, tunnel_id: _Optional[str] = ..., public_key: _Optional[str] = ..., error: _Optional[str] = ..., up: _Optional[bool] = ...) -> None: ...
