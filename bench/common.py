@@ -600,6 +600,8 @@ class _SimAgent:
 
 
 class _SimWorker:
+    agent_class: Any = None  # the simulated agent's class (_SimAgent unless a subclass says)
+
     def __init__(self, cfg: dict[str, Any]) -> None:
         import random
 
@@ -692,7 +694,7 @@ class _SimWorker:
         new = []
         for i in range(len(self.agents), min(n, len(self.creds))):
             aid, key, cert = self.creds[i]
-            a = _SimAgent(self, i, aid, key, cert)
+            a = (self.agent_class or _SimAgent)(self, i, aid, key, cert)
             self.agents.append(a)
             a.task = asyncio.create_task(a.run(gate))
             new.append(a)

@@ -103,6 +103,8 @@ class ExecSimAgent(common._SimAgent):
 
 
 class ExecSimWorker(common._SimWorker):
+    agent_class = ExecSimAgent
+
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
         self.execute = bool(cfg.get("execute", False))
@@ -186,32 +188,6 @@ class ExecSimWorker(common._SimWorker):
         return {"commands": out, "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
                 "running": len(self.tasks) + sum(len(a.executor.running) for a in self.agents
                                                  if getattr(a, "executor", None) is not None)}
-
-    async def op_connect(self, n: int, concurrency: int = 64, timeout: float = 300.0,
-                         endpoint: str = "") -> dict[str, Any]:
-        # common's, with ExecSimAgent
-        import asyncio
-
-        if endpoint:
-            self.endpoint = endpoint
-        t0 = time.perf_counter()
-        gate = asyncio.Semaphore(concurrency)
-        new = []
-        for i in range(len(self.agents), min(n, len(self.creds))):
-            aid, key, cert = self.creds[i]
-            a = ExecSimAgent(self, i, aid, key, cert)
-            self.agents.append(a)
-            a.task = asyncio.create_task(a.run(gate))
-            new.append(a)
-            self._schedule(a)
-        waits = [asyncio.create_task(a.welcomed_once.wait()) for a in new]
-        done, pending = await asyncio.wait(waits, timeout=timeout) if waits else (set(), set())
-        for t in pending:
-            t.cancel()
-        return {"agents": len(self.agents), "new": len(new), "welcomed": len(done),
-                "up": self.up_count, "seconds": round(time.perf_counter() - t0, 2),
-                "failures": sum(a.failures for a in new),
-                "errors": sorted({a.last_error for a in new if a.failures})[:5]}
 
     async def op_quit(self) -> dict[str, Any]:
         import asyncio
