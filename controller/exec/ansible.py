@@ -102,6 +102,37 @@ def _unpack(payload: Payload, into: Path) -> Path:
     return path
 
 
+def remote_tmp(tmp: Path) -> str:
+    """Where on the target this run's modules are written: named after the run's own
+    directory, so what runs from there can be found (and stopped) on the target."""
+    return f"/tmp/.overcast-ansible-{tmp.name.rsplit('-', 1)[-1]}"
+
+
+# Stops what a killed run left on the target: sshd does not signal a session without a
+# terminal when its client goes, so the module (and what it started) would run on. Each
+# module runs as `sh -c '... <remote_tmp>/.../AnsiballZ_x.py ...'`, the leader of its own
+# session: every session with such a process is killed. Read from standard input (`sh -s`),
+# so the pattern is in no command line of its own.
+_REMOTE_STOP = """t={tmp}
+for p in $(pgrep -f -- "$t/" 2>/dev/null); do
+  s=$(ps -o sid= -p "$p" 2>/dev/null | tr -d ' ')
+  case $s in ''|0|1) continue ;; esac
+  pkill -KILL -s "$s" 2>/dev/null
+done
+rm -rf -- "$t"
+"""
+
+
+async def stop_remote(target: SshTarget, tmp: Path) -> None:
+    """Kill what this run started on the target and remove its files there (best effort:
+    failures are logged, never raised)."""
+    try:
+        await ssh.run_command(target, "sh -s", input=_REMOTE_STOP.format(
+            tmp=shlex.quote(remote_tmp(tmp))).encode(), timeout=15)
+    except Exception as exc:  # noqa: BLE001 - the target is gone: nothing runs there
+        log.info("ansible on %s: could not stop the remote side: %s", target.label, exc)
+
+
 def prepare(tmp: Path, exe: str, target: SshTarget, payload: Payload,
             host_key: str) -> tuple[list[str], Path, dict[str, str]]:
     """Write everything the run needs under ``tmp`` (blocking); (argv, cwd, environment).
@@ -123,7 +154,9 @@ def prepare(tmp: Path, exe: str, target: SshTarget, payload: Payload,
         "ansible_host": target.host, "ansible_port": target.port, "ansible_user": target.user,
         "ansible_ssh_private_key_file": str(tmp / "key"),
         "ansible_ssh_common_args": " ".join(shlex.quote(a) for a in ssh_args),
-        "ansible_python_interpreter": "auto_silent"}
+        "ansible_python_interpreter": "auto_silent",
+        # modules as files under a directory of this run's (not piped): see _REMOTE_STOP
+        "ansible_remote_tmp": remote_tmp(tmp)}
     if sshrun.sudo(target, payload):
         host["ansible_become"] = True  # ansible's sudo flags include -n: it never prompts
     inventory = {"all": {"hosts": {"target": host}}}
@@ -145,7 +178,7 @@ def prepare(tmp: Path, exe: str, target: SshTarget, payload: Payload,
         "ANSIBLE_LOCAL_TEMP": str(tmp / "local"), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp / "cp"),
         # no persistent master: it would outlive the run (and its directory)
         "ANSIBLE_SSH_ARGS": "-o ControlMaster=no -o ControlPath=none",
-        "ANSIBLE_PIPELINING": "True", "ANSIBLE_TIMEOUT": str(max(1, int(target.connect_timeout))),
+        "ANSIBLE_PIPELINING": "False", "ANSIBLE_TIMEOUT": str(max(1, int(target.connect_timeout))),
     }
     return argv, playbook.parent, env
 
@@ -225,8 +258,12 @@ async def run_playbook(target: SshTarget, payload: Payload, sink: OutputSink,
                 log.info("ansible on %s: output still open after the run", target.label)
     except TimeoutError:
         result.timed_out, result.error = True, f"timed out after {payload.timeout:g}s"
+        if proc is not None:
+            await stop_remote(target, tmp)
     except sshrun.Stop:
         result.cancelled, result.error = True, "cancelled"
+        if proc is not None:
+            await stop_remote(target, tmp)
     except ValueError as exc:
         result.error = str(exc)
     except Exception as exc:  # reaching the target failed: in words

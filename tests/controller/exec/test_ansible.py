@@ -188,9 +188,13 @@ async def test_a_timeout_kills_ansible(world: World, tmp_path: Path) -> None:
         left = subprocess.run(["pgrep", "-f", f"ansible-playbook.*{tmp_path.name}"],
                               capture_output=True, text=True)
         assert left.stdout == ""
+        # and on the target, what the task started was stopped too (sshd would not have)
+        pid = int(pidfile.read_text().strip())
+        gone = time.monotonic() + 5
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < gone:
+            await asyncio.sleep(0.1)
+        assert not Path(f"/proc/{pid}").exists(), "the remote task outlived the run"
     finally:
-        # the remote command outlives ansible (sshd does not signal a session without a
-        # terminal when the client goes): end this test's own sleep
         if pidfile.exists() and pidfile.read_text().strip():
             subprocess.run(["kill", pidfile.read_text().strip()], capture_output=True)
 
