@@ -788,10 +788,14 @@ def _sim_log(msg: str) -> None:
     print(f"[sim {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-async def _simulator(cfg: dict[str, Any]) -> int:
+async def serve_worker(cfg: dict[str, Any], worker_class: Any = None) -> int:
+    """A worker process's loop: one JSON command per line on stdin (``op`` and its
+    arguments), calling ``op_<op>`` of the worker (``_SimWorker`` unless a subclass is
+    given), one JSON answer per line on stdout; ``quit`` ends it."""
     import asyncio
+    import inspect
 
-    w = _SimWorker(cfg)
+    w = (worker_class or _SimWorker)(cfg)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -806,25 +810,15 @@ async def _simulator(cfg: dict[str, Any]) -> int:
             op = cmd.pop("op")
             cid = cmd.pop("id", None)
             try:
-                if op == "enroll":
-                    res = await w.op_enroll(**cmd)
-                elif op == "connect":
-                    res = await w.op_connect(**cmd)
-                elif op == "stats":
-                    res = w.op_stats(**cmd)
-                elif op == "mark":
-                    res = w.op_mark()
-                elif op == "outages":
-                    res = w.op_outages()
-                elif op == "flood":
-                    res = await w.op_flood(**cmd)
-                elif op == "quit":
-                    res = await w.op_quit()
-                    print(json.dumps({"id": cid, "ok": True, **res}), flush=True)
-                    return 0
-                else:
+                fn = getattr(w, f"op_{op}", None)
+                if fn is None:
                     raise ValueError(f"unknown op {op}")
+                res = fn(**cmd)
+                if inspect.isawaitable(res):
+                    res = await res
                 print(json.dumps({"id": cid, "ok": True, **res}), flush=True)
+                if op == "quit":
+                    return 0
             except Exception as exc:  # noqa: BLE001 - reported to the parent
                 import traceback
 
@@ -844,7 +838,7 @@ def simulator_main() -> int:
     raise_nofile()
     cfg = json.loads(sys.argv[1])
     try:
-        return asyncio.run(_simulator(cfg))
+        return asyncio.run(serve_worker(cfg))
     except KeyboardInterrupt:
         return 130
 

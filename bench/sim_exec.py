@@ -197,46 +197,6 @@ class ExecSimWorker(common._SimWorker):
         return await super().op_quit()
 
 
-async def _serve(cfg: dict[str, Any]) -> int:
-    import asyncio
-    import inspect
-
-    w = ExecSimWorker(cfg)
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    tick = asyncio.create_task(w.ticker())
-    print(json.dumps({"ready": True, "index": w.index}), flush=True)
-    try:
-        while True:
-            line = await reader.readline()
-            if not line:
-                break  # the parent went away
-            cmd = json.loads(line)
-            op = cmd.pop("op")
-            cid = cmd.pop("id", None)
-            try:
-                fn = getattr(w, f"op_{op}", None)
-                if fn is None:
-                    raise ValueError(f"unknown op {op}")
-                res = fn(**cmd)
-                if inspect.isawaitable(res):
-                    res = await res
-                print(json.dumps({"id": cid, "ok": True, **res}), flush=True)
-                if op == "quit":
-                    return 0
-            except Exception as exc:  # noqa: BLE001 - reported to the parent
-                import traceback
-
-                common._sim_log(traceback.format_exc())
-                print(json.dumps({"id": cid, "ok": False,
-                                  "error": f"{type(exc).__name__}: {exc}"}), flush=True)
-    finally:
-        w.stopping = True
-        tick.cancel()
-    return 0
-
-
 def simulator_main() -> int:
     """Entry point of a worker process (see ExecSimPool)."""
     import asyncio
@@ -247,7 +207,7 @@ def simulator_main() -> int:
     raise_nofile()
     cfg = json.loads(sys.argv[1])
     try:
-        return asyncio.run(_serve(cfg))
+        return asyncio.run(common.serve_worker(cfg, ExecSimWorker))
     except KeyboardInterrupt:
         return 130
 
