@@ -34,7 +34,7 @@ from controller.scripts.model import (
 from controller.secrets import SecretBox
 from controller.settings import Settings
 from controller.store.base import Store
-from controller.store.docs import dump, load, public
+from controller.store.docs import by_ref, dump, load, public
 from controller.timeutil import iso
 
 
@@ -49,14 +49,10 @@ class ScriptService:
     def _load(self, p: Principal, ref: str) -> tuple[dict[str, Any], bytes]:
         """The script ``ref`` (its id, or its name as Mist allows) of the caller's
         organisation, with its stored bytes; NotFound otherwise (other organisations too)."""
-        raw = self.store.get(script_key(p.org_id, ref)) if p.org_id and ref and "/" not in ref else None
-        if raw is None:
-            for _, v in self.store.scan(f"script/{p.org_id}/") if p.org_id else ():
-                doc = load(SCRIPT, v)
-                if doc.get("name") == ref:
-                    return doc, v
+        found = by_ref(self.store, SCRIPT, f"script/{p.org_id}/", ref) if p.org_id else None
+        if found is None:
             raise NotFound("no such script", {"id": ref})
-        return load(SCRIPT, raw), raw
+        return found
 
     @staticmethod
     def view(doc: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from controller.listing import Query, apply
 from controller.secrets import SecretBox
 from controller.sshkeys.model import ALGORITHMS, KEY, RSA_BITS, key
 from controller.store.base import Store
-from controller.store.docs import dump, load, public
+from controller.store.docs import by_ref, dump, load, public
 from controller.timeutil import iso
 
 MAX_KEY_TEXT = 16_384
@@ -56,14 +56,10 @@ class KeyService:
         self.secrets = secrets
 
     def _load(self, p: Principal, key_id: str) -> tuple[dict[str, Any], bytes]:
-        raw = self.store.get(key(p.org_id, key_id)) if p.org_id and key_id and "/" not in key_id else None
-        if raw is None:  # Mist lets a name stand for the id
-            for _, v in self.store.scan(f"key/{p.org_id}/") if p.org_id else ():
-                doc = load(KEY, v)
-                if doc.get("name") == key_id:
-                    return doc, v
+        found = by_ref(self.store, KEY, f"key/{p.org_id}/", key_id) if p.org_id else None
+        if found is None:
             raise NotFound("no such key", {"id": key_id})
-        return load(KEY, raw), raw
+        return found
 
     @staticmethod
     def view(doc: dict[str, Any]) -> dict[str, Any]:

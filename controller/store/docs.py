@@ -54,6 +54,20 @@ def load(kind: DocKind, raw: bytes) -> dict[str, Any]:
     return doc
 
 
+def by_ref(store: Store, kind: DocKind, prefix: str, ref: str) -> tuple[dict[str, Any], bytes] | None:
+    """The document ``prefix + ref`` (``prefix`` ends with "/"), else the first under
+    ``prefix`` named ``ref`` — Mist lets a name stand for the id — with its stored bytes;
+    None when there is neither. A ``ref`` with "/" is never a key."""
+    raw = store.get(prefix + ref) if ref and "/" not in ref else None
+    if raw is not None:
+        return load(kind, raw), raw
+    for _, v in store.scan(prefix) if ref else ():
+        doc = load(kind, v)
+        if doc.get("name") == ref:
+            return doc, v
+    return None
+
+
 def public(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The document without store-only fields (those starting with ``_``)."""
     return {k: v for k, v in doc.items() if not k.startswith("_")}
