@@ -39,7 +39,7 @@ class EnrollResponse(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., org: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "inventory", "metrics", "command_output", "command_result", "shell_data", "shell_closed", "renew", "command_started", "tunnel_status")
+    __slots__ = ("hello", "inventory", "metrics", "command_output", "command_result", "shell_data", "shell_closed", "renew", "command_started", "tunnel_status", "upgrade_result")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class AgentMessage(_message.Message):
     RENEW_FIELD_NUMBER: _ClassVar[int]
     COMMAND_STARTED_FIELD_NUMBER: _ClassVar[int]
     TUNNEL_STATUS_FIELD_NUMBER: _ClassVar[int]
+    UPGRADE_RESULT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     inventory: Inventory
     metrics: MetricBatch
@@ -60,7 +61,8 @@ class AgentMessage(_message.Message):
     renew: RenewRequest
     command_started: CommandStarted
     tunnel_status: TunnelStatus
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., metrics: _Optional[_Union[MetricBatch, _Mapping]] = ..., command_output: _Optional[_Union[CommandOutput, _Mapping]] = ..., command_result: _Optional[_Union[CommandResult, _Mapping]] = ..., shell_data: _Optional[_Union[ShellData, _Mapping]] = ..., shell_closed: _Optional[_Union[ShellClosed, _Mapping]] = ..., renew: _Optional[_Union[RenewRequest, _Mapping]] = ..., command_started: _Optional[_Union[CommandStarted, _Mapping]] = ..., tunnel_status: _Optional[_Union[TunnelStatus, _Mapping]] = ...) -> None: ...
+    upgrade_result: UpgradeResult
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., metrics: _Optional[_Union[MetricBatch, _Mapping]] = ..., command_output: _Optional[_Union[CommandOutput, _Mapping]] = ..., command_result: _Optional[_Union[CommandResult, _Mapping]] = ..., shell_data: _Optional[_Union[ShellData, _Mapping]] = ..., shell_closed: _Optional[_Union[ShellClosed, _Mapping]] = ..., renew: _Optional[_Union[RenewRequest, _Mapping]] = ..., command_started: _Optional[_Union[CommandStarted, _Mapping]] = ..., tunnel_status: _Optional[_Union[TunnelStatus, _Mapping]] = ..., upgrade_result: _Optional[_Union[UpgradeResult, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("agent_id", "protocol_version", "agent_version", "inventory", "spooled_batches", "dropped_batches")
@@ -269,7 +271,7 @@ class RenewRequest(_message.Message):
     def __init__(self, csr_pem: _Optional[bytes] = ...) -> None: ...
 
 class ControllerMessage(_message.Message):
-    __slots__ = ("welcome", "config", "batch_ack", "command", "cancel", "shell_data", "shell_resize", "shell_close", "renew", "tunnel_up", "tunnel_down")
+    __slots__ = ("welcome", "config", "batch_ack", "command", "cancel", "shell_data", "shell_resize", "shell_close", "renew", "tunnel_up", "tunnel_down", "upgrade")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     BATCH_ACK_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +283,7 @@ class ControllerMessage(_message.Message):
     RENEW_FIELD_NUMBER: _ClassVar[int]
     TUNNEL_UP_FIELD_NUMBER: _ClassVar[int]
     TUNNEL_DOWN_FIELD_NUMBER: _ClassVar[int]
+    UPGRADE_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     config: Config
     batch_ack: BatchAck
@@ -292,7 +295,8 @@ class ControllerMessage(_message.Message):
     renew: RenewResponse
     tunnel_up: TunnelUp
     tunnel_down: TunnelDown
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., config: _Optional[_Union[Config, _Mapping]] = ..., batch_ack: _Optional[_Union[BatchAck, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., cancel: _Optional[_Union[CancelCommand, _Mapping]] = ..., shell_data: _Optional[_Union[ShellData, _Mapping]] = ..., shell_resize: _Optional[_Union[ShellResize, _Mapping]] = ..., shell_close: _Optional[_Union[ShellClose, _Mapping]] = ..., renew: _Optional[_Union[RenewResponse, _Mapping]] = ..., tunnel_up: _Optional[_Union[TunnelUp, _Mapping]] = ..., tunnel_down: _Optional[_Union[TunnelDown, _Mapping]] = ...) -> None: ...
+    upgrade: Upgrade
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., config: _Optional[_Union[Config, _Mapping]] = ..., batch_ack: _Optional[_Union[BatchAck, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., cancel: _Optional[_Union[CancelCommand, _Mapping]] = ..., shell_data: _Optional[_Union[ShellData, _Mapping]] = ..., shell_resize: _Optional[_Union[ShellResize, _Mapping]] = ..., shell_close: _Optional[_Union[ShellClose, _Mapping]] = ..., renew: _Optional[_Union[RenewResponse, _Mapping]] = ..., tunnel_up: _Optional[_Union[TunnelUp, _Mapping]] = ..., tunnel_down: _Optional[_Union[TunnelDown, _Mapping]] = ..., upgrade: _Optional[_Union[Upgrade, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("agent_id", "protocol_version", "config", "acked_seq", "compact_metrics")
@@ -417,7 +421,7 @@ class RenewResponse(_message.Message):
     def __init__(self, certificate_pem: _Optional[bytes] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TunnelUp(_message.Message):
-    __slots__ = ("tunnel_id", "interface", "address", "hub_public_key", "hub_endpoint", "hub_address", "cidrs", "keepalive")
+    __slots__ = ("tunnel_id", "interface", "address", "hub_public_key", "hub_endpoint", "hub_address", "cidrs", "keepalive", "rotate")
     TUNNEL_ID_FIELD_NUMBER: _ClassVar[int]
     INTERFACE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -426,6 +430,7 @@ class TunnelUp(_message.Message):
     HUB_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CIDRS_FIELD_NUMBER: _ClassVar[int]
     KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_FIELD_NUMBER: _ClassVar[int]
     tunnel_id: str
     interface: str
     address: str
@@ -434,7 +439,8 @@ class TunnelUp(_message.Message):
     hub_address: str
     cidrs: _containers.RepeatedScalarFieldContainer[str]
     keepalive: int
-    def __init__(self, tunnel_id: _Optional[str] = ..., interface: _Optional[str] = ..., address: _Optional[str] = ..., hub_public_key: _Optional[str] = ..., hub_endpoint: _Optional[str] = ..., hub_address: _Optional[str] = ..., cidrs: _Optional[_Iterable[str]] = ..., keepalive: _Optional[int] = ...) -> None: ...
+    rotate: bool
+    def __init__(self, tunnel_id: _Optional[str] = ..., interface: _Optional[str] = ..., address: _Optional[str] = ..., hub_public_key: _Optional[str] = ..., hub_endpoint: _Optional[str] = ..., hub_address: _Optional[str] = ..., cidrs: _Optional[_Iterable[str]] = ..., keepalive: _Optional[int] = ..., rotate: _Optional[bool] = ...) -> None: ...
 
 class TunnelDown(_message.Message):
     __slots__ = ("tunnel_id",)
@@ -453,3 +459,31 @@ class TunnelStatus(_message.Message):
     error: str
     up: bool
     def __init__(self, tunnel_id: _Optional[str] = ..., public_key: _Optional[str] = ..., error: _Optional[str] = ..., up: _Optional[bool] = ...) -> None: ...
+
+class Upgrade(_message.Message):
+    __slots__ = ("request_id", "package_url", "version", "sha256", "find_links")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_URL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    FIND_LINKS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    package_url: str
+    version: str
+    sha256: str
+    find_links: str
+    def __init__(self, request_id: _Optional[str] = ..., package_url: _Optional[str] = ..., version: _Optional[str] = ..., sha256: _Optional[str] = ..., find_links: _Optional[str] = ...) -> None: ...
+
+class UpgradeResult(_message.Message):
+    __slots__ = ("request_id", "ok", "error", "version", "output")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    ok: bool
+    error: str
+    version: str
+    output: str
+    def __init__(self, request_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., version: _Optional[str] = ..., output: _Optional[str] = ...) -> None: ...
