@@ -46,7 +46,7 @@ from controller.listing import Query, apply
 from controller.secrets import SecretBox
 from controller.settings import Settings
 from controller.store.base import Batch, Store
-from controller.store.docs import dump, load
+from controller.store.docs import by_ref, dump, load
 from controller.timeutil import iso
 
 log = logging.getLogger(__name__)
@@ -131,15 +131,10 @@ class CloudService:
 
     # ---- documents -------------------------------------------------------------------------
     def _load(self, p: Principal, cloud_id: str) -> tuple[dict[str, Any], bytes]:
-        raw = self.store.get(cloud_key(p.org_id, cloud_id)) if p.org_id and "/" not in cloud_id else None
-        if raw is None:
-            # Mist lets a name stand for the id
-            for _, v in self.store.scan(f"cloud/{p.org_id}/"):
-                doc = load(CLOUD, v)
-                if doc.get("name") == cloud_id:
-                    return dict(doc, org=p.org_id), v
+        found = by_ref(self.store, CLOUD, cloud_key(p.org_id, ""), cloud_id) if p.org_id else None
+        if found is None:
             raise NotFound("no such cloud", {"id": cloud_id})
-        return dict(load(CLOUD, raw), org=p.org_id), raw
+        return dict(found[0], org=p.org_id), found[1]
 
     def find(self, p: Principal, cloud_id: str) -> dict[str, Any]:
         return self._load(p, cloud_id)[0]
