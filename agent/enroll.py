@@ -49,6 +49,14 @@ def _get(url: str, ctx: ssl.SSLContext | None, timeout: float) -> bytes:
                          f"{getattr(exc, 'reason', exc)}") from None
 
 
+def _trusting(ca_pem: bytes) -> ssl.SSLContext:
+    """HTTPS to the controller: its own CA (pinned) or, when the operator gave it a certificate
+    of their own (a public one, or their company's), the system's trust store."""
+    ctx = ssl.create_default_context()
+    ctx.load_verify_locations(cadata=ca_pem.decode())
+    return ctx
+
+
 def bootstrap(controller_url: str, ca_fingerprint: str, timeout: float = 15.0) -> Bootstrap:
     """The CA (checked against the fingerprint before anything is trusted) and the gRPC
     endpoint agents dial."""
@@ -68,7 +76,7 @@ def bootstrap(controller_url: str, ca_fingerprint: str, timeout: float = 15.0) -
         if got != _norm(ca_fingerprint):
             raise EnrolError(f"the controller's CA fingerprint is sha256:{got}, not the one given "
                              "(--ca-fingerprint): refusing to trust it")
-    verified = ssl.create_default_context(cadata=ca_pem.decode()) if parts.scheme == "https" else None
+    verified = _trusting(ca_pem) if parts.scheme == "https" else None
     try:
         info = json.loads(_get(url + "/api/v2/agents/bootstrap", verified, timeout))
     except ValueError:
@@ -87,7 +95,7 @@ def enroll(state: AgentState, controller_url: str, join_token: str, ca_fingerpri
                        "protocol_version": PROTOCOL_VERSION, "agent_version": AGENT_VERSION}).encode()
     req = urllib.request.Request(url, data=body, method="POST",
                                  headers={"Content-Type": "application/json"})
-    ctx = ssl.create_default_context(cadata=boot.ca_pem.decode()) if url.startswith("https") else None
+    ctx = _trusting(boot.ca_pem) if url.startswith("https") else None
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:  # noqa: S310
             resp = json.loads(r.read())

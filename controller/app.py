@@ -246,8 +246,12 @@ def _check_external_url(settings: Settings, instance: str, pki: Pki | None) -> N
     """Fetch <external_url>/api/v2/health and insist that this very process answers."""
     url = settings.public_url + "/api/v2/health"
     ctx = None
-    if url.startswith("https") and pki is not None:
-        ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+    if url.startswith("https"):
+        # the system's trust store (a certificate of the operator's, or a proxy's public one)
+        # and this controller's own CA (the certificate it makes for itself)
+        ctx = ssl.create_default_context()
+        if pki is not None:
+            ctx.load_verify_locations(cafile=str(pki.ca_cert))
     hint = ("set external_url (OVERCAST_EXTERNAL_URL) to the address users and agents reach, "
             "or check_external_url = false if this host cannot reach itself that way")
     try:

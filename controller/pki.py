@@ -116,6 +116,21 @@ def ensure_hub_cert(pki: Pki, hosts: list[str]) -> Pki:
     return Pki(pki.ca_cert, pki.ca_key, cert, key)
 
 
+def own_server_pki(pki: Pki, hosts: list[str]) -> Pki:
+    """``pki`` when its server certificate is the controller's own; else (a ``tls_cert`` of
+    the operator's) a certificate from the own CA for ``hosts``, kept beside it
+    (``agents.crt``/``agents.key``, reused while it fits), for the agents' listener: agents
+    pin the own CA, not whoever issued the operator's certificate. Blocks (file I/O, a
+    signature)."""
+    d = pki.ca_cert.parent
+    if pki.server_cert.parent == d:
+        return pki
+    cert, key = d / "agents.crt", d / "agents.key"
+    if not _server_cert_fits(cert, hosts):
+        _issue_server_cert(pki.ca_cert, pki.ca_key, hosts, cert, key)
+    return Pki(pki.ca_cert, pki.ca_key, cert, key)
+
+
 def _issue_server_cert(ca_cert: Path, ca_key: Path, hosts: list[str], srv_cert: Path,
                        srv_key: Path) -> None:
     """A server certificate for ``hosts`` (and loopback) signed by the CA, with the CA

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 from aiohttp import web
@@ -18,7 +19,7 @@ from aiohttp import web
 from controller import keys
 from controller.agents.servicer import add_to_server
 from controller.errors import OvercastError
-from controller.pki import Pki
+from controller.pki import Pki, own_server_pki
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,14 @@ def agents_server(pki: Pki) -> Callable[[web.Application], AsyncIterator[None]]:
             gc.set_threshold(*GC_THRESHOLDS)
         server = grpc.aio.server(options=KEEPALIVE_OPTIONS + MEMORY_OPTIONS)
         add_to_server(server, services)
+        # agents pin the own CA: with an operator's tls_cert they get one of the own CA's
+        names = [h for h in {settings.agents_host,
+                             settings.agents_public_endpoint.rsplit(":", 1)[0].strip("[]"),
+                             urlsplit(settings.public_url).hostname or ""}
+                 if h and h not in ("0.0.0.0", "::")]
+        own = await asyncio.to_thread(own_server_pki, pki, names or ["localhost"])
         creds = grpc.ssl_server_credentials(
-            [(pki.server_key.read_bytes(), pki.server_cert.read_bytes())],
+            [(own.server_key.read_bytes(), own.server_cert.read_bytes())],
             root_certificates=pki.ca_pem, require_client_auth=True)
         host = settings.agents_host
         addr = f"[{host}]:{settings.agents_port}" if ":" in host else f"{host}:{settings.agents_port}"
