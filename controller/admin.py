@@ -29,6 +29,7 @@ from controller import keys
 from controller.errors import OvercastError
 from controller.events.model import Actor
 from controller.http.errors import errors_middleware
+from controller.ops.routes import add_routes as add_ops_routes
 from controller.settings import Settings
 
 
@@ -68,6 +69,7 @@ def build_admin_app(main: web.Application) -> web.Application:
     app.router.add_post("/admin/users", _adduser)
     app.router.add_get("/admin/audit/verify", _verify)
     app.router.add_get("/admin/status", _status)
+    add_ops_routes(app, main)  # backup, doctor, init
     return app
 
 

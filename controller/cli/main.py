@@ -15,7 +15,18 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from controller.cli import agents, clouds, inventory, keys, output, runs, scripts, shell, tunnels
+from controller.cli import (
+    agents,
+    clouds,
+    inventory,
+    keys,
+    ops,
+    output,
+    runs,
+    scripts,
+    shell,
+    tunnels,
+)
 from controller.cli.client import (
     AUTH,
     FAILED,
@@ -58,6 +69,9 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from controller.app import serve
     from controller.errors import OvercastError
 
+    ops.check_init_flags(args)
+    if args.init:
+        return ops.cmd_init(args)
     settings = _settings(args)
     log_mod.setup(settings.log_level, settings.log_json)
     ready = asyncio.Event()
@@ -356,7 +370,8 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 # ---- parser -----------------------------------------------------------------------------
 
 def _admin_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="settings file (TOML); default /etc/overcast/controller.toml if present")
+    p.add_argument("--config", help="settings file (TOML); default $OVERCAST_CONFIG, else "
+                   "/etc/overcast/controller.toml if present, else <data_dir>/controller.toml")
     p.add_argument("--data-dir", help="data directory (overrides the settings)")
 
 
@@ -377,6 +392,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc", help="gRPC listen address HOST:PORT (default 127.0.0.1:7443)")
     p.add_argument("--external-url", help="the URL users and agents reach this controller at")
     p.add_argument("--tls", choices=["auto", "on", "off"], help="serve TLS (auto: unless on loopback)")
+    ops.add_init_options(p)
     p.set_defaults(func=cmd_controller)
 
     p = sub.add_parser("adduser", help="create a user (and their organisation)")
@@ -452,6 +468,7 @@ def parser() -> argparse.ArgumentParser:
     runs.add_run(scripts.register(sub))
     runs.register(sub)
     tunnels.register(sub)
+    ops.register(sub)
     return ap
 
 

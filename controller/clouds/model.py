@@ -20,7 +20,21 @@ from typing import Any
 from controller.errors import Invalid
 from controller.store.docs import DocKind
 
-CLOUD = DocKind("cloud")
+
+def _cloud_v2(doc: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2: every cloud has ``enabled``, ``tags``, ``created_by`` and ``owned_by`` (the
+    "Agents" cloud was made without them, so a search for ``enabled:true`` missed it), and
+    its users' tags in ``_user_tags`` (older documents kept them only in ``tags``)."""
+    doc.setdefault("enabled", True)
+    doc.setdefault("tags", {})
+    doc.setdefault("_user_tags", dict(doc["tags"]))
+    doc.setdefault("created_by", "")
+    doc.setdefault("owned_by", "")
+    return doc
+
+
+# schema versions: 1 as first released; 2 (2026-11) see _cloud_v2
+CLOUD = DocKind("cloud", 2, {1: _cloud_v2})
 VOLUME = DocKind("volume")
 NETWORK = DocKind("network")
 ZONE = DocKind("zone")

@@ -9,11 +9,19 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.errors import OvercastError
 from controller.store.base import Batch, Store
 
 log = logging.getLogger(__name__)
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class SchemaTooNew(OvercastError, RuntimeError):
+    """The store holds documents of a newer schema than this code knows (a newer release
+    wrote them): refused rather than misread. Run that release, or restore a backup."""
+
+    code = "schema_too_new"
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,7 @@ class DocKind:
     def upgrade(self, doc: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         v = int(doc.get("_v", 1))
         if v > self.version:
-            raise RuntimeError(
+            raise SchemaTooNew(
                 f"a stored {self.name} has schema version {v}, newer than this controller's "
                 f"{self.version}: run the newer controller, or restore a backup"
             )
@@ -77,7 +85,10 @@ def migrate_store(store: Store, kinds: Iterable[DocKind], batch_size: int = 1000
     """Rewrite every document older than its kind's version; return counts per kind.
 
     ``meta/schema/<kind>`` records the version a kind was last migrated to, so a start with
-    nothing to do scans nothing."""
+    nothing to do scans nothing. A kind recorded newer than this code knows raises
+    SchemaTooNew before anything is written (a newer release used this store)."""
+    kinds = list(kinds)
+    check_not_newer(store, kinds)
     done: dict[str, int] = {}
     for kind in kinds:
         marker = f"meta/schema/{kind.name}"
@@ -100,3 +111,20 @@ def migrate_store(store: Store, kinds: Iterable[DocKind], batch_size: int = 1000
             log.info("migrated %d %s documents to schema version %d", n, kind.name, kind.version)
         done[kind.name] = n
     return done
+
+
+def stored_versions(store: Store) -> dict[str, int]:
+    """The schema version each kind was last migrated to, as the store records it."""
+    return {k.rsplit("/", 1)[1]: int(v) for k, v in store.scan("meta/schema/")}
+
+
+def check_not_newer(store: Store, kinds: Iterable[DocKind]) -> None:
+    """Raise SchemaTooNew naming every kind the store records newer than this code's."""
+    known = {k.name: k.version for k in kinds}
+    newer = [f"{name} {v} (this controller knows {known[name]})"
+             for name, v in sorted(stored_versions(store).items())
+             if name in known and v > known[name]]
+    if newer:
+        raise SchemaTooNew(
+            "the store was written by a newer Overcast: schema versions " + ", ".join(newer)
+            + "; run that version (or newer), or restore a backup made by this one")
