@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from agent.exec import Executor
     from agent.gateway import Gateways
     from agent.shell import Shells
+    from agent.upgrade import Upgrader
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,10 @@ class Agent:
         self._shells: Shells | None = None
         # made on the first TunnelUp, or at start when a tunnel is stored (agent.gateway)
         self._gateways: Gateways | None = None
+        # made on the first Upgrade (agent.upgrade); once one is installed, run() ends with
+        # this set and agent.main starts the new code in this process
+        self._upgrader: Upgrader | None = None
+        self.restart_requested = False
 
     def stop(self) -> None:
         self._stop.set()
@@ -261,7 +266,7 @@ class Agent:
                     elif kind == "renew":
                         await self._install_renewed(msg.renew.certificate_pem)
                     elif kind in ("command", "cancel", "shell_data", "shell_resize", "shell_close",
-                                  "tunnel_up", "tunnel_down"):
+                                  "tunnel_up", "tunnel_down", "upgrade"):
                         self._dispatch(msg)
                     else:
                         log.debug("controller sent %s: not handled by this agent version", kind)
@@ -320,6 +325,18 @@ class Agent:
             self._gateways = Gateways(self.state.directory, self._send_up)
         return self._gateways
 
+    @property
+    def upgrader(self) -> Upgrader:
+        if self._upgrader is None:
+            from agent.upgrade import Upgrader
+
+            self._upgrader = Upgrader(self.state.directory, self._send_up, self._restart)
+        return self._upgrader
+
+    def _restart(self) -> None:
+        self.restart_requested = True
+        self.stop()
+
     def _tunnels_stored(self) -> bool:
         """Whether this agent is a tunnel's gateway (without loading the tunnel code)."""
         try:
@@ -333,6 +350,8 @@ class Agent:
         kind = msg.WhichOneof("body")
         if kind == "tunnel_up":
             self.gateways.spawn(self.gateways.up(msg.tunnel_up))
+        elif kind == "upgrade":
+            self.upgrader.start(msg.upgrade)
         elif kind == "tunnel_down":
             self.gateways.spawn(self.gateways.down(msg.tunnel_down.tunnel_id))
         elif kind == "command":

@@ -39,12 +39,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", help=f"where the identity and spool live (default {default_state_dir()})")
     p.add_argument("--hostname", help="the name to enrol under (default: this host's)")
     p.add_argument("--interval", type=float, help="seconds between metric collections (default: the controller's, 10)")
-    p.add_argument("--spool-max-mb", type=int, default=64, help="on-disk spool limit while offline (MiB)")
+    p.add_argument("--spool-max-mb", type=int, help="on-disk spool limit while offline (MiB; default 64)")
     p.add_argument("--enrol-only", action="store_true", help="enrol, then exit")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    p.add_argument("--config", metavar="FILE",
+                   help="a TOML file with these options (controller, ca_fingerprint, state_dir, "
+                        "hostname, interval, spool_max_mb, log_level); flags override it "
+                        "(default /etc/overcast/agent.toml when it exists; '' for none)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.config import ConfigError, apply
+
+    try:
+        apply(args)  # the config file fills what no flag gave
+    except ConfigError as exc:
+        print(f"overcast agent: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     state = AgentState(Path(args.state_dir) if args.state_dir else default_state_dir())
@@ -96,16 +107,23 @@ def run(args: argparse.Namespace) -> int:
             return 3
         return 0
 
-    return asyncio.run(main())
+    code = asyncio.run(main())
+    if agent.restart_requested:  # upgraded (agent.upgrade): the new code runs in this process
+        restart_lean(state, args, force=True)
+        return 1  # exec failed (logged): a supervisor's restart runs the new code
+    return code
 
 
-def restart_lean(state: AgentState, args: argparse.Namespace) -> None:
+def restart_lean(state: AgentState, args: argparse.Namespace, force: bool = False) -> None:
     """Replace this process with ``python -m agent`` for this state directory (see the
-    module's docstring); returns only when already restarted or when exec fails."""
-    if os.environ.get(LEAN_ENV) or not sys.executable:
+    module's docstring); returns only when already restarted (unless ``force``: after an
+    upgrade) or when exec fails."""
+    if (os.environ.get(LEAN_ENV) and not force) or not sys.executable:
         return
     argv = [sys.executable, "-m", "agent", "--state-dir", str(state.directory),
-            "--log-level", args.log_level, "--spool-max-mb", str(args.spool_max_mb)]
+            "--log-level", args.log_level or "info", "--spool-max-mb", str(args.spool_max_mb or 64)]
+    if getattr(args, "config", None) is not None:
+        argv += ["--config", args.config]  # the file read ("" for none), not the default again
     if args.interval is not None:
         argv += ["--interval", repr(args.interval)]
     env = dict(os.environ)

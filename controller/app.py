@@ -27,6 +27,7 @@ from controller.accounts import routes as account_routes
 from controller.admin import build_admin_app, prepare_socket_dir, remove_socket
 from controller.agents import routes as agent_routes
 from controller.agents.server import agents_server
+from controller.agents.upgrade import Upgrades
 from controller.audit import routes as audit_routes
 from controller.clouds import routes as cloud_routes
 from controller.errors import Invalid, OvercastError
@@ -36,6 +37,7 @@ from controller.grpcapi.servicer import add_to_server
 from controller.http import openapi, system
 from controller.http.api import Route, wrap
 from controller.http.errors import errors_middleware
+from controller.install import routes as install_routes
 from controller.jobs import routes as job_routes
 from controller.log import AccessLogger
 from controller.machines import routes as machine_routes
@@ -61,7 +63,7 @@ def all_routes() -> list[Route]:
               event_routes.routes, agent_routes.routes, monitor_routes.routes,
               cloud_routes.routes, cloud_routes.inventory, job_routes.routes, key_routes.routes,
               exec_routes.routes, script_routes.routes, shell_routes.routes,
-              tunnel_routes.routes)
+              tunnel_routes.routes, install_routes.routes)
     return [r for t in tables for r in t.routes]
 
 
@@ -79,6 +81,9 @@ def build_app(settings: Settings, services: Services, pki: Pki | None) -> web.Ap
     app[keys.INSTANCE] = uuid.uuid4().hex
     sockets: set[Any] = set()
     app[keys.WEBSOCKETS] = sockets
+    install_routes.setup(app)  # the agent's package, built on first use
+    app[agent_routes.UPGRADES] = Upgrades(services.agents, services.agentlink, services.registry,
+                                          services.jobs, services.writer)
     routes = all_routes()
     _add_routes(app, routes)
     app[keys.OPENAPI] = openapi.build(routes, __version__, settings.public_url)

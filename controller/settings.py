@@ -25,6 +25,7 @@ class Secret(str):
 
 
 def _default_data_dir() -> str:
+    """/var/lib/overcast for root, else $XDG_DATA_HOME/overcast (~/.local/share/overcast)."""
     if os.geteuid() == 0:
         return "/var/lib/overcast"
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -47,6 +48,8 @@ class Settings:
     # "auto": HTTP serves TLS unless its address is loopback, gRPC unless its own is; "on";
     # "off" (only behind a proxy or on loopback; refused when gRPC is not on loopback)
     tls: str = "auto"
+    # a certificate (PEM, its chain after it) and its key to serve instead of the one made
+    # from the controller's own CA; both or neither
     tls_cert: str = ""
     tls_key: str = ""
     # a reverse proxy terminates TLS and sets X-Forwarded-For/-Proto
@@ -55,20 +58,35 @@ class Settings:
     check_external_url: bool = True
     # base64 of 32 bytes; when empty, <data_dir>/secret.key (made on first start, 0600)
     secret_key: Secret = Secret("")
+    # the largest request body accepted, in bytes
     max_body_bytes: int = 1024 * 1024
+    # seconds a browser session lasts
     session_ttl: int = 14 * 24 * 3600
+    # API tokens: seconds a new one lasts unless asked otherwise, and the most one may ask
+    # for (token_ttl = 0: never expire, allowed only with token_max_ttl = 0: no limit)
     token_ttl: int = 90 * 24 * 3600
     token_max_ttl: int = 365 * 24 * 3600
+    # wrong passwords in a row before an e-mail or an address is locked out, and for how
+    # many seconds
     login_max_failures: int = 5
     login_lockout: int = 300
+    # logging: the least severe level written (debug, info, warning, error), and one JSON
+    # object per line instead of text
     log_level: str = "info"
     log_json: bool = False
     # agents: their mTLS gRPC listener, and the host:port agents dial (derived when empty)
     agents: str = "127.0.0.1:7444"
     agents_endpoint: str = ""
+    # seconds an agent's certificate is valid (agents renew it over their stream)
     agent_cert_ttl: int = 7 * 24 * 3600
+    # join tokens (agent enrolment): seconds a new one lasts unless asked otherwise, and
+    # the most one may ask for
     join_token_ttl: int = 3600
     join_token_max_ttl: int = 30 * 24 * 3600
+    # the agent's dependency wheels served at /install/wheels/ to hosts without the package
+    # index (fill it with `overcast agent wheels fetch`); empty: <data_dir>/wheels
+    agent_wheels_dir: str = ""
+    # metrics: seconds between an agent's samples, and seconds samples are kept
     metric_interval: int = 10
     metric_retention: int = 7 * 24 * 3600
     # an agent silent this long (no stream) is unreachable; keepalives detect dead peers sooner
@@ -220,6 +238,9 @@ class Settings:
                 low, value = _MINIMUMS.get(f.name, 1), getattr(self, f.name)
                 if value < low:
                     raise Invalid(f"{f.name} must be at least {low}, got {value}", field=f.name)
+                high = _MAXIMUMS.get(f.name)
+                if high is not None and value > high:
+                    raise Invalid(f"{f.name} must be {low} to {high}, got {value}", field=f.name)
         if self.token_max_ttl > 0 and self.token_ttl == 0:
             raise Invalid("token_ttl = 0 (never expire) needs token_max_ttl = 0", field="token_ttl")
         if self.token_max_ttl > 0 and self.token_ttl > self.token_max_ttl:
@@ -228,7 +249,7 @@ class Settings:
         if self.join_token_ttl > self.join_token_max_ttl:
             raise Invalid(f"join_token_ttl ({self.join_token_ttl}) must not exceed "
                           f"join_token_max_ttl ({self.join_token_max_ttl})", field="join_token_ttl")
-        if self.tls not in ("auto", "on", "off"):
+        if self.tls not in _CHOICES["tls"]:
             raise Invalid("tls must be auto, on or off", field="tls")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise Invalid("tls_cert and tls_key go together", field="tls_cert")
@@ -236,10 +257,8 @@ class Settings:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise Invalid(f"{name} {path} does not exist", field=name)
-        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+        if self.log_level.lower() not in _CHOICES["log_level"]:
             raise Invalid("log_level must be debug, info, warning or error", field="log_level")
-        if self.tunnel_port > 65535:
-            raise Invalid(f"tunnel_port must be 1 to 65535, got {self.tunnel_port}", field="tunnel_port")
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,15}", self.tunnel_interface):
             raise Invalid(f"tunnel_interface {self.tunnel_interface!r} is not an interface name "
                           "(1 to 15 letters, digits, '_' or '-')", field="tunnel_interface")
@@ -322,6 +341,15 @@ _MINIMUMS: dict[str, int] = {
 }
 
 
+# the largest value of an int setting, where there is one; ``validate`` refuses more
+_MAXIMUMS: dict[str, int] = {"tunnel_port": 65535}
+# the values a text setting may take (log_level in any case); ``validate`` refuses others
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "tls": ("auto", "on", "off"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -364,6 +392,22 @@ def _convert(name: str, typ: Any, value: Any, source: str) -> Any:
         raise Invalid(f"{source}: {name} must be a {tname}, got {value!r}", field=name) from None
 
 
+def config_path(config_file: str | None = None, env: dict[str, str] | None = None,
+                overrides: dict[str, Any] | None = None) -> tuple[Path, bool]:
+    """The settings file ``load`` reads, and whether it was named (then it must exist): the
+    one given, else $OVERCAST_CONFIG, else /etc/overcast/controller.toml when it exists, else
+    <data_dir>/controller.toml (where ``overcast controller --init`` puts it when not root)."""
+    env = dict(os.environ if env is None else env)
+    named = config_file or env.get("OVERCAST_CONFIG")
+    if named:
+        return Path(named), True
+    path = Path(default_config_file())
+    if path.is_file():
+        return path, False
+    data_dir = (overrides or {}).get("data_dir") or env.get("OVERCAST_DATA_DIR") or _default_data_dir()
+    return Path(data_dir).absolute() / "controller.toml", False
+
+
 def load(
     config_file: str | None = None,
     env: dict[str, str] | None = None,
@@ -374,8 +418,7 @@ def load(
     env = dict(os.environ if env is None else env)
     known = {f.name: f for f in fields(Settings)}
     values: dict[str, Any] = {}
-    explicit = config_file is not None or "OVERCAST_CONFIG" in env
-    path = Path(config_file or env.get("OVERCAST_CONFIG") or default_config_file())
+    path, explicit = config_path(config_file, env, overrides)
     if path.is_file():
         try:
             data = tomllib.loads(path.read_text())

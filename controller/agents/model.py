@@ -24,6 +24,17 @@ def agent_key(org: str, agent_id: str) -> str:
     return f"agent/{org}/{agent_id}"
 
 
+def older(version: str, than: str) -> bool:
+    """Whether agent version ``version`` comes before ``than``: their numbers compared in
+    order (0.1.10 after 0.1.9); an unknown version ("") is not called older."""
+    import re
+
+    def key(v: str) -> tuple[int, ...]:
+        return tuple(int(n) for n in re.findall(r"\d+", v))
+
+    return bool(version) and key(version) < key(than)
+
+
 def machine_facts(inv: dict[str, Any]) -> dict[str, Any]:
     """The machine fields an agent's inventory fills in."""
     public: list[str] = []

@@ -15,7 +15,7 @@ from typing import Any
 
 class Session:
     __slots__ = ("agent_id", "org", "ip", "reason", "ended", "task", "context", "lock",
-                 "sids", "stored", "acked", "ack_timer")
+                 "sids", "stored", "acked", "ack_timer", "clock_offset", "clock_at")
 
     def __init__(self, agent_id: str, org: str, ip: str) -> None:
         self.agent_id = agent_id
@@ -33,6 +33,20 @@ class Session:
         self.stored = 0
         self.acked = 0
         self.ack_timer: asyncio.TimerHandle | None = None
+        # the agent's clock minus ours, in seconds (see note_clock), and when it was measured
+        self.clock_offset: float | None = None
+        self.clock_at = 0.0
+
+    def note_clock(self, agent_ms: int, now: float) -> None:
+        """One metric batch's collection time (the agent's clock) against ``now`` (ours, when
+        it arrived). A batch spent time in transit, or in the agent's spool: each makes the
+        agent look behind, never ahead, so the largest difference over a minute is the
+        closest to the true offset."""
+        if agent_ms <= 0:
+            return
+        offset = agent_ms / 1000.0 - now
+        if self.clock_offset is None or offset > self.clock_offset or now - self.clock_at > 60:
+            self.clock_offset, self.clock_at = offset, now
 
     def end(self, reason: str) -> None:
         """Close the stream: its handler is cancelled and ends it with ``reason``."""
@@ -99,3 +113,7 @@ class Registry:
 
     def connected_ids(self) -> set[str]:
         return set(self._sessions)
+
+    def clock_offsets(self) -> dict[str, float | None]:
+        """Each connected agent's clock offset in seconds (None: not measured yet)."""
+        return {a: s.clock_offset for a, s in self._sessions.items()}

@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from aiohttp import web
+
 from controller import keys
 from controller.agents.model import PROTOCOL_VERSION
 from controller.agents.service import parse_tags
+from controller.agents.upgrade import Upgrades
 from controller.errors import Invalid
 from controller.http.api import LIST_PARAMS, Ctx, Reply, RouteTable, envelope, one
-from controller.http.schema import integer, obj, string
+from controller.http.schema import BOOLEAN, integer, obj, string
+from controller.install.routes import packages
 from controller.listing import apply
 
 routes = RouteTable("agents")
+UPGRADES = web.AppKey("agent_upgrades", Upgrades)
 
 JOIN_BODY = obj((), ttl=integer(1, description="seconds; default: the join_token_ttl setting"),
                 uses=integer(1, 100_000), tags={"oneOf": [{"type": "string"}, {"type": "object"}]},
@@ -105,6 +110,28 @@ async def list_agents(ctx: Ctx) -> Any:
     for a in agents:
         a["connected"] = a["id"] in live
     return envelope(*apply(agents, ctx.query()))
+
+
+UPGRADE_BODY = obj(("on",), on={"description": "agents: ids, names or tag:key=value (a list, "
+                                              "or one comma-separated string)"},
+                   force={**BOOLEAN, "description": "reinstall agents that run this version already"})
+
+
+@routes.route("POST", "/api/v2/agents/upgrade", op="upgrade_agents", body=UPGRADE_BODY,
+              summary="Upgrade agents to the version this controller serves, through their "
+                      "streams: a job (progress and a result per agent)")
+async def upgrade_agents(ctx: Ctx) -> Any:
+    on = ctx.body["on"]
+    if isinstance(on, str):
+        on = [r for r in on.split(",") if r.strip()]
+    if not isinstance(on, list) or not all(isinstance(r, str) for r in on):
+        raise Invalid("on must be a list of agent ids, names or tag:key=value", field="on")
+    p = packages(ctx)
+    package = await asyncio.to_thread(p.agent)
+    wheels = len(await asyncio.to_thread(p.wheels))
+    job = ctx.request.app[UPGRADES].start(ctx.principal, ctx.actor, on,
+                                          bool(ctx.body.get("force")), package, wheels)
+    return Reply({"data": job, "job_id": job["id"], "jobId": job["id"]}, status=202)
 
 
 @routes.route("GET", "/api/v2/agents/{agent}", op="get_agent", summary="Show an agent")

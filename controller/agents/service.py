@@ -20,11 +20,14 @@ from controller.agents.model import (
     PROTOCOL_VERSION,
     agent_key,
     machine_facts,
+    older,
 )
 from controller.clouds.model import agents_cloud_id
 from controller.errors import Forbidden, Invalid, NotFound, OvercastError, Unauthenticated
 from controller.events.model import Actor
 from controller.events.writer import Change, Writer
+from controller.install import script as install_script
+from controller.install.package import agent_version
 from controller.machines.model import MACHINE
 from controller.machines.model import key as machine_key
 from controller.pki import CsrError, Pki, cert_serial, sign_agent_csr
@@ -96,9 +99,19 @@ class AgentService:
         return secret, self._token_view(tok, secret, url)
 
     def join_command(self, secret: str, url: str = "") -> str:
+        """The agent's own command (for a host where the agent is installed already)."""
         fp = self.pki.ca_fingerprint if self.pki else "<ca-fingerprint>"
         return (f"overcast agent --controller {url or self.settings.public_url} --token {secret} "
                 f"--ca-fingerprint sha256:{fp}")
+
+    def install_command(self, secret: str, url: str = "") -> str:
+        """The one-liner that installs the agent on a server and enrols it (install/agent.sh).
+        The HTTPS certificate is the own CA's unless the operator gave one (tls_cert); the
+        tunnel hub's listeners (``url``) always have the own CA's."""
+        fp = self.pki.ca_fingerprint if self.pki else "<ca-fingerprint>"
+        public = self.settings.public_url
+        own_ca = not self.settings.tls_cert or bool(url and url != public)
+        return install_script.command(url or public, secret, fp, own_ca, public)
 
     def _token_view(self, tok: dict[str, Any], secret: str | None = None,
                     url: str = "") -> dict[str, Any]:
@@ -107,7 +120,8 @@ class AgentService:
         v["exhausted"] = tok["used"] >= tok["uses"]
         if secret:
             v["token"] = secret
-            v["command"] = self.join_command(secret, url)
+            v["command"] = self.install_command(secret, url)
+            v["agent_command"] = self.join_command(secret, url)
         return v
 
     def list_join_tokens(self, p: Principal) -> list[dict[str, Any]]:
@@ -182,7 +196,8 @@ class AgentService:
         if self.store.get(f"cloud/{org}/{cloud_id}") is None:
             change.put(f"cloud/{org}/{cloud_id}", dump(CLOUD, {
                 "id": cloud_id, "org": org, "name": "Agents", "provider": "other", "agents": True,
-                "created": iso(now),
+                "created": iso(now), "enabled": True, "tags": {}, "_user_tags": {},
+                "created_by": "", "owned_by": "",
                 "description": "Hosts that run the Overcast agent"}))
         change.event("created", "agent", agent_id, {"name": hostname})
         change.event("created", "machine", agent_id, {"name": hostname, "state": "pending"})
@@ -347,7 +362,10 @@ class AgentService:
                                     "protocol_version", "address", "cert_not_after", "revoked",
                                     "connected", "connected_since", "last_seen")}
         v["machine"] = a.get("machine") or a["id"]
-        v["outdated"] = bool(a.get("protocol_version")) and a["protocol_version"] < PROTOCOL_VERSION
+        latest = agent_version()
+        v["latest_version"] = latest
+        v["outdated"] = (bool(a.get("protocol_version")) and a["protocol_version"] < PROTOCOL_VERSION) \
+            or older(str(a.get("version") or ""), latest)
         return v
 
     def list(self, p: Principal) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, NoReturn
 
@@ -224,6 +225,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 b = msg.metrics
                 seq = b.seq
                 compact = _compact(b, session, labels_extra)
+                session.note_clock(b.time_ms or max((s.time_ms for s in b.samples), default=0),
+                                   time.time())
                 samples = [(s.metric, {**s.labels, **labels_extra}, s.value, s.time_ms)
                            for s in b.samples if s.metric]
                 ack_now = b.ack_now

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from controller.cli import output
-from controller.cli.client import OK, Client, Login
+from controller.cli.client import FAILED, OK, USAGE, Client, Login
 
 
 def _client() -> Client:
@@ -41,8 +41,8 @@ def cmd_agent_show(args: argparse.Namespace) -> int:
         output.emit_json(a)
     else:
         output.fields(a, ["id", "name", "connected", "connected_since", "last_seen", "version",
-                          "protocol_version", "address", "tags", "cert_not_after", "revoked",
-                          "created", "machine"])
+                          "latest_version", "outdated", "protocol_version", "address", "tags",
+                          "cert_not_after", "revoked", "created", "machine"])
     return OK
 
 
@@ -56,6 +56,61 @@ def cmd_agent_revoke(args: argparse.Namespace) -> int:
             print(f"revoked agent {a['id']} ({a['name']}): its stream is closed and its "
                   "certificate refused from now on")
     return OK
+
+
+def cmd_agent_upgrade(args: argparse.Namespace) -> int:
+    """Upgrade agents to the controller's version; the job's progress on standard error,
+    one line per agent at the end; exit 1 if any was not upgraded."""
+    from controller.cli.clouds import wait_jobs
+
+    c = _client()
+    job = c.request("POST", "/api/v2/agents/upgrade", {"on": args.on, "force": args.force})["data"]
+    [job] = wait_jobs(c, [job], args.json)
+    result = job.get("result") or {}
+    if args.json:
+        output.emit_json(dict(result, job=job["id"], status=job["status"], error=job.get("error")))
+    else:
+        for a in result.get("agents") or []:
+            what = {"upgraded": f"upgraded {a.get('from') or '?'} -> {a['to']}",
+                    "current": f"runs {a['to']} already"}.get(a["status"], "")
+            if a["status"] == "failed":
+                what = f"FAILED ({a.get('from') or '?'} -> {a['to']}): {a.get('error')}"
+            print(f"{a['name']} ({a['id'][:12]}): {what}")
+        if not result and job.get("error"):
+            print(f"overcast: {job['error'].get('message')}", file=sys.stderr)
+    return FAILED if job.get("status") == "failed" else OK
+
+
+def cmd_agent_wheels_fetch(args: argparse.Namespace) -> int:
+    """Download the agent's dependency wheels into the directory the controller serves."""
+    from pathlib import Path
+
+    from controller.install.wheels import PLATFORMS, PYTHONS, fetch
+
+    if args.dir:
+        dest = Path(args.dir)
+    else:
+        from controller.install.routes import wheels_dir
+        from controller.settings import load
+
+        dest = wheels_dir(load(args.settings, overrides={"data_dir": args.data_dir}))
+    try:
+        results = fetch(dest, args.platform or list(PLATFORMS), args.python or list(PYTHONS))
+    except ValueError as exc:
+        print(f"overcast: {exc}", file=sys.stderr)
+        return USAGE
+    bad = 0
+    for arch, python, code, tail in results:
+        if code == 0:
+            print(f"{arch} Python {python}: done")
+        else:
+            bad += 1
+            print(f"{arch} Python {python}: pip download failed (exit {code}):\n{tail}",
+                  file=sys.stderr)
+    wheels = sorted(p.name for p in dest.glob("*.whl"))
+    print(f"{dest}: {len(wheels)} wheels; hosts without the package index install the agent "
+          "from them (GET /install/wheels/)")
+    return FAILED if bad else OK
 
 
 def cmd_join_create(args: argparse.Namespace) -> int:
@@ -72,7 +127,9 @@ def cmd_join_create(args: argparse.Namespace) -> int:
     else:
         print(tok["command"])
         print(f"join token {tok['id']}: {tok['uses']} use(s), expires {tok['expires']}; "
-              "run the command above on the host (shown only this once)", file=sys.stderr)
+              "run the command above on the host to install the agent and enrol it (shown "
+              "only this once); where the agent is installed already:\n  "
+              f"{tok['agent_command']}", file=sys.stderr)
     return OK
 
 
@@ -208,6 +265,29 @@ def register(sub: Any, token_sub: Any, duration: Any) -> None:
     c.add_argument("ids", nargs="+", metavar="ID")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_agent_revoke)
+    c = asub.add_parser("upgrade", help="upgrade agents to the version this controller serves",
+                        description="Upgrade agents through their streams: each installs the "
+                                    "controller's agent package and restarts, keeping its "
+                                    "identity. Exit 1 if any was not upgraded.")
+    c.add_argument("--on", action="extend", nargs="+", required=True, metavar="AGENT",
+                   help="agent ids, names or tag:key=value selectors")
+    c.add_argument("--force", action="store_true", help="also agents that run this version")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_agent_upgrade)
+    w = asub.add_parser("wheels", help="the dependency wheels served to hosts without the "
+                                       "package index")
+    wsub = w.add_subparsers(dest="wheels_command", metavar="SUBCOMMAND", required=True)
+    c = wsub.add_parser("fetch", help="download the agent's dependencies (pip download) into "
+                                      "agent_wheels_dir, on the controller's host")
+    c.add_argument("--platform", action="append", choices=["x86_64", "aarch64"],
+                   help="repeat for more (default: both)")
+    c.add_argument("--python", action="append", metavar="3.X",
+                   help="CPython version of the hosts; repeat for more (default 3.11, 3.12, 3.13)")
+    c.add_argument("--dir", help="where to (default: the agent_wheels_dir setting, else "
+                                 "<data_dir>/wheels)")
+    c.add_argument("--settings", metavar="FILE", help="the controller's settings file")
+    c.add_argument("--data-dir", help="the controller's data directory")
+    c.set_defaults(func=cmd_agent_wheels_fetch)
 
     j = token_sub.add_parser("join", help="join tokens that enrol agents")
     jsub = j.add_subparsers(dest="join_command", metavar="SUBCOMMAND", required=True)

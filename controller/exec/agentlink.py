@@ -348,6 +348,15 @@ class AgentLink:
         await self.write(agent_id, pb.ControllerMessage(
             tunnel_down=pb.TunnelDown(tunnel_id=tunnel_id)))
 
+    # ---- upgrades (controller/agents/upgrade.py; the agent answers UpgradeResult) --------
+    async def upgrade(self, agent_id: str, *, request_id: str, package_url: str, version: str,
+                      sha256: str, find_links: str) -> None:
+        """Tell an agent to install another version of itself. Raises ProviderUnavailable
+        when it is not connected."""
+        await self.write(agent_id, pb.ControllerMessage(upgrade=pb.Upgrade(
+            request_id=request_id, package_url=package_url, version=version, sha256=sha256,
+            find_links=find_links)))
+
     def stream_ended(self, agent_id: str, stream: Any) -> None:
         """One of the agent's streams ended (the agent may be back on a newer one already):
         the shells opened on it end with it — the agent hangs them up — while its runs go on

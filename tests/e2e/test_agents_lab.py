@@ -101,7 +101,8 @@ def test_three_hosts_enrol_and_report(world: World) -> None:
     t.start()
     assert ready.wait(10)
     tok = join_token(world.admin, uses=3, tags="env=lab,team=ops")
-    assert tok["command"].startswith(f"overcast agent --controller {world.c.url} --token ocj_")
+    assert tok["agent_command"].startswith(f"overcast agent --controller {world.c.url} --token ocj_")
+    assert "/install/agent.sh" in tok["command"]  # the one-liner that installs the agent
     for a in world.agents:
         r = a.enrol(tok["token"])
         assert r.returncode == 0, r.stderr

@@ -27,7 +27,11 @@ PUBLIC = {("GET", "/api/v2/health"), ("GET", "/api/v2/openapi.json"), ("GET", "/
           ("GET", "/api/v2/shells/{shell}/ws"),
           ("POST", "/api/v2/agents/enroll"),
           # the gateway's one-use token in the body is the credential; the script is public
-          ("POST", "/api/v2/tunnels/register"), ("GET", "/install/tunnel.sh")}
+          ("POST", "/api/v2/tunnels/register"), ("GET", "/install/tunnel.sh"),
+          # the agent's install script, its package and the dependency wheels
+          ("GET", "/install/agent.sh"), ("GET", "/install/agent.json"),
+          ("GET", "/install/packages/{file}"), ("GET", "/install/wheels/"),
+          ("GET", "/install/wheels/{file}")}
 
 
 def served(app: web.Application) -> set[tuple[str, str]]:
