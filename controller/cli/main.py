@@ -58,7 +58,8 @@ def _settings(args: argparse.Namespace) -> Any:
 
     return settings_mod.load(args.config, overrides={
         "data_dir": getattr(args, "data_dir", None), "http": getattr(args, "http", None),
-        "grpc": getattr(args, "grpc", None), "external_url": getattr(args, "external_url", None),
+        "grpc": getattr(args, "grpc", None), "agents": getattr(args, "agents", None),
+        "external_url": getattr(args, "external_url", None),
         "tls": getattr(args, "tls", None)})
 
 
@@ -390,6 +391,8 @@ def parser() -> argparse.ArgumentParser:
     _admin_opts(p)
     p.add_argument("--http", help="HTTP listen address HOST:PORT (default 127.0.0.1:7080)")
     p.add_argument("--grpc", help="gRPC listen address HOST:PORT (default 127.0.0.1:7443)")
+    p.add_argument("--agents", help="agents' (mTLS gRPC) listen address HOST:PORT "
+                   "(default 127.0.0.1:7444)")
     p.add_argument("--external-url", help="the URL users and agents reach this controller at")
     p.add_argument("--tls", choices=["auto", "on", "off"], help="serve TLS (auto: unless on loopback)")
     ops.add_init_options(p)

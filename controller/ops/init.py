@@ -6,7 +6,7 @@ admin only when the store has no user), so a second run changes nothing and says
 password is never printed or logged: it goes from the caller to the password hash.
 
 Where the settings file goes: ``--config``, else $OVERCAST_CONFIG, else
-/etc/overcast/controller.toml for root, else <data_dir>/controller.toml — each a place
+/etc/overcast/controller.toml for root or when it exists, else <data_dir>/controller.toml — each a place
 ``overcast controller`` reads by default (see ``settings.config_path``)."""
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ def default_config(named: str | None, env: dict[str, str], data_dir: str) -> Pat
     """Where --init puts the settings file (see the module docstring)."""
     if named or env.get("OVERCAST_CONFIG"):
         return Path(named or env["OVERCAST_CONFIG"]).absolute()
-    if os.geteuid() == 0:
-        return Path("/etc/overcast/controller.toml")
+    etc = Path("/etc/overcast/controller.toml")
+    if os.geteuid() == 0 or etc.is_file():  # the file the controller reads when it exists
+        return etc
     return Path(data_dir).absolute() / "controller.toml"
 
 

@@ -42,6 +42,7 @@ def test_init_then_start(tmp_path: Path) -> None:
     pwfile.write_text(PASSWORD + "\n")
     url = f"http://127.0.0.1:{c.http_port}"
     r = init(c, "--data-dir", str(c.data_dir), "--http", f"127.0.0.1:{c.http_port}",
+             "--agents", f"127.0.0.1:{c.agents_port}",
              "--external-url", url, "--admin-email", "Root@Example.com",
              "--admin-password-file", str(pwfile), "--org", "Ops", "--json")
     assert r.returncode == 0, r.stderr
@@ -57,7 +58,7 @@ def test_init_then_start(tmp_path: Path) -> None:
     assert stat.S_IMODE((c.data_dir / "pki" / "ca.key").stat().st_mode) == 0o600
     text = config.read_text()
     assert tomllib.loads(text) == {"data_dir": str(c.data_dir), "http": f"127.0.0.1:{c.http_port}",
-                                   "external_url": url}
+                                   "agents": f"127.0.0.1:{c.agents_port}", "external_url": url}
     assert "# tls_cert" in text and PASSWORD not in text
 
     c.start()
