@@ -25,11 +25,12 @@ is a veth pair to the gateway; no route to the bridge).
      that adds ``--foreground --state-dir --interface``. Traffic goes from the root
      namespace (the controller's side) to the gateway's tunnel address, and to the private
      host behind it (forwarded and NATed by the gateway: the real use).
-   The controller's name (its external URL's host) resolves per namespace, as a
-   split-horizon DNS would: to the bridge address on the gateway, to the hub's tunnel
-   address on the private host (``/etc/netns/NS/hosts``, bind-mounted by ``ip netns exec``),
-   so that an agent on the private host enrols and connects to the controller through the
-   tunnel. The controller's HTTP and agent listeners are on 0.0.0.0 (free ports) for that.
+   The controller listens on the bridge address; an agent on the private host enrols with a
+   join token made for the tunnel (``POST /api/v2/agents/tokens {"tunnel": ...}``, the
+   CLI's ``--tunnel``): its command names the controller at the hub's tunnel address, where
+   the controller also listens while the hub is up (HTTPS and the agents' gRPC, with a
+   certificate of its own CA naming that address), so the agent enrols and connects through
+   the tunnel and verifies what it was told.
 2. Throughput: a small Python receiver in the receiving namespace, a Python sender in the
    sending one (``ip netns exec``), ``--mb`` MB (10^6 bytes) of zeros in 1 MiB writes on
    one TCP connection (kernel buffer autotuning), MB/s measured at the receiver (first byte
@@ -59,10 +60,10 @@ is a veth pair to the gateway; no route to the bridge).
    answers (``POST /api/v2/commands`` to its machine, repeated until one succeeds), and
    whether the agent's stream survived or it reconnected (``connected_since``).
 
-Everything (processes, interfaces, namespaces, /etc/netns entries, the temporary directory)
-is removed at the end, on error and on SIGTERM. Needs root, iproute2, wireguard-go,
-wireguard-tools (wg); the controller part also curl and iptables (``--no-controller`` skips
-it). Writes ``bench/results/tunnel.json``.
+Everything (processes, interfaces, namespaces, the temporary directory) is removed at the
+end, on error and on SIGTERM. Needs root, iproute2, wireguard-go, wireguard-tools (wg); the
+controller part also curl and iptables (``--no-controller`` skips it). Writes
+``bench/results/tunnel.json``.
 
     .venv/bin/python bench/tunnel_bench.py [--mb 200] [--repeats 5] [--handshakes 5]
 """
@@ -73,6 +74,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -91,7 +93,7 @@ from common import ROOT, exit_on_sigterm, finish, progress  # noqa: E402
 from fanout_bench import MachineCpu  # noqa: E402
 
 from tests.support import netns  # noqa: E402
-from tests.support.agents import AgentProc, join_token  # noqa: E402
+from tests.support.agents import AgentProc  # noqa: E402
 from tests.support.controller import (  # noqa: E402
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -383,7 +385,6 @@ class World:
     paths: list[Path_] = field(default_factory=list)
     managed: list[WireguardGo] = field(default_factory=list)
     hand: list[HandEnd] = field(default_factory=list)
-    netns_dirs: list[Path] = field(default_factory=list)
     controller: Controller | None = None
     api: Http | None = None
     gateway: subprocess.Popen[Any] | None = None
@@ -463,26 +464,12 @@ def setup_controller(w: World, n: int, subnet: str) -> None:
     connected through the tunnel, a receiver on the private host."""
     lab, gw, tag = w.lab, w.gw, w.lab.tag
     assert w.private is not None
-    name = f"ctl-{tag}.bench.test"
     tnet = f"100.99.{n}.0/24"
-    hub_addr = f"100.99.{n}.1"
     hub_if, gw_if = f"obch{tag}", f"obcg{tag}"
-    w.info.update(hub_if=hub_if, gw_if=gw_if, controller_name=name, tunnel_network=tnet)
-    # split horizon: the gateway reaches the controller on the bridge, the private host only
-    # through the tunnel, at the hub's address
-    for host, addr in ((gw, lab.gateway), (w.private, hub_addr)):
-        d = Path("/etc/netns") / host.name
-        d.mkdir(parents=True, exist_ok=True)
-        w.netns_dirs.append(d)
-        (d / "hosts").write_text(f"127.0.0.1 localhost\n::1 localhost\n{addr} {name}\n")
+    w.info.update(hub_if=hub_if, gw_if=gw_if, tunnel_network=tnet)
     http_port, tunnel_port = free_port(), free_port()
-    env = {"OVERCAST_HTTP": f"0.0.0.0:{http_port}",
-           # gRPC on the bridge address: it puts that address in the server certificate,
-           # which the benchmark's own API client (root namespace) uses
-           "OVERCAST_GRPC": f"{lab.gateway}:{free_port()}",
-           "OVERCAST_AGENTS": f"0.0.0.0:{free_port()}",
-           "OVERCAST_EXTERNAL_URL": f"https://{name}:{http_port}",
-           "OVERCAST_CHECK_EXTERNAL_URL": "false",  # the root namespace does not resolve it
+    env = {"OVERCAST_HTTP": f"{lab.gateway}:{http_port}",
+           "OVERCAST_AGENTS": f"{lab.gateway}:{free_port()}",
            "OVERCAST_TUNNEL_INTERFACE": hub_if,
            "OVERCAST_TUNNEL_PORT": str(tunnel_port),
            "OVERCAST_TUNNEL_NETWORK": tnet,
@@ -533,8 +520,13 @@ def setup_controller(w: World, n: int, subnet: str) -> None:
     progress("controller: enrolling an agent on the private host through the tunnel")
     agent = AgentProc(c, w.tmp / "agent", host=w.private, hostname="privbox", interval=10.0)
     w.agent = agent
-    tok = str(join_token(h)["token"])
-    e = subprocess.run(agent.argv("--controller", f"https://{name}:{http_port}", "--token", tok,
+    # a join token for the tunnel: its command names the controller at the hub's address
+    r = h.post("/api/v2/agents/tokens", {"tunnel": "bench", "name": "bench-private"})
+    if r.status != 201:
+        raise RuntimeError(f"POST /api/v2/agents/tokens answered {r.status}: {r.body}")
+    tok, url = str(r.body["token"]), command_controller(str(r.body["command"]))
+    w.info["agent_controller_url"] = url
+    e = subprocess.run(agent.argv("--controller", url, "--token", tok,
                                   "--ca-fingerprint", c.ca_fingerprint, "--enrol-only"),
                        capture_output=True, text=True, env=agent.env(), timeout=60, cwd=str(ROOT))
     if e.returncode != 0:
@@ -546,6 +538,14 @@ def setup_controller(w: World, n: int, subnet: str) -> None:
                            f"{agent.log_path.read_text()[-1500:]}")
     w.info["agent_grpc_endpoint"] = json.loads((w.tmp / "agent" / "agent.json").read_text()).get(
         "grpc_endpoint")
+
+
+def command_controller(command: str) -> str:
+    """The ``--controller URL`` of a join token's command."""
+    m = re.search(r"--controller (\S+)", command)
+    if m is None:
+        raise RuntimeError(f"no --controller in the join command: {command}")
+    return m.group(1).strip("'\"")
 
 
 def start_gateway(w: World, argv: list[str]) -> subprocess.Popen[Any]:
@@ -877,7 +877,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     setup_controller(w, n, subnet)
                     out["controller"] = {k: w.info.get(k) for k in (
                         "install_to_hub_handshake_s", "install_to_health_up_s", "tunnel_network",
-                        "controller_name", "agent_grpc_endpoint")}
+                        "agent_controller_url", "agent_grpc_endpoint")}
                 else:
                     out["controller"] = {"not_run": controller_why}
                     progress(f"no controller path: {controller_why}")
@@ -931,10 +931,6 @@ def teardown(w: World, out: dict[str, Any]) -> None:
     for end in w.hand:
         steps.append(lambda e=end: hand_stop(w.procs, e))
     steps.append(w.procs.stop_all)
-    for d in w.netns_dirs:
-        steps.append(lambda d=d: shutil.rmtree(d, ignore_errors=True))
-    steps.append(lambda: Path("/etc/netns").rmdir() if Path("/etc/netns").exists()
-                 and not any(Path("/etc/netns").iterdir()) else None)
     for step in steps:
         try:
             step()

@@ -16,7 +16,9 @@ Modules (the contract the controller codes against):
   ``local`` networks; default routes, loopback, link-local and multicast refused; excluded
   CIDRs must lie inside), ``allowed_ips(cidrs, excluded) -> list[str]`` (the CIDRs minus the
   exclusions, as WireGuard allowed-ips), ``allocate(pool, used) -> str`` (the next free host
-  address of ``pool`` not in ``used``; ValueError when full).
+  address of ``pool`` not in ``used``; ValueError when full), ``ipv6_twin(address,
+  hub_public_key)`` and ``ipv6_twin_network(hub_public_key)`` (the hub's IPv6 source for
+  IPv6 CIDRs, derived by the hub and every gateway alike).
 - ``tunnel.config``: ``Peer``, ``PeerStats``, ``TunnelError``, ``gateway_config(...) -> str``
   (wg-quick style text for a gateway, without its private key, which the gateway makes
   itself), the UAPI and ``wg`` renderings.

@@ -1,6 +1,7 @@
 """Tunnel addressing: the private CIDRs a tunnel routes, checked against each other, the
 controller's own networks and the addresses no tunnel may take; the WireGuard allowed-ips
-they become; and the tunnel addresses of the hub and its gateways, allocated from a pool.
+they become; the tunnel addresses of the hub and its gateways, allocated from a pool; and
+the hub's IPv6 twin, the source of what it sends to IPv6 CIDRs.
 
 IPv4 and IPv6 throughout. Pure functions: nothing here blocks or touches the system. Every
 error is a ValueError whose message names the CIDRs involved, fit to show to users.
@@ -8,6 +9,9 @@ error is a ValueError whose message names the CIDRs involved, fit to show to use
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
 
@@ -135,3 +139,35 @@ def allocate(pool: CidrLike, used: Iterable[str]) -> str:
         if address not in taken:
             return str(address)
     raise ValueError(f"the tunnel address pool {net} is full ({len([a for a in taken if a in net])} in use)")
+
+
+# The hub's IPv6 twin. The hub's tunnel address is IPv4 (tunnel_network); to reach IPv6
+# CIDRs it also needs an IPv6 source that every gateway lets in from it, routes back to it
+# and masquerades from. Both ends derive it from what they share (the hub's public key and
+# its IPv4 address), so no message has to carry it: a unique-local /48 (RFC 4193) whose
+# global ID is the first 40 bits of the SHA-256 of the hub's key, subnet 0, and the IPv4
+# address in the last 32 bits.
+TWIN_PREFIXLEN = 96
+
+
+def ipv6_twin_network(hub_public_key: str) -> str:
+    """The /96 the hub's IPv6 twin lies in ("fdxx:xxxx:xxxx::/96"). Raises ValueError when the
+    key is not base64."""
+    try:
+        raw = base64.b64decode(hub_public_key, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the hub's public key is not base64") from None
+    global_id = hashlib.sha256(raw).digest()[:5]
+    prefix = int.from_bytes(b"\xfd" + global_id, "big") << 80
+    return str(ipaddress.IPv6Network((prefix, TWIN_PREFIXLEN)))
+
+
+def ipv6_twin(address: str, hub_public_key: str) -> str:
+    """The IPv6 twin (no prefix) of IPv4 tunnel address ``address`` (with or without prefix):
+    the hub's own is where it sends IPv6 from. An IPv6 ``address`` is its own twin. Raises
+    ValueError when the address or the key is not valid."""
+    a = ipaddress.ip_interface(address.strip()).ip
+    if a.version == 6:
+        return str(a)
+    net = ipaddress.IPv6Network(ipv6_twin_network(hub_public_key))
+    return str(net.network_address + int(a))

@@ -47,9 +47,11 @@ class Hub:
     def is_up(self) -> bool:
         return self._iface is not None
 
-    async def up(self, private_key: str, address: str) -> None:
-        """Create the interface with its key, port and ``address`` (CIDR); nothing when up.
-        Blocks up to a few seconds (wireguard-go's start). Raises TunnelsUnavailable."""
+    async def up(self, private_key: str, address: str, address6: str = "") -> None:
+        """Create the interface with its key, port and ``address`` (CIDR), and ``address6``
+        (the IPv6 twin, a CIDR; "" for none) when this host takes it (else IPv6 CIDRs are
+        not reached: logged); nothing when up. Blocks up to a few seconds (wireguard-go's
+        start). Raises TunnelsUnavailable."""
         async with self._lock:
             if self._iface is not None:
                 return
@@ -62,6 +64,12 @@ class Hub:
                 self.unavailable = str(e)
                 log.error("the tunnel hub %s cannot come up: %s", self.name, e)
                 raise TunnelsUnavailable(f"tunnels are not available on this controller: {e}") from None
+            if address6:
+                try:  # after up(): a host without IPv6 refuses it, and IPv4 must work anyway
+                    await iface.set_address(address, address6)
+                except (TunnelError, OSError) as e:
+                    log.warning("the tunnel hub %s has no IPv6 address (%s): IPv6 CIDRs of "
+                                "tunnels cannot be reached", self.name, e)
             self._iface = iface
             self.unavailable = ""
             self.address = str(ipaddress.ip_interface(address).ip)

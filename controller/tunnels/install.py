@@ -46,7 +46,7 @@ def shell_answer(values: Mapping[str, str]) -> str:
     a character outside a conservative set (never expected: ids, keys, addresses, CIDRs)."""
     lines = []
     for k, v in values.items():
-        if not re.fullmatch(r"OC_[A-Z_]+", k) or not _SAFE.fullmatch(v):
+        if not re.fullmatch(r"OC_[A-Z][A-Z0-9_]*", k) or not _SAFE.fullmatch(v):
             raise ValueError(f"unsafe value for {k}")
         lines.append(f"{k}='{v}'")
     return "\n".join(lines) + "\n"

@@ -3,19 +3,22 @@
 # WireGuard key here (the private key never leaves this host), registers the public key
 # with the controller using a one-use token, brings the tunnel up (the controller is the
 # hub; this side dials out, so no inbound port is needed), forwards and NATs traffic from
-# the hub to the tunnel's networks, and keeps it running (a systemd unit, or the foreground).
+# the hub to the tunnel's networks (IPv4 from the hub's address, IPv6 from its IPv6 twin),
+# and keeps it running (a systemd unit, or the foreground).
 #
 #   sh tunnel.sh --controller URL --token TOKEN --ca-fingerprint sha256:HEX
 #                [--state-dir DIR] [--interface NAME] [--foreground] [--rotate]
 #   sh tunnel.sh --up --state-dir DIR [--foreground]     (what the unit runs)
+#   sh tunnel.sh --print-unit --state-dir DIR [--interface NAME]   (the unit, not installed)
 #
 # Exit codes: 0 done; 1 failed (a missing tool, a system error); 2 usage; 3 the controller
 # refused the token; 4 the controller's CA does not match the fingerprint; 5 the controller
 # cannot be reached.
+# shellcheck disable=SC2153  # the OC_* variables come from tunnel.env, sourced
 set -eu
 
 CONTROLLER="" TOKEN="" FINGERPRINT="" STATE="/etc/overcast/tunnel" IFNAME=""
-FOREGROUND=0 ROTATE=0 UP_ONLY=0
+FOREGROUND=0 ROTATE=0 UP_ONLY=0 PRINT_UNIT=0
 
 say() { echo "overcast tunnel: $*" >&2; }
 die() { code=$1; shift; say "$*"; exit "$code"; }
@@ -30,12 +33,12 @@ while [ $# -gt 0 ]; do
         --foreground) FOREGROUND=1; shift ;;
         --rotate) ROTATE=1; shift ;;
         --up) UP_ONLY=1; shift ;;
-        -h|--help) sed -n '2,16p' "$0" 2>/dev/null; exit 0 ;;
+        --print-unit) PRINT_UNIT=1; shift ;;
+        -h|--help) sed -n '2,18p' "$0" 2>/dev/null; exit 0 ;;
         *) die 2 "unknown argument: $1 (see --help)" ;;
     esac
 done
 
-[ "$(id -u)" = 0 ] || die 1 "this needs root: run it with sudo"
 [ -n "$STATE" ] || die 2 "--state-dir needs a directory"
 
 apt_install() {
@@ -115,7 +118,7 @@ register() {
         *) die 1 "the controller answered $code: ${message:-$answer}" ;;
     esac
     # the answer is shell assignments (OC_TUNNEL_ID='...'), every value checked by the controller
-    printf '%s\n' "$answer" | grep -E "^OC_[A-Z_]+='[^']*'$" > "$STATE/tunnel.env.new" ||
+    printf '%s\n' "$answer" | grep -E "^OC_[A-Z][A-Z0-9_]*='[^']*'$" > "$STATE/tunnel.env.new" ||
         die 1 "the controller's answer is not what this script expects"
     [ -n "$IFNAME" ] && printf "OC_INTERFACE='%s'\n" "$IFNAME" >> "$STATE/tunnel.env.new"
     mv "$STATE/tunnel.env.new" "$STATE/tunnel.env"
@@ -125,21 +128,37 @@ register() {
 # ---- the interface --------------------------------------------------------------------
 load_state() {
     [ -s "$STATE/tunnel.env" ] || die 1 "$STATE/tunnel.env is missing: register first"
-    OC_INTERFACE=""
+    OC_INTERFACE="" OC_HUB_ADDRESS6=""  # absent from what older controllers answered
+    # shellcheck source=/dev/null  # written by register(), every value checked
     . "$STATE/tunnel.env"
     IFNAME=${OC_INTERFACE:-oc-$(printf '%s' "$OC_TUNNEL_ID" | cut -c1-8)}
 }
 
-nat() {  # nat -A|-D: forwarding NAT for each CIDR, from the hub's address
+nat() {  # nat -A|-D: forwarding NAT for each CIDR, from the hub's address of its family
     for cidr in $OC_CIDRS; do
-        case "$cidr" in *:*) continue ;; esac  # the hub's address is IPv4: NAT IPv4 only
+        case "$cidr" in
+            *:*) [ -n "$OC_HUB_ADDRESS6" ] || continue  # an older controller: no IPv6 twin
+                 tool=ip6tables src=$OC_HUB_ADDRESS6 ;;
+            *) tool=iptables src=$OC_HUB_ADDRESS ;;
+        esac
         if [ "$1" = -A ]; then
-            iptables -t nat -C POSTROUTING -s "$OC_HUB_ADDRESS" -d "$cidr" -j MASQUERADE 2>/dev/null ||
-                iptables -t nat -A POSTROUTING -s "$OC_HUB_ADDRESS" -d "$cidr" -j MASQUERADE
+            "$tool" -t nat -C POSTROUTING -s "$src" -d "$cidr" -j MASQUERADE 2>/dev/null ||
+                "$tool" -t nat -A POSTROUTING -s "$src" -d "$cidr" -j MASQUERADE
         else
-            iptables -t nat -D POSTROUTING -s "$OC_HUB_ADDRESS" -d "$cidr" -j MASQUERADE 2>/dev/null || true
+            "$tool" -t nat -D POSTROUTING -s "$src" -d "$cidr" -j MASQUERADE 2>/dev/null || true
         fi
     done
+}
+
+forwarding() {  # IPv4 always; IPv6 when the tunnel routes IPv6 (the hub has sent its twin)
+    echo 1 > /proc/sys/net/ipv4/ip_forward || die 1 "cannot enable IPv4 forwarding"
+    [ -n "$OC_HUB_ADDRESS6" ] || return 0
+    command -v ip6tables >/dev/null 2>&1 || apt_install iptables
+    if [ "$(cat /proc/sys/net/ipv6/conf/all/forwarding 2>/dev/null)" != 1 ]; then
+        echo 1 > /proc/sys/net/ipv6/conf/all/forwarding || die 1 "cannot enable IPv6 forwarding"
+        # a router ignores router advertisements unless accept_ra=2: say so, change nothing
+        say "IPv6 forwarding is on now: if this host takes its own IPv6 address or route from router advertisements, set net.ipv6.conf.<uplink>.accept_ra=2"
+    fi
 }
 
 stop_previous() {
@@ -184,7 +203,7 @@ bring_up() {
     ip address add "$OC_ADDRESS" dev "$IFNAME"
     ip link set "$IFNAME" up
     for a in $(echo "$OC_ALLOWED_IPS" | tr ',' ' '); do ip route replace "$a" dev "$IFNAME"; done
-    echo 1 > /proc/sys/net/ipv4/ip_forward || die 1 "cannot enable IPv4 forwarding"
+    forwarding
     nat -A
     say "tunnel $OC_TUNNEL_ID up on $IFNAME ($OC_ADDRESS), dialling the hub at $OC_HUB_ENDPOINT"
 }
@@ -210,14 +229,18 @@ run_foreground() {
     while :; do sleep 3600 & wait $! || true; done
 }
 
-install_unit() {
-    cp "$0" "$STATE/gateway.sh" 2>/dev/null || die 1 "cannot copy this script to $STATE/gateway.sh (run it from a file)"
-    unit="/etc/systemd/system/overcast-tunnel-$IFNAME.service"
-    cat > "$unit" <<EOF
+unit_text() {
+    # systemd reads the path unquoted, and % starts its specifiers: keep to plain characters
+    case "$STATE$IFNAME" in
+        *[!A-Za-z0-9/._-]*) die 2 "--state-dir and --interface: only letters, digits and / . _ - in a systemd unit" ;;
+    esac
+    # StartLimitIntervalSec=0: a gateway that cannot start yet (no network) keeps trying
+    cat <<EOF
 [Unit]
 Description=Overcast tunnel gateway ($IFNAME)
 After=network-online.target
 Wants=network-online.target
+StartLimitIntervalSec=0
 
 [Service]
 ExecStart=/bin/sh $STATE/gateway.sh --up --foreground --state-dir $STATE
@@ -227,12 +250,25 @@ RestartSec=2
 [Install]
 WantedBy=multi-user.target
 EOF
+}
+
+install_unit() {
+    cp "$0" "$STATE/gateway.sh" 2>/dev/null || die 1 "cannot copy this script to $STATE/gateway.sh (run it from a file)"
+    unit="/etc/systemd/system/overcast-tunnel-$IFNAME.service"
+    unit_text > "$unit.new"
+    mv "$unit.new" "$unit"
     systemctl daemon-reload
     systemctl enable "overcast-tunnel-$IFNAME.service" >/dev/null 2>&1
     systemctl restart "overcast-tunnel-$IFNAME.service" || die 1 "the unit did not start: journalctl -u overcast-tunnel-$IFNAME"
     say "installed and started overcast-tunnel-$IFNAME.service"
 }
 
+if [ "$PRINT_UNIT" = 1 ]; then
+    [ -n "$IFNAME" ] || load_state
+    unit_text
+    exit 0
+fi
+[ "$(id -u)" = 0 ] || die 1 "this needs root: run it with sudo"
 need_tools
 [ "$UP_ONLY" = 1 ] || register
 load_state

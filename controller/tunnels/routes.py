@@ -86,6 +86,7 @@ async def delete_tunnel(ctx: Ctx) -> Any:
 
 @routes.route("POST", "/api/v2/tunnels/{tunnel}/actions/rotate", op="rotate_tunnel",
               summary="Rotate the gateway's key: a new one-use token and install command "
-                      "(--rotate)")
+                      "(--rotate); or, when an agent is the gateway, it is asked over its stream "
+                      "for a new key (422: its agent is not connected)")
 async def rotate_tunnel(ctx: Ctx) -> Any:
-    return one(ctx.services.tunnels.rotate(ctx.principal, ctx.actor, ctx.match("tunnel")))
+    return one(await ctx.services.tunnels.rotate(ctx.principal, ctx.actor, ctx.match("tunnel")))

@@ -1,23 +1,30 @@
 """Tunnels end to end, with real WireGuard (wireguard-go) in network namespaces: the
 controller in the root namespace on a lab bridge (the hub, its own interface name and port),
 a gateway host on the bridge and on a private link, and a private host reached only through
-that link (sshd in it, no route to the controller). A tunnel is created through the REST API,
-the gateway runs the very install command the controller gave (fetching the CA, checking its
-fingerprint, fetching the script, registering its own key), the hub sees the handshake, and
-an "other server" cloud and a command reach the private host's sshd through the tunnel.
-Then the refusals (overlaps, the controller's own network, a used token, a gateway whose
-key the hub does not know, delete in use), and the teardown: the private host is
-unreachable again. Needs root, iproute2, iptables, curl and wireguard-go."""
+that link (sshd in it on an IPv4 and an IPv6 address, no route to the controller, none back
+to the hub's IPv6 twin: only the gateway's NAT answers). A tunnel for both networks is
+created through the REST API, the gateway runs the very install command the controller gave
+(fetching the CA, checking its fingerprint, fetching the script, registering its own key),
+the hub sees the handshake, and an "other server" cloud and commands reach the private
+host's sshd through the tunnel over IPv4 and IPv6. Then the refusals (overlaps, the
+controller's own network, a used token, a gateway whose key the hub does not know, delete in
+use), rotation, restarts, and the teardown: the private host is unreachable again. Last, an
+Overcast agent on the gateway host as the gateway: told over its stream, its key rotated
+over it, killed and started again, and deleted. Needs root, iproute2, iptables, ip6tables,
+curl and wireguard-go."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,12 +41,13 @@ from tests.support.agents import AgentProc
 from tests.support.clouds import audit, poll, wait_job
 from tests.support.controller import ADMIN_EMAIL, ADMIN_PASSWORD, Controller, Http, free_port
 from tests.support.netns import Host, Lab
-from tunnel import keys
+from tunnel import addressing, keys
+from tunnel.backend import Peer
 from tunnel.wggo import WireguardGo
 
 
 def _why() -> str | None:
-    for tool in ("wireguard-go", "wg", "curl", "iptables"):
+    for tool in ("wireguard-go", "wg", "curl", "iptables", "ip6tables"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (packaging/dev/bootstrap.sh test installs it)"
     return netns.available() or sshd_support.available()
@@ -58,12 +66,23 @@ class World:
     gw: Host
     private: Host
     subnet: str
+    subnet6: str  # the private link's IPv6 network: the gateway at ::1, the private host ::2
     tunnel: dict[str, Any]
     gateway: subprocess.Popen[bytes]
     gateway_log: Path
     key: asyncssh.SSHKey
     up_after: float  # seconds from the gateway's start to the hub's first handshake
     agents: list[AgentProc] = field(default_factory=list)  # stopped by the fixture
+    sshd: sshd_support.Sshd | None = None  # the private host's, while tests share it
+    agent_tunnel: dict[str, Any] = field(default_factory=dict)  # the agent gateway's tunnel
+
+    @property
+    def private6(self) -> str:
+        return str(ipaddress.ip_network(self.subnet6)[2])
+
+    @property
+    def gw6(self) -> str:
+        return str(ipaddress.ip_network(self.subnet6)[1])
 
 
 def wait_for(predicate: Callable[[], bool], within: float, what: str) -> float:
@@ -73,6 +92,19 @@ def wait_for(predicate: Callable[[], bool], within: float, what: str) -> float:
             return time.monotonic() - t0
         time.sleep(0.1)
     raise AssertionError(f"not within {within}s: {what}")
+
+
+def add_ipv6(gw: Host, private: Host, subnet6: str) -> None:
+    """IPv6 on the private link (Lab.add_private makes it IPv4 only): the gateway's end ::1,
+    the private host's ::2 (nodad: usable at once). No IPv6 route from the private host to
+    anywhere else: answers to the hub reach it only through the gateway's NAT."""
+    net = ipaddress.ip_network(subnet6)
+    links = json.loads(subprocess.run(["ip", "-n", private.name, "-j", "link"], check=True,
+                                      capture_output=True, text=True).stdout)
+    [far] = [link["ifname"] for link in links if link["ifname"] != "lo"]
+    for host, dev, a in ((gw, private.veth, net[1]), (private, far, net[2])):
+        subprocess.run(["ip", "-n", host.name, "addr", "add", f"{a}/{net.prefixlen}", "dev", dev,
+                        "nodad"], check=True)
 
 
 def state(h: Http, tunnel_id: str) -> str:
@@ -115,10 +147,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     os.chmod(tmp, 0o755)
     n = random.randint(150, 249)
     subnet = f"172.30.{n}.0/24"
+    subnet6 = f"fd{random.randint(16, 255):02x}:{random.randint(1, 0xffff):x}:{n}::/64"
     key = asyncssh.generate_private_key("ssh-ed25519")
     with Lab(subnet=n) as lab:
         gw = lab.add_host()
         private = lab.add_private(gw, subnet)
+        add_ipv6(gw, private, subnet6)
         port = free_port()
         c = Controller(tmp / "ctl", {"OVERCAST_HTTP": f"{lab.gateway}:{port}",
                                      "OVERCAST_AGENTS": f"{lab.gateway}:{free_port()}",
@@ -133,7 +167,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         w: World | None = None
         try:
             h = c.session()
-            r = h.post("/api/v2/tunnels", {"name": "lab", "cidrs": [subnet]})
+            r = h.post("/api/v2/tunnels", {"name": "lab", "cidrs": [subnet, subnet6]})
             assert r.status == 201, r.body
             t = r.body["data"]
             log = tmp / "gateway.log"
@@ -145,10 +179,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             except AssertionError:
                 raise AssertionError(f"gateway: {log.read_text()}\ncontroller: "
                                      f"{c.log_path.read_text()[-3000:]}") from None
-            w = World(c, h, tmp, lab, gw, private, subnet, t, gateway, log, key,
+            w = World(c, h, tmp, lab, gw, private, subnet, subnet6, t, gateway, log, key,
                       time.monotonic() - t0)
             yield w
         finally:
+            if w is not None and w.sshd is not None:
+                w.sshd.stop()
             for a in (w.agents if w is not None else []):
                 a.stop()
             if w is not None:
@@ -179,33 +215,65 @@ def test_the_gateway_registered_its_own_key_and_the_hub_sees_its_handshake(world
         assert audit(h, action, t["id"]), action
 
 
+def private_sshd(world: World) -> sshd_support.Sshd:
+    """The private host's sshd, on its IPv4 and its IPv6 address, taking the test key."""
+    sshd = sshd_support.Sshd(world.private, world.tmp / "sshd", hostname="ocpriv")
+    with open(sshd.root / "sshd_config", "a") as f:
+        f.write(f"ListenAddress [{world.private6}]:22\n")
+    sshd.authorize(world.key.export_public_key().decode())
+    return sshd
+
+
+def machine_named(h: Http, name: str) -> dict[str, Any]:
+    [m] = [m for m in h.get("/api/v2/machines?limit=1000").body["data"] if m["name"] == name]
+    return dict(m)
+
+
+def output(h: Http, job: dict[str, Any]) -> str:
+    out = h.get(f"/api/v2/jobs/{job['id']}/output").body["data"]
+    return "".join(text for o in out for _, text in o["chunks"])
+
+
+def nat_rules(world: World, tool: str) -> str:
+    return subprocess.run(world.gw.cmd(tool, "-t", "nat", "-S", "POSTROUTING"),
+                          capture_output=True, text=True).stdout
+
+
 def test_a_command_reaches_the_private_host_through_the_tunnel(world: World) -> None:
     h = world.h
-    sshd = sshd_support.Sshd(world.private, world.tmp / "sshd", hostname="ocpriv")
-    sshd.authorize(world.key.export_public_key().decode())
+    sshd = private_sshd(world)
     with sshd:  # start() connects from the root namespace: through the tunnel
         r = h.post("/api/v2/clouds", {"name": "Private", "provider": "other", "credentials": {
             "hosts": [{"host": world.private.address, "alias": "privbox",
+                       "key": world.key.export_private_key().decode()},
+                      {"host": world.private6, "alias": "privbox6",
                        "key": world.key.export_private_key().decode()}]}})
         assert r.status == 201, r.body
         poll(h, r.body["data"]["id"])
-        ms = h.get("/api/v2/machines?limit=1000").body["data"]
-        [m] = [m for m in ms if m["name"] == "privbox"]
+        m = machine_named(h, "privbox")
         r = h.post("/api/v2/commands", {"command": "echo hello-from-$(hostname)", "machine": m["id"]})
         assert r.status == 202, r.body
         job = wait_job(h, r.body["job_id"])
         assert job["status"] == "succeeded", job
-        out = h.get(f"/api/v2/jobs/{job['id']}/output").body["data"]
-        assert "hello-from-ocpriv" in "".join(text for o in out for _, text in o["chunks"])
+        assert "hello-from-ocpriv" in output(h, job)
+        # over IPv6: the hub sends from its IPv6 twin, the gateway masquerades it (sshd sees
+        # the gateway's address; the private host has no route back to the twin)
+        twin = addressing.ipv6_twin("100.96.0.1", _hub_public(world))
+        assert f"-s {twin}/128 -d {world.subnet6} -j MASQUERADE" in nat_rules(world, "ip6tables")
+        m6 = machine_named(h, "privbox6")
+        job = run_via_agent(h, m6["id"], "echo hello6-from-$(hostname) from ${SSH_CONNECTION%% *}")
+        assert job["status"] == "succeeded", job
+        assert f"hello6-from-ocpriv from {world.gw6}" in output(h, job), output(h, job)
         # and a shell, over its WebSocket, typed at and left with an exit status
         r = h.post(f"/api/v2/machines/{m['id']}/actions/ssh", {"cols": 80, "rows": 24})
         assert r.status == 201, r.body
-        output, code = asyncio.run(_type_into_shell(world, r.body["data"]["location"],
-                                                    b"echo shell-on-$(hostname)\nexit 6\n"))
-        assert b"shell-on-ocpriv" in output and code == 6, (output, code)
-        # deleting the tunnel while the machine is reached through it: refused in words
+        typed, code = asyncio.run(_type_into_shell(world, r.body["data"]["location"],
+                                                   b"echo shell-on-$(hostname)\nexit 6\n"))
+        assert b"shell-on-ocpriv" in typed and code == 6, (typed, code)
+        # deleting the tunnel while machines are reached through it: refused in words
         r = h.delete(f"/api/v2/tunnels/{world.tunnel['id']}")
         assert r.status == 409 and "privbox" in r.body["error"]["message"], r.body
+        assert "privbox6" in r.body["error"]["details"]["machines"], r.body
 
 
 async def _type_into_shell(world: World, location: str, typed: bytes) -> tuple[bytes, int | None]:
@@ -267,8 +335,6 @@ def test_a_gateway_whose_key_the_hub_does_not_know_gets_no_handshake(world: Worl
     try:
         iface.configure(keys.generate_private())  # not the key it registered
         iface.set_address(answer["address"])
-        from tunnel.backend import Peer
-
         iface.set_peer(Peer(answer["hub_public_key"], [answer["allowed_ips"]],
                             answer["hub_endpoint"], keepalive=1))
         iface.up()
@@ -308,7 +374,7 @@ def answers_via_agent(h: Http, machine: str) -> bool:
     if r.status != 202:
         return False
     try:
-        return wait_job(h, r.body["job_id"], 15)["status"] == "succeeded"
+        return bool(wait_job(h, r.body["job_id"], 15)["status"] == "succeeded")
     except AssertionError:
         return False
 
@@ -427,8 +493,6 @@ def test_rotation_moves_the_tunnel_to_a_new_key_and_the_old_one_no_longer_handsh
     try:
         iface.configure(old_private)
         iface.set_address(t["address"])
-        from tunnel.backend import Peer
-
         hub_pub = _hub_public(world)
         iface.set_peer(Peer(hub_pub, ["100.96.0.1/32"], f"{world.lab.gateway}:{hub_port}",
                             keepalive=1))
@@ -478,9 +542,9 @@ def test_deleting_the_tunnel_makes_the_private_host_unreachable(world: World) ->
     stop(world.gateway)
     assert f"ocgw{world.lab.tag}" not in subprocess.run(
         ["ip", "-n", world.gw.name, "link"], capture_output=True, text=True).stdout
-    nat = subprocess.run(world.gw.cmd("iptables", "-t", "nat", "-S", "POSTROUTING"),
-                         capture_output=True, text=True).stdout
-    assert "MASQUERADE" not in nat, nat
+    for tool in ("iptables", "ip6tables"):
+        nat = nat_rules(world, tool)
+        assert "MASQUERADE" not in nat, nat
     [m] = [m for m in h.get("/api/v2/machines?limit=1000").body["data"] if m["name"] == "privbox"]
     r = h.post("/api/v2/commands", {"command": "true", "machine": m["id"], "timeout": 20})
     assert r.status == 202, r.body
@@ -490,67 +554,228 @@ def test_deleting_the_tunnel_makes_the_private_host_unreachable(world: World) ->
     assert target.get("error"), target
 
 
+def agent_ifname(world: World) -> str:
+    return f"oc-{world.agent_tunnel['id'][:8]}"
+
+
+def agent_key_file(world: World) -> Path:
+    return world.tmp / "agent-gw" / "tunnels" / f"{world.agent_tunnel['id']}.key"
+
+
+def gateway_agent(world: World) -> AgentProc:
+    [a] = [a for a in world.agents if a.state_dir == world.tmp / "agent-gw"]
+    return a
+
+
 def test_an_agent_on_the_gateway_host_brings_the_tunnel_up_when_told(world: World) -> None:
     """The script gateway is gone (the test before deleted its tunnel): an Overcast agent on
     the same gateway host, enrolled normally over the bridge, is told to be the gateway of a
-    new tunnel to the same private network. It makes its own key, and the private host's
-    sshd answers through it; deleting the tunnel (force) brings it down again there."""
+    new tunnel to the same private networks. It makes its own key, and the private host's
+    sshd answers through it, over IPv4 and IPv6."""
     h, c = world.h, world.c
     tok = h.post("/api/v2/agents/tokens", {"name": "gwagent"})
     assert tok.status == 201, tok.body
     agent = AgentProc(c, world.tmp / "agent-gw", host=world.gw, hostname="ocgwagent")
     world.agents.append(agent)
-    r = agent.enrol(tok.body["token"])
-    assert r.returncode == 0, r.stdout + r.stderr
+    enrolled = agent.enrol(tok.body["token"])
+    assert enrolled.returncode == 0, enrolled.stdout + enrolled.stderr
     agent.start()
     aid = agent.agent_id
     wait_for(lambda: h.get(f"/api/v2/agents/{aid}").body["data"].get("connected") is True, 30,
              "the gateway's agent connected")
-    [priv] = [m for m in h.get("/api/v2/machines?limit=1000").body["data"] if m["name"] == "privbox"]
+    priv = machine_named(h, "privbox")
     # bad input: a machine without an agent, one that does not exist
     for ref in (priv["id"], "no-such-machine"):
         r = h.post("/api/v2/tunnels", {"name": "viaagent", "cidrs": [world.subnet], "gateway_agent": ref})
         assert r.status == 404, r.body
     t0 = time.monotonic()
-    r = h.post("/api/v2/tunnels", {"name": "viaagent", "cidrs": [world.subnet], "gateway_agent": aid})
+    r = h.post("/api/v2/tunnels", {"name": "viaagent", "cidrs": [world.subnet, world.subnet6],
+                                   "gateway_agent": aid})
     assert r.status == 201, r.body
-    t = r.body["data"]
+    t = world.agent_tunnel = r.body["data"]
     assert "install_command" not in t and t["gateway_agent"] == aid
     try:
         wait_for(lambda: state(h, t["id"]) == "up", 30, "the agent's tunnel up")
     except AssertionError:
         raise AssertionError(f"agent: {agent.log_path.read_text()[-3000:]}") from None
     print(f"tunnel created to its agent gateway up: {time.monotonic() - t0:.2f}s")
-    ifname = f"oc-{t['id'][:8]}"
-    key_file = world.tmp / "agent-gw" / "tunnels" / f"{t['id']}.key"
+    ifname, key_file = agent_ifname(world), agent_key_file(world)
     got = h.get(f"/api/v2/tunnels/{t['id']}").body["data"]
     assert got["public_key"] == keys.public_of(key_file.read_text().strip())
     assert oct(os.stat(key_file).st_mode & 0o777) == "0o600"
     assert ifname in subprocess.run(["ip", "-n", world.gw.name, "link"], capture_output=True, text=True).stdout
-    nat = subprocess.run(world.gw.cmd("iptables", "-t", "nat", "-S", "POSTROUTING"),
-                         capture_output=True, text=True).stdout
-    assert f"-d {world.subnet}" in nat and "MASQUERADE" in nat, nat
+    assert f"-d {world.subnet}" in nat_rules(world, "iptables")
+    assert f"-d {world.subnet6} -j MASQUERADE" in nat_rules(world, "ip6tables")
     reg = audit(h, "tunnel.register", t["id"])
     assert reg, "tunnel.register audited"
 
-    sshd = sshd_support.Sshd(world.private, world.tmp / "sshd", hostname="ocpriv")
-    sshd.authorize(world.key.export_public_key().decode())
-    with sshd:  # reached from the root namespace: through the agent's tunnel
-        job = run_via_agent(h, priv["id"], "echo hello-via-agent-$(hostname)", within=60)
-        assert job["status"] == "succeeded", job
-        out = h.get(f"/api/v2/jobs/{job['id']}/output").body["data"]
-        assert "hello-via-agent-ocpriv" in "".join(text for o in out for _, text in o["chunks"])
+    world.sshd = private_sshd(world).start()  # reached from the root namespace: through the agent's tunnel
+    job = run_via_agent(h, priv["id"], "echo hello-via-agent-$(hostname)", within=60)
+    assert job["status"] == "succeeded", job
+    assert "hello-via-agent-ocpriv" in output(h, job)
+    job = run_via_agent(h, machine_named(h, "privbox6")["id"],
+                        "echo hello6-via-agent-$(hostname) from ${SSH_CONNECTION%% *}", within=60)
+    assert job["status"] == "succeeded", job
+    assert f"hello6-via-agent-ocpriv from {world.gw6}" in output(h, job), output(h, job)
 
-        r = h.delete(f"/api/v2/tunnels/{t['id']}?force=true")
-        assert r.status == 204, r.body
-        wait_for(lambda: ifname not in subprocess.run(["ip", "-n", world.gw.name, "link"],
-                                                      capture_output=True, text=True).stdout,
-                 15, "the agent took its interface down")
-        nat = subprocess.run(world.gw.cmd("iptables", "-t", "nat", "-S", "POSTROUTING"),
-                             capture_output=True, text=True).stdout
+
+class Prober:
+    """TCP connections from the root namespace (the controller's side) to the private host's
+    sshd, through the tunnel, every 50 ms in a thread: the longest stretch without one that
+    succeeds is how long the tunnel was lost."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.results: list[tuple[float, bool]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                socket.create_connection((self.address, 22), timeout=0.3).close()
+                ok = True
+            except OSError:
+                ok = False
+            self.results.append((t, ok))
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def longest_gap(self) -> float:
+        """Seconds between the two successes furthest apart (0 when none failed)."""
+        times = [t for t, ok in self.results if ok]
+        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+
+
+def test_rotating_an_agent_gateways_key_over_its_stream(world: World) -> None:
+    """rotate on an agent's tunnel: no token, no install command; the agent makes a new key
+    and the hub swaps the peer's key; the tunnel is lost for about a handshake; the old key
+    is gone from the hub and handshakes no more; audited like the script's rotation."""
+    h, t = world.h, world.agent_tunnel
+    assert t, "the test before made the agent's tunnel"
+    key_file = agent_key_file(world)
+    old_private = key_file.read_text().strip()
+    old_public = keys.public_of(old_private)
+    assert old_public in hub_peers(world)
+    priv = machine_named(h, "privbox")
+    with Prober(world.private.address) as probe:
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        r = h.post(f"/api/v2/tunnels/{t['id']}/actions/rotate")
+        assert r.status == 200, r.body
+        assert "install_command" not in r.body["data"] and "token" not in r.body["data"]
+        wait_for(lambda: h.get(f"/api/v2/tunnels/{t['id']}").body["data"]["public_key"] != old_public,
+                 15, "the agent's new key registered")
+        new_private = key_file.read_text().strip()
+        new_public = keys.public_of(new_private)
+        assert new_private != old_private and oct(os.stat(key_file).st_mode & 0o777) == "0o600"
+        assert h.get(f"/api/v2/tunnels/{t['id']}").body["data"]["public_key"] == new_public
+        wait_for(lambda: any(ok and when > t0 for when, ok in probe.results[-3:]), 15,
+                 "the private host reached through the tunnel with the new key")
+        took = time.monotonic() - t0
+        time.sleep(1)
+    gap = probe.longest_gap()
+    print(f"agent gateway rotation: API call to the private host reached again {took:.2f}s; "
+          f"longest time without a connection through the tunnel {gap:.2f}s")
+    assert gap < 3, gap  # one handshake, not WireGuard's 5 s handshake retry
+    peers = hub_peers(world)
+    assert new_public in peers and old_public not in peers, peers  # the hub replaced the peer
+    wg_key = subprocess.run(world.gw.cmd("wg", "show", agent_ifname(world), "private-key"),
+                            capture_output=True, text=True).stdout.strip()
+    assert wg_key == new_private  # the interface runs the new key; the old one is on no disk
+    # in two steps: the new key reported while the interface kept the old one, then switched
+    assert "the interface keeps the old one until the hub has the new one" in \
+        gateway_agent(world).log_path.read_text()
+    job = run_via_agent(h, priv["id"], "echo after-rotation-$(hostname)")
+    assert job["status"] == "succeeded" and "after-rotation-ocpriv" in output(h, job), job
+    [rot] = audit(h, "tunnel.rotate", t["id"])
+    assert rot["details"]["agent"] == t["gateway_agent"] and rot["actor"]["kind"] != "agent", rot
+    reg = audit(h, "tunnel.register", t["id"])[0]  # newest first
+    assert reg["details"]["rotated"] and reg["actor"]["kind"] == "agent", reg
+    assert old_private not in world.c.log_path.read_text() + gateway_agent(world).log_path.read_text()
+    # the old key dials the hub from elsewhere: no handshake
+    host = world.lab.add_host()
+    hub_port = world.c.extra_env["OVERCAST_TUNNEL_PORT"]
+    iface = WireguardGo(f"ocolda{world.lab.tag}", host.name)
+    try:
+        iface.configure(old_private)
+        iface.set_address(t["address"])
+        hub_pub = _hub_public(world)
+        iface.set_peer(Peer(hub_pub, ["100.96.0.1/32"], f"{world.lab.gateway}:{hub_port}", keepalive=1))
+        iface.up()
+        iface.add_route("100.96.0.1/32")
+        time.sleep(4)
+        assert iface.peers()[hub_pub].last_handshake is None
+    finally:
+        iface.down()
+
+
+def test_a_killed_agent_gateway_brings_its_tunnel_back_when_started_again(world: World) -> None:
+    """kill -9 of the gateway's agent (its wireguard-go goes with it: the interface is gone),
+    then the agent started again: it brings the tunnel up from what it stored, with the same
+    key, and a command reaches the private host again; the controller does nothing for it
+    (the hub keeps the peer and key; no new registration)."""
+    h, t = world.h, world.agent_tunnel
+    assert t, "the first agent test made the agent's tunnel"
+    agent, ifname = gateway_agent(world), agent_ifname(world)
+    peers_before = hub_peers(world)
+    registered = len(audit(h, "tunnel.register", t["id"]))
+    assert agent.proc is not None
+    agent.proc.kill()
+    agent.proc.wait(10)
+    agent.log.close()
+    try:  # its wireguard-go ends with it (it was started with a parent-death signal)
+        wait_for(lambda: wg_pid(ifname) is None, 5, "the agent's wireguard-go gone with it")
+    except AssertionError:
+        pid = wg_pid(ifname)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: ifname not in subprocess.run(["ip", "-n", world.gw.name, "link"],
+                                                  capture_output=True, text=True).stdout,
+             10, "the interface gone with wireguard-go")
+    priv = machine_named(h, "privbox")
+    r = h.post("/api/v2/commands", {"command": "true", "machine": priv["id"], "timeout": 5})
+    assert r.status == 202 and wait_job(h, r.body["job_id"], 30)["status"] == "failed"
+
+    t0 = time.monotonic()
+    agent.start()
+    try:
+        took = wait_for(lambda: answers_via_agent(h, priv["id"]), 60,
+                        "a command on the private host after the agent gateway restarted")
+    except AssertionError:
+        raise AssertionError(f"agent: {agent.log_path.read_text()[-3000:]}") from None
+    print(f"agent gateway killed and started again: private host answers after "
+          f"{time.monotonic() - t0:.1f}s ({took:.1f}s of polling)")
+    assert "up again on " + ifname in agent.log_path.read_text()
+    assert hub_peers(world) == peers_before  # same key, nothing changed at the hub
+    assert len(audit(h, "tunnel.register", t["id"])) == registered
+    wait_for(lambda: state(h, t["id"]) == "up", 15, "the tunnel up")
+
+
+def test_deleting_the_agents_tunnel_brings_it_down_there(world: World) -> None:
+    h, t = world.h, world.agent_tunnel
+    assert t, "the first agent test made the agent's tunnel"
+    ifname, key_file = agent_ifname(world), agent_key_file(world)
+    r = h.delete(f"/api/v2/tunnels/{t['id']}?force=true")
+    assert r.status == 204, r.body
+    wait_for(lambda: ifname not in subprocess.run(["ip", "-n", world.gw.name, "link"],
+                                                  capture_output=True, text=True).stdout,
+             15, "the agent took its interface down")
+    # the interface goes with wireguard-go, a moment before the agent forgets the key
+    wait_for(lambda: not key_file.exists(), 5, "the agent forgot the tunnel's key")
+    for tool in ("iptables", "ip6tables"):
+        nat = nat_rules(world, tool)
         assert "MASQUERADE" not in nat, nat
-        assert not key_file.exists()
-        r = h.post("/api/v2/commands", {"command": "true", "machine": priv["id"], "timeout": 20})
-        assert r.status == 202, r.body
-        job = wait_job(h, r.body["job_id"], 60)
-        assert job["status"] == "failed", job
+    priv = machine_named(h, "privbox")
+    r = h.post("/api/v2/commands", {"command": "true", "machine": priv["id"], "timeout": 20})
+    assert r.status == 202, r.body
+    job = wait_job(h, r.body["job_id"], 60)
+    assert job["status"] == "failed", job

@@ -1,5 +1,5 @@
-"""tunnel.addressing: CIDRs checked in words, allowed IPs minus exclusions, and addresses
-allocated from a pool; IPv4 and IPv6."""
+"""tunnel.addressing: CIDRs checked in words, allowed IPs minus exclusions, addresses
+allocated from a pool, and the hub's IPv6 twin; IPv4 and IPv6."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import ipaddress
 
 import pytest
 
+from tunnel import addressing, keys
 from tunnel.addressing import allocate, allowed_ips, check_routes, parse_cidr, parse_cidrs
 
 
@@ -102,3 +103,16 @@ def test_allocate() -> None:
         allocate("100.96.0.0/30", ["100.96.0.1", "100.96.0.2"])
     with pytest.raises(ValueError, match="not an address"):
         allocate(pool, ["gateway"])
+
+
+def test_the_hubs_ipv6_twin_is_derived_from_its_key_and_ipv4_address() -> None:
+    k1, k2 = (keys.public_of(keys.generate_private()) for _ in range(2))
+    net = ipaddress.IPv6Network(addressing.ipv6_twin_network(k1))
+    assert net.prefixlen == 96 and net.subnet_of(ipaddress.IPv6Network("fd00::/8"))  # unique-local
+    twin = addressing.ipv6_twin("100.96.0.1", k1)
+    assert ipaddress.ip_address(twin) in net and twin.endswith("::6460:1")  # the IPv4 in the last 32 bits
+    assert addressing.ipv6_twin("100.96.0.1/16", k1) == twin  # the same on every side
+    assert addressing.ipv6_twin("100.96.0.1", k2) != twin  # another hub, another /48
+    assert addressing.ipv6_twin("fd00::1", k1) == "fd00::1"  # an IPv6 hub is its own twin
+    with pytest.raises(ValueError):
+        addressing.ipv6_twin_network("not base64!")

@@ -15,10 +15,9 @@ from typing import Any, cast
 import pytest
 
 from controller.accounts.model import Principal
-from controller.agents.registry import Registry
+from controller.clouds.model import CLOUD
 from controller.errors import Conflict, Invalid, NotFound, Unauthenticated
 from controller.events.writer import Writer
-from controller.exec.agentlink import AgentLink
 from controller.machines.model import MACHINE
 from controller.machines.model import key as machine_key
 from controller.secrets import SecretBox
@@ -29,7 +28,7 @@ from controller.store.docs import dump
 from controller.tunnels.hub import Hub
 from controller.tunnels.model import HUB_KEY, TunnelsUnavailable, tunnel_key
 from controller.tunnels.service import TunnelService
-from tunnel import keys
+from tunnel import addressing, keys
 from tunnel.backend import Interface, Peer, PeerStats, TunnelError
 
 P = Principal({"id": "u1", "email": "a@example.com"}, {"id": "o1", "name": "Acme"}, "owner", "token", "t1")
@@ -119,7 +118,9 @@ async def test_create_allocates_addresses_and_a_one_use_token(store: Store, tmp_
     assert "172.20.5.0/24" not in t["allowed_ips"] and "172.20.4.0/24" in t["allowed_ips"]
     cmd = t["install_command"]
     assert "/install/tunnel.sh" in cmd and f"--token {t['token']}" in cmd  # http: no CA to pin
-    assert iface.is_up and iface.addresses == ("100.96.0.1/16",) and iface.port == 51820
+    hub_public = keys.public_of(iface.private_key)
+    twin = addressing.ipv6_twin("100.96.0.1", hub_public)  # IPv6 CIDRs are reached from it
+    assert iface.is_up and iface.addresses == ("100.96.0.1/16", f"{twin}/96") and iface.port == 51820
     t2 = await svc.create(P, P.actor(), {"name": "dc2", "cidrs": ["172.21.0.0/16"]})
     assert t2["address"] == "100.96.0.3/32"
     # the hub's private key is sealed: the stored document does not hold it in clear
@@ -195,6 +196,22 @@ async def test_register_sets_the_peer_first_and_spends_the_token(store: Store, t
     denied = [e for e in audit(store, "tunnel.register") if e.get("outcome") == "denied"]
     assert len(denied) == 2
     assert svc.get(P, "dc1")["public_key"] == gw
+    assert r["hub_address6"] == ""  # no IPv6 CIDR: the gateway leaves IPv6 alone
+
+
+async def test_a_tunnel_to_ipv6_cidrs_gives_the_gateway_the_hubs_ipv6_twin(
+        store: Store, tmp_path: Path, iface: FakeInterface) -> None:
+    svc = service(store, tmp_path, iface)
+    t = await svc.create(P, P.actor(), {"name": "dc6", "cidrs": ["172.20.0.0/16", "fd00:20::/64"]})
+    r = await svc.register("10.9.9.9", t["token"], keys.public_of(keys.generate_private()))
+    twin = addressing.ipv6_twin("100.96.0.1", r["hub_public_key"])
+    assert r["hub_address6"] == twin and f"{twin}/96" in iface.addresses  # the hub sends from it
+    assert r["allowed_ips"] == f"100.96.0.1/32,{twin}/128" and r["cidrs"] == "172.20.0.0/16 fd00:20::/64"
+    assert iface.routes == {"172.20.0.0/16", "fd00:20::/64"}
+    # no tunnel may route the twin's network
+    net = addressing.ipv6_twin_network(r["hub_public_key"])
+    with pytest.raises(Invalid, match=net):
+        await svc.create(P, P.actor(), {"name": "clash", "cidrs": [net.replace("/96", "/64")]})
 
 
 async def test_an_expired_token_is_refused(store: Store, tmp_path: Path, iface: FakeInterface,
@@ -212,7 +229,7 @@ async def test_rotate_moves_the_tunnel_to_the_new_key(store: Store, tmp_path: Pa
     t = await svc.create(P, P.actor(), {"name": "dc1", "cidrs": ["172.20.0.0/16"]})
     old, new = (keys.public_of(keys.generate_private()) for _ in range(2))
     await svc.register("1.2.3.4", t["token"], old)
-    r = svc.rotate(P, P.actor(), "dc1")
+    r = await svc.rotate(P, P.actor(), "dc1")
     assert "--rotate" in r["install_command"] and r["token"] != t["token"]
     await svc.register("1.2.3.4", r["token"], new)
     assert list(iface.peers_) == [new] and iface.routes == {"172.20.0.0/16"}
@@ -234,6 +251,15 @@ async def test_edit_moves_routes_and_delete_in_use_needs_force(store: Store, tmp
                                                       "private_ips": ["172.21.0.7"]}))
     with pytest.raises(Conflict, match="machines db"):
         await svc.delete(P, P.actor(), "site", force=False)
+    store.delete(machine_key("o1", "m1"))
+    # a private cloud whose API is reached through it (its endpoint inside the CIDRs)
+    store.put("cloud/o1/c1", dump(CLOUD, {"id": "c1", "name": "dc-openstack", "provider": "openstack",
+                                          "config": {"authUrl": "http://172.20.0.9:5000/v3"}}))
+    store.put("cloud/o1/c2", dump(CLOUD, {"id": "c2", "name": "elsewhere", "provider": "openstack",
+                                          "config": {"authUrl": "http://10.9.0.9:5000/v3"}}))
+    with pytest.raises(Conflict, match="clouds dc-openstack are reached") as refused:
+        await svc.delete(P, P.actor(), "site", force=False)
+    assert refused.value.details == {"machines": [], "clouds": ["dc-openstack"]}
     await svc.delete(P, P.actor(), "site", force=True)
     assert not iface.peers_ and not iface.routes and not list(store.scan("tunnel/"))
     assert not list(store.scan("tunnelhash/"))
@@ -268,6 +294,24 @@ async def test_no_wireguard_answers_503_in_words(store: Store, tmp_path: Path) -
     assert store.get(tunnel_key("o1", "x")) is None
 
 
+class NoIPv6(FakeInterface):
+    """A host with IPv6 disabled: an IPv6 address is refused."""
+
+    def set_address(self, *cidrs: str) -> None:
+        if any(":" in c for c in cidrs):
+            raise TunnelError("ip address replace fd…: Permission denied")
+        super().set_address(*cidrs)
+
+
+async def test_a_host_without_ipv6_still_runs_ipv4_tunnels(store: Store, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    iface = NoIPv6("ocT")
+    svc = service(store, tmp_path, iface)
+    t = await svc.create(P, P.actor(), {"name": "dc1", "cidrs": ["172.20.0.0/16"]})
+    assert iface.is_up and iface.addresses == ("100.96.0.1/16",) and t["address"] == "100.96.0.2/32"
+    assert "IPv6 CIDRs of tunnels cannot be reached" in caplog.text
+
+
 async def test_bad_tokens_from_one_address_cannot_flood_the_audit_log(
         store: Store, tmp_path: Path, iface: FakeInterface) -> None:
     from controller.accounts.service import AccountService
@@ -286,94 +330,3 @@ async def test_bad_tokens_from_one_address_cannot_flood_the_audit_log(
     # at most 20 a minute per address (the loop may straddle two minutes); others unaffected
     assert 1 <= len(from_first) <= 40, len(from_first)
     assert len([e for e in denied if e["source"]["ip"] == "10.9.9.8"]) == 1
-
-
-class FakeLink(AgentLink):
-    """The agent link with streams that only record what went down them (the messages are
-    built, and the agents' answers converted, by the real AgentLink)."""
-
-    def __init__(self, connected: set[str]) -> None:
-        super().__init__(Registry())
-        self.up = connected
-        self.sent: list[tuple[str, Any]] = []
-
-    def connected(self, agent_id: str) -> bool:
-        return agent_id in self.up
-
-    async def write(self, agent_id: str, msg: Any) -> None:
-        if agent_id not in self.up:
-            raise RuntimeError("not connected")
-        self.sent.append((agent_id, msg))
-
-
-def agent_machine(store: Store, org: str, mid: str, name: str, agent: str = "") -> None:
-    store.put(machine_key(org, mid), dump(MACHINE, {"id": mid, "name": name, "agent": agent,
-                                                    "public_ips": [], "private_ips": []}))
-
-
-async def test_an_agent_gateway_is_told_and_its_key_registered(store: Store, tmp_path: Path,
-                                                               iface: FakeInterface) -> None:
-    from overcast.agent.v1 import agent_pb2 as pb
-
-    svc = service(store, tmp_path, iface)
-    link = FakeLink({"a1", "a2"})
-    svc.attach_agents(cast(Any, link))
-    assert "tunnel_status" in link.handlers
-    agent_machine(store, "o1", "a1", "gw1", agent="a1")
-    agent_machine(store, "o1", "a3", "gw3", agent="a3")  # not connected
-    agent_machine(store, "o1", "m9", "plain")  # no agent
-    agent_machine(store, "o2", "a2", "theirs", agent="a2")  # another organisation's
-    for ref, err in (("plain", NotFound), ("a2", NotFound), ("nope", NotFound), ("gw3", Invalid)):
-        with pytest.raises(err):
-            await svc.create(P, P.actor(), {"name": "x", "cidrs": ["172.20.0.0/16"], "gateway_agent": ref})
-    assert not list(store.scan("tunnel/"))
-    t = await svc.create(P, P.actor(), {"name": "dc1", "cidrs": ["172.20.0.0/16"], "gateway_agent": "gw1"})
-    assert "token" not in t and "install_command" not in t and t["gateway_machine"] == "a1"
-    [(aid, msg)] = link.sent
-    up = msg.tunnel_up
-    assert aid == "a1" and up.tunnel_id == t["id"] and up.interface == f"oc-{t['id'][:8]}"
-    assert up.address == "100.96.0.2/32" and up.hub_address == "100.96.0.1"
-    assert up.hub_public_key == keys.public_of(iface.private_key) and list(up.cidrs) == ["172.20.0.0/16"]
-    # the agent answers its key: registered, the hub gets the peer, audited with the agent
-    gw = keys.public_of(keys.generate_private())
-    await link.deliver("a1", pb.AgentMessage(tunnel_status=pb.TunnelStatus(
-        tunnel_id=t["id"], public_key=gw)))
-    assert svc.get(P, "dc1")["public_key"] == gw and gw in iface.peers_
-    reg = audit(store, "tunnel.register")[-1]
-    assert reg["details"]["agent"] == "a1" and reg["actor"]["kind"] == "agent"
-    # an error is kept for the view
-    await link.deliver("a1", pb.AgentMessage(tunnel_status=pb.TunnelStatus(
-        tunnel_id=t["id"], error="the agent does not run as root")))
-    assert "root" in svc.get(P, "dc1")["gateway_error"]
-    # another agent claiming the tunnel, or a tunnel unknown: told to take it down
-    link.sent.clear()
-    await link.deliver("a2", pb.AgentMessage(tunnel_status=pb.TunnelStatus(
-        tunnel_id=t["id"], public_key=keys.public_of(keys.generate_private()))))
-    assert [(a, m.tunnel_down.tunnel_id) for a, m in link.sent] == [("a2", t["id"])]
-    assert svc.get(P, "dc1")["public_key"] == gw
-    # delete: the hub forgets the peer, the agent is told
-    link.sent.clear()
-    await svc.delete(P, P.actor(), "dc1", force=False)
-    assert gw not in iface.peers_
-    assert [(a, m.tunnel_down.tunnel_id) for a, m in link.sent] == [("a1", t["id"])]
-
-
-async def test_edit_moves_the_tunnel_to_another_agent_or_back_to_the_script(
-        store: Store, tmp_path: Path, iface: FakeInterface) -> None:
-    svc = service(store, tmp_path, iface)
-    link = FakeLink({"a1", "a4"})
-    svc.attach_agents(cast(Any, link))
-    agent_machine(store, "o1", "a1", "gw1", agent="a1")
-    agent_machine(store, "o1", "a4", "gw4", agent="a4")
-    t = await svc.create(P, P.actor(), {"name": "dc1", "cidrs": ["172.20.0.0/16"]})
-    gw = keys.public_of(keys.generate_private())
-    await svc.register("1.2.3.4", t["token"], gw)
-    e = await svc.edit(P, P.actor(), "dc1", {"gateway_agent": "gw1"})
-    assert e["gateway_agent"] == "a1" and [m.WhichOneof("body") for _, m in link.sent] == ["tunnel_up"]
-    link.sent.clear()
-    await svc.edit(P, P.actor(), "dc1", {"gateway_agent": "a4"})
-    assert [(a, m.WhichOneof("body")) for a, m in link.sent] == [("a1", "tunnel_down"), ("a4", "tunnel_up")]
-    link.sent.clear()
-    e = await svc.edit(P, P.actor(), "dc1", {"gateway_agent": ""})
-    assert e["gateway_agent"] == "" and e["public_key"] == "" and gw not in iface.peers_
-    assert [(a, m.WhichOneof("body")) for a, m in link.sent] == [("a4", "tunnel_down")]
