@@ -29,8 +29,10 @@ def _with_command(t: dict[str, Any], as_json: bool, verb: str) -> int:
         output.emit_json(t)
         return OK
     if "install_command" not in t:  # an agent is the gateway
+        told = ("is asked for a new key (the hub switches to it when it arrives)"
+                if verb.startswith("will move") else "is told to bring it up")
         print(f"tunnel {t['name']} ({t['id']}) {verb}; the agent of machine "
-              f"{t.get('gateway_machine', '')} is told to bring it up.")
+              f"{t.get('gateway_machine', '')} {told}.")
         return OK
     print(f"tunnel {t['name']} ({t['id']}) {verb}; the token is good once, until {t['token_expires']}.")
     print("Run this on the gateway host inside the private network:\n")

@@ -336,13 +336,14 @@ class AgentLink:
     # ---- tunnels (the agent as a gateway: controller/tunnels) ---------------------------
     async def tunnel_up(self, agent_id: str, *, tunnel_id: str, interface: str, address: str,
                         hub_public_key: str, hub_endpoint: str, hub_address: str,
-                        cidrs: list[str], keepalive: int) -> None:
-        """Tell an agent to be a tunnel's gateway (it answers TunnelStatus). Raises
-        ProviderUnavailable when it is not connected."""
+                        cidrs: list[str], keepalive: int, rotate: bool = False) -> None:
+        """Tell an agent to be a tunnel's gateway (it answers TunnelStatus); with ``rotate``,
+        to make a new key pair and report it first. Raises ProviderUnavailable when it is
+        not connected."""
         await self.write(agent_id, pb.ControllerMessage(tunnel_up=pb.TunnelUp(
             tunnel_id=tunnel_id, interface=interface, address=address,
             hub_public_key=hub_public_key, hub_endpoint=hub_endpoint, hub_address=hub_address,
-            cidrs=cidrs, keepalive=keepalive)))
+            cidrs=cidrs, keepalive=keepalive, rotate=rotate)))
 
     async def tunnel_down(self, agent_id: str, tunnel_id: str) -> None:
         await self.write(agent_id, pb.ControllerMessage(

@@ -29,7 +29,6 @@ from controller.machines.model import key as machine_key
 from controller.store.docs import dump, load
 from controller.tunnels.model import KEEPALIVE, TUNNEL, tunnel_key
 from controller.tunnels.peers import HubPeers
-from overcast.agent.v1 import agent_pb2 as pb
 from tunnel import addressing, keys
 
 if TYPE_CHECKING:
@@ -91,13 +90,7 @@ class AgentGateways:
             hub_address=str(hub["address"]),
             cidrs=addressing.allowed_ips(doc["cidrs"], doc["excluded"]), keepalive=KEEPALIVE)
         assert self.link is not None
-        if rotate:
-            # TODO: AgentLink.tunnel_up(..., rotate=) (controller/exec/agentlink.py; not this
-            # change's file to edit): then this message is built there like the others
-            await self.link.write(doc["gateway_agent"], pb.ControllerMessage(
-                tunnel_up=pb.TunnelUp(**fields, rotate=True)))
-        else:
-            await self.link.tunnel_up(doc["gateway_agent"], **fields)
+        await self.link.tunnel_up(doc["gateway_agent"], **fields, rotate=rotate)
 
     async def tell_up(self, doc: dict[str, Any]) -> None:
         """Send the tunnel's TunnelUp to its gateway agent (it answers TunnelStatus); when

@@ -32,7 +32,9 @@ if command -v dpkg-query >/dev/null 2>&1; then
               # --no-install-recommends wireguard-tools would pull a kernel image
               want wireguard-go; want wireguard-tools
               # the tunnel gateway's install script fetches with curl and NATs with iptables
-              want curl; want iptables ;;
+              want curl; want iptables
+              # the install scripts (agent, tunnel gateway) are checked with shellcheck
+              want shellcheck ;;
     esac
     if [ -n "$need_apt$nice_apt" ] && [ "$(id -u)" != 0 ]; then
         if [ -n "$need_apt" ]; then
