@@ -39,6 +39,7 @@ from controller.cli.client import (
     fetch_ca,
     warn,
 )
+from controller.ops.owner import give_back
 
 _DURATION = re.compile(r"^(\d+)([smhdw]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -163,6 +164,7 @@ def _adduser_offline(settings: Any, args: argparse.Namespace, password: str) -> 
             admin_actor(), args.email, password, is_admin=args.admin, org_name=args.org))
     finally:
         services.store.close()
+        give_back(settings.data_dir)
     return {"user": user, "org": {"id": org["id"], "name": org["name"]}}
 
 
@@ -197,6 +199,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             result = services.audit.verify().to_dict()
         finally:
             services.store.close()
+            give_back(settings.data_dir)
     if args.json:
         output.emit_json(result)
     elif result["ok"]:

@@ -135,6 +135,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from controller.cli.main import _settings
     from controller.ops.backup import make_backup
     from controller.ops.doctor import size_text
+    from controller.ops.owner import give_back
     from controller.store import StoreLocked, open_store
 
     settings = _settings(args)
@@ -157,6 +158,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
                 result = make_backup(store, settings, dest, online=False)
             finally:
                 store.close()
+                give_back(settings.data_dir)
     if args.json:
         output.emit_json(result)
         return OK

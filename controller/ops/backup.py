@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.errors import OvercastError
+from controller.ops.owner import give_back
 from controller.settings import Settings
 from controller.store import open_store
 from controller.store.base import Store
@@ -353,17 +354,22 @@ def restore(source: str, settings: Settings, force: bool = False) -> dict[str, A
         shutil.rmtree(staging, ignore_errors=True)
         raise
     replaced = ""
-    if old:
-        aside = data_dir / f"replaced-{time.strftime('%Y%m%dT%H%M%S')}"
-        aside.mkdir(mode=0o700)
-        for p in old:
-            if p != staging:
-                p.rename(aside / p.name)
-        replaced = str(aside)
-    for part in PARTS:
-        if (staging / part).exists():
-            (staging / part).rename(data_dir / part)
-    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        if old:
+            # unique even for two restores within a second
+            aside = data_dir / f"replaced-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            aside.mkdir(mode=0o700)
+            for p in old:
+                if p != staging:
+                    p.rename(aside / p.name)
+            replaced = str(aside)
+        for part in PARTS:
+            if (staging / part).exists():
+                (staging / part).rename(data_dir / part)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        # restored as root into a service user's data directory: the files are that user's
+        give_back(data_dir)
     notes = []
     if manifest.get("tls_cert"):
         notes.append(f"the backed-up controller served its own certificate {manifest['tls_cert']}"

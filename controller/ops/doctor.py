@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from controller.errors import OvercastError
+from controller.ops.owner import give_back
 from controller.settings import Settings
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
@@ -371,4 +372,5 @@ def run_offline(settings: Settings, where: str) -> dict[str, Any]:
                    check_audit(store)]
     finally:
         store.close()
+        give_back(settings.data_dir)
     return report("offline", checks)

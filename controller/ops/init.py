@@ -21,6 +21,7 @@ from typing import Any
 from controller.accounts.base import MAX_PASSWORD, MIN_PASSWORD
 from controller.accounts.model import EMAIL_RE
 from controller.errors import Conflict, Invalid, OvercastError
+from controller.ops.owner import give_back
 from controller.settings import Settings, load
 
 # the flags --init writes into a new settings file, in this order
@@ -189,6 +190,7 @@ def init_offline(settings: Settings, result: InitResult, email: str, password: s
         admin, made, note = asyncio.run(ensure_admin(services, email, password, org))
     finally:
         store.close()
+        give_back(d)
     result.admin, result.created["admin"] = admin, made
     if note:
         result.notes.append(note)
