@@ -35,6 +35,9 @@ LEAN_ENV = "OVERCAST_AGENT_LEAN"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--controller", help="the controller's URL (with --token, to enrol)")
     p.add_argument("--token", help="a join token: enrol this host (once)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="read the join token from FILE ('-': standard input) instead of --token, "
+                        "which other users of this host can read in the process list")
     p.add_argument("--ca-fingerprint", help="SHA-256 of the controller's CA, from the join command")
     p.add_argument("--state-dir", help=f"where the identity and spool live (default {default_state_dir()})")
     p.add_argument("--hostname", help="the name to enrol under (default: this host's)")
@@ -59,6 +62,22 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     state = AgentState(Path(args.state_dir) if args.state_dir else default_state_dir())
+    if getattr(args, "token_file", None):
+        if args.token:
+            print("overcast agent: give --token or --token-file, not both", file=sys.stderr)
+            return 2
+        try:
+            if args.token_file == "-":
+                args.token = sys.stdin.readline().strip()
+            else:
+                with open(args.token_file) as f:
+                    args.token = f.readline().strip()
+        except OSError as exc:
+            print(f"overcast agent: cannot read the join token: {exc}", file=sys.stderr)
+            return 2
+        if not args.token:
+            print(f"overcast agent: no join token in {args.token_file}", file=sys.stderr)
+            return 2
     if args.token:
         if state.enrolled:
             print(f"overcast agent: already enrolled as {state.agent_id} ({state.directory}); "

@@ -40,17 +40,30 @@ class UpgradeError(Exception):
     """The upgrade failed; the message says why, in words."""
 
 
+CANNOT_WRITE = "this agent cannot write its environment; re-run the install script as root to upgrade"
+
+
 def own_environment() -> str:
-    """Why this agent cannot upgrade itself ("" when it can): only an agent installed into
-    a virtual environment of its own (by the install script) is; a source tree or a
-    system-wide install is upgraded the way it was installed."""
+    """Why this agent cannot upgrade itself, in words ("" when it can): only an agent
+    installed into a virtual environment of its own (by the install script) can, and only
+    when it may write that environment. A source tree or a system-wide install is upgraded
+    the way it was installed; an agent the script installed with ``--user`` runs as
+    overcast-agent from an environment that stays root's (so that the agent cannot change
+    what root runs when the script runs again): the script, run again as root, upgrades it."""
     import agent
 
     if sys.prefix == sys.base_prefix:
-        return "this agent does not run from a virtual environment of its own"
+        return ("this agent does not run from a virtual environment of its own: upgrade it "
+                "the way it was installed")
     here = Path(agent.__file__).resolve()
-    if Path(sys.prefix).resolve() not in here.parents:
-        return f"this agent's code ({here.parent}) is not installed in its environment ({sys.prefix})"
+    prefix = Path(sys.prefix).resolve()
+    if prefix not in here.parents:
+        return (f"this agent's code ({here.parent}) is not installed in its environment "
+                f"({sys.prefix}): upgrade it the way it was installed")
+    # what pip writes: the package's directory, site-packages (new packages, dist-info), bin
+    for d in (here.parent, here.parent.parent, prefix / "bin", prefix):
+        if not os.access(d, os.W_OK):
+            return f"{CANNOT_WRITE} ({d} is not writable to it)"
     return ""
 
 
@@ -87,7 +100,7 @@ class Upgrader:
         why = own_environment()
         if why:
             log.warning("upgrade to %s refused: %s", msg.version, why)
-            await self._answer(msg.request_id, False, why + ": upgrade it the way it was installed", "")
+            await self._answer(msg.request_id, False, why, "")
             return
         log.info("upgrading to %s from %s", msg.version, msg.package_url)
         argv = [sys.executable, "-m", "agent.upgrade", "--state-dir", str(self.state_dir),

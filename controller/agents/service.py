@@ -106,11 +106,14 @@ class AgentService:
 
     def install_command(self, secret: str, url: str = "") -> str:
         """The one-liner that installs the agent on a server and enrols it (install/agent.sh).
-        The HTTPS certificate is the own CA's unless the operator gave one (tls_cert); the
-        tunnel hub's listeners (``url``) always have the own CA's."""
+        The HTTPS certificate is the own CA's unless the operator gave one (tls_cert) or a
+        reverse proxy terminates TLS (behind_proxy: the proxy's certificate, from a CA the
+        host trusts, not from the own CA); the tunnel hub's listeners (``url``) always have
+        the own CA's. Either way the script itself checks the CA against the fingerprint."""
         fp = self.pki.ca_fingerprint if self.pki else "<ca-fingerprint>"
         public = self.settings.public_url
-        own_ca = not self.settings.tls_cert or bool(url and url != public)
+        operator_cert = bool(self.settings.tls_cert) or self.settings.behind_proxy
+        own_ca = not operator_cert or bool(url and url != public)
         return install_script.command(url or public, secret, fp, own_ca, public)
 
     def _token_view(self, tok: dict[str, Any], secret: str | None = None,

@@ -1,5 +1,6 @@
 """The agent's side of an upgrade: who may upgrade itself (only an agent in an environment of
-its own), the answer it sends and the restart it asks for, the package checked against the
+its own that it may write: not a --user agent, whose environment is root's), the answer it
+sends and the restart it asks for, the package checked against the
 announced SHA-256 before pip ever runs (served by a real local HTTP server), and how pip
 reaches the controller's wheels. The whole path, pip included, runs in
 tests/e2e/test_agent_install.py."""
@@ -10,6 +11,7 @@ import asyncio
 import hashlib
 import http.server
 import json
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -53,6 +55,41 @@ async def test_a_refusal_is_answered_and_nothing_restarts(tmp_path: Path) -> Non
     [msg] = sent.messages
     r = msg.upgrade_result
     assert r.request_id == "r1" and not r.ok and "upgrade it the way it was installed" in r.error
+    assert sent.restarts == 0
+
+
+async def test_an_agent_that_cannot_write_its_environment_refuses_in_words(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The install script's --user agent runs as overcast-agent from an environment that is
+    root's (0755): it says so, and that the script, run again as root, upgrades it; pip
+    never runs, nothing restarts, and the controller's job gets the words."""
+    import agent
+
+    venv = tmp_path / "venv"
+    package = venv / "lib" / "python3.11" / "site-packages" / "agent"
+    package.mkdir(parents=True)
+    (venv / "bin").mkdir()
+    (package / "__init__.py").write_text("")
+    for d in (venv, venv / "bin", package.parent, package):
+        d.chmod(0o755)
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    monkeypatch.setattr(agent, "__file__", str(package / "__init__.py"))
+    assert upgrade.own_environment() == ""  # its owner (root) may write it
+    # as a user who does not own it: only what others may write is writable
+    monkeypatch.setattr(upgrade.os, "access",
+                        lambda path, mode: not mode & os.W_OK or bool(os.stat(path).st_mode & 0o002))
+    why = upgrade.own_environment()
+    assert why.startswith("this agent cannot write its environment; re-run the install script "
+                          "as root to upgrade ("), why
+    monkeypatch.setattr(upgrade.subprocess, "run", lambda *a, **kw: pytest.fail("pip ran"))
+    sent = _Sent()
+    u = upgrade.Upgrader(tmp_path, sent.send, sent.restart)
+    u.start(_upgrade_msg())
+    assert u.task is not None
+    await u.task
+    [msg] = sent.messages
+    assert not msg.upgrade_result.ok and msg.upgrade_result.error == why
     assert sent.restarts == 0
 
 

@@ -5,7 +5,11 @@ configuration. The very command `overcast token join create` printed runs the sc
 the documented foreground mode, with its directories under a temporary one): the agent
 installs, enrols and reports; the script run again upgrades in place with the same identity;
 an agent made to look outdated is upgraded through its stream by `overcast agent upgrade`;
-`--uninstall` leaves the directory tree as it was; and bad input (wrong token, wrong
+without systemd and without --foreground the script installs and prints the command instead
+of running it; `--uninstall` stops the foreground agent (its process id checked) and leaves
+the directory tree as it was, and without an install record removes nothing; with `--user`
+the agent runs as overcast-agent from an environment that stays root's, refuses to upgrade
+itself in words, and its uninstall removes the user; and bad input (wrong token, wrong
 fingerprint, unreachable controller, unsupported platform) ends with its exit code and
 nothing installed. Figures (time to the first stored sample, install size) are printed."""
 
@@ -14,11 +18,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import pwd
 import random
 import re
 import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +43,8 @@ pytestmark = [pytest.mark.root, pytest.mark.skipif(why is not None, reason=why o
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 WHEELS = ROOT / "build" / "agent-wheels"  # a cache: filled once, kept between runs
+SERVICE_USER = "overcast-agent"
+CANNOT_WRITE = "this agent cannot write its environment; re-run the install script as root to upgrade"
 
 
 def system_python() -> tuple[str, str]:
@@ -72,9 +81,16 @@ class Dirs:
     def state(self) -> Path:
         return self.root / "var" / "lib" / "overcast-agent"
 
+    @property
+    def record(self) -> Path:
+        return self.config_dir / "agent-install.record"
+
     def args(self) -> list[str]:
+        """The three directories, and no systemd (whatever this machine runs: the tests
+        never install a unit into it)."""
         return ["--prefix", str(self.prefix), "--config-dir", str(self.config_dir),
-                "--state-dir", str(self.state)]
+                "--state-dir", str(self.state), "--systemd-dir", str(self.root / "no-systemd"),
+                "--unit-dir", str(self.root / "units")]
 
     def nothing_installed(self) -> bool:
         return not any(p.exists() for p in (self.prefix, self.config_dir, self.state))
@@ -233,8 +249,18 @@ def test_the_one_liner_installs_enrols_and_reports(world: World) -> None:
     config = (world.dirs.config_dir / "agent.toml").read_text()
     assert f'controller = "{world.c.url}"' in config and "interval = 1.0" in config
     assert f'state_dir = "{world.dirs.state}"' in config and 'hostname = "ocinst"' in config
-    pid = (world.dirs.state / "agent.pid").read_text().strip()  # the script's, exec'd: the agent
+    # the script's process id, exec'd: the agent; kept where only root writes, beside the
+    # install record (root's, 0600, never in the environment or the state directory)
+    pid = (world.dirs.config_dir / "agent.pid").read_text().strip()
     assert b"-m\0agent\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    st = world.dirs.record.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+    record = world.dirs.record.read_text()
+    assert f"prefix={world.dirs.prefix}\n" in record and "name=ocinst\n" in record
+    assert not list(world.dirs.prefix.glob(".overcast*")) and not (world.dirs.state / "agent.pid").exists()
+    # the environment was made beside its place and moved there: its scripts name its place
+    pip = (world.dirs.prefix / "bin" / "pip").read_text().splitlines()[0]
+    assert pip.startswith(f"#!{world.dirs.prefix}/bin/python"), pip
 
 
 def test_running_it_again_upgrades_in_place_with_the_same_identity(world: World) -> None:
@@ -250,8 +276,14 @@ def test_running_it_again_upgrades_in_place_with_the_same_identity(world: World)
     assert proc.poll() is None, text()
     assert f"already enrolled as {world.agent_id}: keeping this identity" in text()
     assert "upgrading the agent in" in text()
+    # the options of the first run, not given again, are kept (the install record's)
+    assert "as installed before: --name ocinst --interval 1 (" in text(), text()
+    assert 'hostname = "ocinst"' in (world.dirs.config_dir / "agent.toml").read_text()
     wait_for(lambda: world.samples_since(t), 60, "samples from the re-installed agent")
     wait_for(lambda: world.agent()["connected"], 30, "the re-installed agent connected")
+    assert "under a supervisor of your own, run:" in text()  # the script is done (exec'd)
+    # the new environment took the earlier one's place: nothing left beside it
+    assert sorted(p.name for p in world.dirs.prefix.parent.iterdir()) == ["overcast-agent"]
     assert json.loads((world.dirs.state / "agent.json").read_text())["agent_id"] == world.agent_id
     r = world.admin.get("/api/v2/agents")
     assert [a["id"] for a in r.body["data"]] == [world.agent_id]  # no second agent
@@ -310,8 +342,21 @@ def test_an_outdated_agent_is_upgraded_through_its_stream(world: World) -> None:
     world.procs[-1] = proc
 
 
-def test_uninstall_leaves_nothing_behind(world: World) -> None:
+def test_without_systemd_it_installs_and_prints_the_command(world: World) -> None:
+    """No systemd (not process 1) and no --foreground: the agent is installed (upgraded
+    here) and the command to run it printed, not run; exit 0."""
     stop(world.procs[-1])
+    log = world.tmp / "install-print.log"
+    r = world.script_run(*world.dirs.args(), log=log)
+    text = log.read_text()
+    assert r.returncode == 0, text
+    assert "no systemd here (it is not process 1): no unit was installed, and the agent is not running" in text
+    assert f"under a supervisor of your own, run: {world.run_command}" in text
+    assert not (world.dirs.config_dir / "agent.pid").exists()
+    wait_for(lambda: not world.agent()["connected"], 30, "the agent gone (none runs)")
+
+
+def test_uninstall_leaves_nothing_behind(world: World) -> None:
     log = world.tmp / "install-3.log"
     proc = world.sh(f"sh {world.script} {' '.join(world.dirs.args())} --foreground", log,
                     background=True)
@@ -321,9 +366,86 @@ def test_uninstall_leaves_nothing_behind(world: World) -> None:
     r = world.script_run("--uninstall", *world.dirs.args(), log=world.tmp / "uninstall.log")
     text = (world.tmp / "uninstall.log").read_text()
     assert r.returncode == 0, text
-    proc.wait(30)  # the foreground agent was stopped
+    proc.wait(30)  # the foreground agent was stopped (its process checked: the agent)
+    assert "stopping the agent running in the foreground" in text
     assert tree(world.dirs.root) == world.tree_before, text
-    assert "asks" not in text and "uninstalled" in text
+    assert "asks" not in text and f"overcast agent revoke {world.agent_id}" in text
+    # again: no install record now, so nothing is removed (not even what the options name)
+    (world.dirs.state).mkdir(parents=True)
+    (world.dirs.state / "keep").write_text("not the agent's\n")
+    r = world.script_run("--uninstall", *world.dirs.args(), log=world.tmp / "uninstall-2.log")
+    text = (world.tmp / "uninstall-2.log").read_text()
+    assert r.returncode == 1 and "removes nothing" in text, text
+    assert (world.dirs.state / "keep").read_text() == "not the agent's\n"
+    shutil.rmtree(world.dirs.root / "var")
+
+
+def user_exists() -> bool:
+    try:
+        pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return False
+    return True
+
+
+def test_with_user_the_agent_cannot_change_what_root_runs(world: World) -> None:
+    """--user: the agent runs as overcast-agent (made by the script) and writes its state
+    directory only; the environment, agent.toml and the install record stay root's; asked
+    to upgrade, it refuses in words (the upgrade job fails); uninstall stops it and removes
+    the user it made. The directories are under a directory all may traverse (pytest's are
+    root's alone)."""
+    existed = user_exists()
+    root = Path(tempfile.mkdtemp(prefix="ocuser-", dir="/tmp"))
+    root.chmod(0o755)
+    dirs = Dirs(root / "host")
+    tok = world.admin.post("/api/v2/agents/tokens", {"uses": 1}).body
+    log = world.tmp / "install-user.log"
+    try:
+        proc = world.sh(" ".join(["sh", str(world.script), "--token", tok["token"],
+                                  "--ca-fingerprint", world.c.ca_fingerprint, "--user",
+                                  "--foreground", "--name", "ocuser", "--interval", "1",
+                                  *dirs.args()]), log, background=True)
+        state = dirs.state / "agent.json"
+        wait_for(lambda: state.exists() or proc.poll() is not None, 240, "enrolment")
+        assert proc.poll() is None, log.read_text()
+        aid = json.loads(state.read_text())["agent_id"]
+        wait_for(lambda: world.admin.get(f"/api/v2/agents/{aid}").body["data"]["connected"]
+                 or proc.poll() is not None, 60, "the --user agent connected")
+        assert proc.poll() is None, log.read_text()
+        svc = pwd.getpwnam(SERVICE_USER)
+        pid = (dirs.config_dir / "agent.pid").read_text().strip()
+        uids = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if line.startswith("Uid:")).split()[1:]
+        assert set(uids) == {str(svc.pw_uid)}, uids  # the agent itself, not a root parent
+        def owner_mode(path: Path) -> tuple[int, int, int]:
+            st = path.lstat()
+            return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+        assert owner_mode(dirs.state) == (svc.pw_uid, svc.pw_gid, 0o700)
+        assert owner_mode(dirs.config_dir / "agent.toml") == (0, svc.pw_gid, 0o640)
+        assert owner_mode(dirs.record)[::2] == (0, 0o600)
+        assert "as_user=1\n" in dirs.record.read_text()
+        for path in [dirs.prefix, *dirs.prefix.rglob("*")]:  # nothing of the environment is its
+            uid, _, mode = owner_mode(path)
+            assert uid == 0 and (path.is_symlink() or not mode & 0o022), (path, uid, oct(mode))
+        # asked to upgrade, it refuses in words, and the job says it failed
+        r = world.run_cli("agent", "upgrade", "--on", "ocuser", "--force", "--json")
+        assert r.returncode == 1, r.stdout + r.stderr
+        out = json.loads(r.stdout)
+        assert out["status"] == "failed" and out["agents"][0]["status"] == "failed", out
+        assert CANNOT_WRITE in out["agents"][0]["error"], out
+        assert proc.poll() is None  # still running, the same code
+        r = world.script_run("--uninstall", *dirs.args(), log=world.tmp / "uninstall-user.log")
+        text = (world.tmp / "uninstall-user.log").read_text()
+        assert r.returncode == 0, text
+        proc.wait(30)
+        assert tree(root) == {}, text
+        assert user_exists() is existed, text
+        if not existed:
+            assert f"removed the user {SERVICE_USER}" in text
+    finally:
+        if not existed and user_exists():
+            subprocess.run(["userdel", SERVICE_USER], check=False)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.parametrize("case", ["wrong token", "wrong fingerprint", "unreachable", "unsupported"])
@@ -347,3 +469,5 @@ def test_bad_input_installs_nothing(world: World, case: str) -> None:
     assert r.returncode == code, text
     assert words in text, text
     assert dirs.nothing_installed(), (case, tree(dirs.root) if dirs.root.exists() else {})
+    # nor any of the parents the script made: the test's root did not exist, and does not
+    assert not dirs.root.exists(), (case, tree(dirs.root))
