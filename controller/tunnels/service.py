@@ -150,8 +150,11 @@ class TunnelService:
         return secret
 
     def install_command(self, secret: str, rotate: bool = False) -> str:
+        # the HTTPS certificate is the own CA's unless the operator gave one, or a reverse
+        # proxy in front serves its own (the script still pins the CA by fingerprint)
+        operator_cert = bool(self.settings.tls_cert) or self.settings.behind_proxy
         return install.command(self.settings.public_url, secret, self.ca_fingerprint,
-                               self.own_ca and not self.settings.tls_cert, rotate)
+                               self.own_ca and not operator_cert, rotate)
 
     def _with_token(self, doc: dict[str, Any], secret: str, rotate: bool) -> dict[str, Any]:
         out = self.view(doc)

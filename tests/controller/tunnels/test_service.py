@@ -104,6 +104,21 @@ def service(store: Store, tmp_path: Path, iface: FakeInterface) -> TunnelService
     return svc
 
 
+async def test_behind_a_proxy_the_command_fetches_with_the_systems_trust(
+        store: Store, tmp_path: Path, iface: FakeInterface) -> None:
+    """A proxy terminating TLS shows its own (public) certificate, not one of the own CA: the
+    command must not insist on the own CA (curl --cacert would refuse the proxy's)."""
+    svc = service(store, tmp_path, iface)
+    svc.own_ca = True
+    direct = await svc.create(P, P.actor(), {"name": "dc1", "cidrs": ["172.20.0.0/16"]})
+    svc.settings = Settings(data_dir=str(tmp_path), tunnel_interface="ocT",
+                            external_url="https://overcast.example.com", behind_proxy=True)
+    proxied = svc.install_command("oct_x")
+    assert "--cacert" in direct["install_command"] or "http://" in direct["install_command"]
+    assert "--cacert" not in proxied and proxied.startswith("curl -fsSL https://overcast.example.com/install/tunnel.sh")
+    assert "--ca-fingerprint sha256:" + "ab" * 32 in proxied  # the script still pins the CA
+
+
 def audit(store: Store, prefix: str = "tunnel.") -> list[dict[str, Any]]:
     return [e for _, v in store.scan("audit/") if (e := json.loads(v)).get("action", "").startswith(prefix)]
 
