@@ -17,7 +17,7 @@ from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from controller.monitor.tsdb import TSDB
+from controller.monitor.tsdb import TSDB, late_before
 from controller.store.base import Batch, Store
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ class Ingestor:
         if not items:
             return
         batch = Batch()
+        late = late_before()  # samples older than this are rolled up again (tsdb.py)
         results: list[tuple[_Item, bool]] = []
         n = 0
         try:
@@ -118,6 +119,8 @@ class Ingestor:
                     n += self.tsdb.add(batch, it.org, it.samples)
                 if c is not None and c.refs:
                     n += _add_compact(batch, c)
+                    if c.t_ms < late:
+                        self.tsdb.mark_late(batch, {c.sids[r] for r in c.refs}, c.t_ms)
                 self._acked[it.agent_id] = it.seq
                 batch.put(f"agentseq/{it.agent_id}", str(it.seq).encode())
                 results.append((it, True))

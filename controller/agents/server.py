@@ -1,6 +1,7 @@
 """The agents' gRPC listener (mutual TLS: client certificates from our CA) and the background
-work that goes with it: metric ingest, retention, and marking agents that did not come back
-after a restart unreachable. One aiohttp cleanup context owns all of it."""
+work that goes with it: metric ingest, and marking agents that did not come back after a
+restart unreachable. One aiohttp cleanup context owns all of it. (The TSDB's rollups and
+retention run in controller.monitor.compact.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -87,7 +87,6 @@ def agents_server(pki: Pki) -> Callable[[web.Application], AsyncIterator[None]]:
         await server.start()
         log.info("agents connect to %s (listening on %s, mTLS)", settings.agents_public_endpoint, addr)
         tasks = [asyncio.create_task(services.ingestor.run(), name="ingest"),
-                 asyncio.create_task(_retention(services, settings.metric_retention), name="retention"),
                  asyncio.create_task(_stale_after_grace(services, settings.agent_grace), name="stale")]
         yield
         services.registry.end_all("the controller is shutting down")
@@ -100,34 +99,6 @@ def agents_server(pki: Pki) -> Callable[[web.Application], AsyncIterator[None]]:
                 await t
 
     return ctx
-
-
-# Retention deletes a range in every series: ~100 series per agent, so half a million calls
-# into RocksDB for 5,000 agents, ~2 s of work that holds the GIL in a worker thread. Done at
-# once it starved the event loop for ~20 s, and right after a start it did so while every
-# agent was reconnecting (bench/reconnect_bench.py: p50 reconnection 29 s after "ready"
-# instead of 10 s). So: the first run some minutes after the start, then slices of series
-# with the event loop running between them.
-RETENTION_FIRST_DELAY = 300.0
-RETENTION_SLICE = 2_000  # series per worker-thread call
-RETENTION_PAUSE = 0.05  # seconds between slices
-
-
-async def _retention(services: Any, retention: int) -> None:
-    await asyncio.sleep(RETENTION_FIRST_DELAY)
-    while True:
-        try:
-            cutoff = int((time.time() - retention) * 1000)
-            sids = services.tsdb.sids()
-            n = 0
-            for i in range(0, len(sids), RETENTION_SLICE):
-                n += await asyncio.to_thread(services.tsdb.expire, cutoff,
-                                             sids[i:i + RETENTION_SLICE])
-                await asyncio.sleep(RETENTION_PAUSE)
-            log.debug("retention: trimmed %d series", n)
-        except Exception:
-            log.exception("retention run failed")
-        await asyncio.sleep(3600)
 
 
 async def _stale_after_grace(services: Any, grace: int) -> None:

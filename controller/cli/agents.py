@@ -152,21 +152,40 @@ def cmd_join_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_datapoints(args: argparse.Namespace) -> int:
-    params = {"query": args.query, "start": args.start, "end": args.end, "step": args.step,
-              "time": args.time, "tags": args.tags}
+    params = {"query": args.query, "start": _when(args.start), "end": _when(args.end),
+              "step": args.step, "time": _when(args.time), "tags": args.tags,
+              "search": args.search}
     d = _client().request("GET", "/api/v2/datapoints", params=params)["data"]["data"]
     if args.json:
         output.emit_json(d)
         return OK
     rows = []
     for r in d["result"]:
-        labels = ",".join(f"{k}={v}" for k, v in r["metric"].items() if k != "__name__")
+        # rate(), sum() and arithmetic drop the metric name, as in Prometheus
+        labels = ",".join(f"{k}={v}" for k, v in sorted(r["metric"].items()) if k != "__name__")
         points = [r["value"]] if "value" in r else r["values"]
         for t, v in points:
             rows.append({"time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t))),
-                         "metric": r["metric"]["__name__"], "labels": labels, "value": v})
+                         "metric": r["metric"].get("__name__", ""), "labels": labels, "value": v})
     output.table(rows, ["time", "metric", "labels", "value"], empty="no datapoints")
     return OK
+
+
+_AGO = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _when(value: str | None) -> str | None:
+    """A time for the API: "now", "now-1h" or "1h" (an hour ago) become Unix seconds; Unix
+    seconds and RFC 3339 times go as they are."""
+    import re
+
+    if not value:
+        return value
+    m = re.fullmatch(r"(?:now)?-?((?:\d+[smhdw])*)", value.strip())
+    if m is None or not (value.strip() == "now" or m.group(1)):
+        return value
+    ago = sum(int(n) * _AGO[u] for n, u in re.findall(r"(\d+)([smhdw])", m.group(1)))
+    return f"{time.time() - ago:.3f}"
 
 
 TOP_QUERIES = {
@@ -307,13 +326,21 @@ def register(sub: Any, token_sub: Any, duration: Any) -> None:
     c.add_argument("ids", nargs="+", metavar="ID")
     c.set_defaults(func=cmd_join_delete)
 
-    p = sub.add_parser("datapoints", help="query metrics: an instant vector, or a range with --step")
-    p.add_argument("query", help='e.g. system_load1{machine_id="..."}')
-    p.add_argument("--start")
-    p.add_argument("--end")
+    p = sub.add_parser("datapoints", help="query metrics: an instant vector, or a range with "
+                       "--start/--end/--step",
+                       description="QUERY is a PromQL subset: selectors with label matchers, "
+                                   "x[5m] ranges, rate/irate/increase, *_over_time, "
+                                   "sum/avg/min/max/count by (...), arithmetic and comparisons "
+                                   "with a number. Times: Unix seconds, RFC 3339, now, now-1h "
+                                   "or 1h (an hour ago).")
+    p.add_argument("query", help='e.g. system_load1{machine_id="..."} or '
+                                 '"sum by (machine_id) (rate(net_bytes_recv[5m]))"')
+    p.add_argument("--start", help="range start, e.g. 1h (an hour ago)")
+    p.add_argument("--end", help="range end (default now)")
     p.add_argument("--step", help="e.g. 30s, 5m")
     p.add_argument("--time", help="instant query time")
     p.add_argument("--tags", help="only machines with these tags: k=v,...")
+    p.add_argument("--search", help="only machines this search matches, e.g. state:running")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_datapoints)
 

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from controller.clouds.service import CloudService
@@ -33,6 +34,9 @@ class Pollers:
         self._locks: dict[str, asyncio.Lock] = {}
         self._boost: dict[str, list[float]] = {}
         self._event_loop: asyncio.AbstractEventLoop | None = None
+        # called after each poll with (org, cloud id, its new status, seconds it took): the
+        # /metrics figures
+        self.on_polled: list[Callable[[str, str, dict[str, Any], float], None]] = []
 
     def start(self) -> None:
         self._event_loop = asyncio.get_running_loop()
@@ -95,7 +99,10 @@ class Pollers:
         return self._locks.setdefault(cloud_id, asyncio.Lock())
 
     async def _poll(self, org: str, cloud_id: str) -> dict[str, Any]:
+        started = time.monotonic()
         status = await self.clouds.poll(org, cloud_id)
+        for observe in self.on_polled:
+            observe(org, cloud_id, status, time.monotonic() - started)
         if self.bus is not None:
             self.bus.publish([Event("changed", "cloud", cloud_id, org, time.time(),
                                     {"status": status.get("state", ""),

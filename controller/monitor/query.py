@@ -1,99 +1,175 @@
-"""Datapoint queries: a metric name with Prometheus label matchers, evaluated as an instant
-vector (at ``time``) or a range matrix (``start``..``end`` every ``step``), answering in the
-Prometheus shapes Mist's API returned.
+"""Datapoint queries: a PromQL subset (:mod:`controller.monitor.promql`) evaluated for one
+organisation as an instant vector (at ``time``) or a range matrix (``start``..``end`` every
+``step``), answering in the Prometheus shapes Mist's API returned.
 
-Language (this issue; the monitoring issue widens it):
-``metric`` or ``metric{label="v", label!="v", label=~"regex", label!~"regex"}``."""
+For other modules (rules): :func:`instant` and :func:`range_query` take a query (text or a
+parsed tree) and return typed results; :func:`evaluate` is the REST/gRPC form. They read the
+store and may take a while on large queries: call them in a worker thread from the loop."""
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from controller.errors import BadRequest
-from controller.monitor.tsdb import TSDB, Series
+from controller.monitor import engine
+from controller.monitor.promql import Aggregate, Binary, Call, Expr, Selector, Unary, selectors
+from controller.monitor.promql import parse as parse_query
+from controller.monitor.rollup import load_state
+from controller.monitor.source import LOOKBACK_MS, Source, choose
+from controller.monitor.tsdb import TSDB
 from controller.timeutil import parse_iso
 
-_METRIC = re.compile(r"\s*([A-Za-z_:][A-Za-z0-9_:]*)\s*")
-_MATCHER = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*(,|\})')
+__all__ = ["InstantSample", "RangeSeries", "evaluate", "instant", "parse", "parse_step",
+           "parse_time", "range_query", "LOOKBACK_MS"]
+
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)?$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
             "w": 604_800_000, "y": 31_536_000_000, None: 1000}
-LOOKBACK_MS = 5 * 60 * 1000  # as Prometheus: a sample counts for 5 minutes
 MAX_POINTS = 11_000  # per series in one range answer, as Prometheus
 
 
 @dataclass(frozen=True)
-class Matcher:
-    label: str
-    op: str
-    value: str
-
-    def matches(self, labels: dict[str, str] | Any) -> bool:
-        v = labels.get(self.label, "")
-        if self.op == "=":
-            return bool(v == self.value)
-        if self.op == "!=":
-            return bool(v != self.value)
-        hit = re.fullmatch(self.value, v) is not None
-        return hit if self.op == "=~" else not hit
+class InstantSample:
+    labels: dict[str, str]  # with "__name__" while the metric name is kept
+    value: float
 
 
 @dataclass(frozen=True)
-class Selector:
-    metric: str
-    matchers: tuple[Matcher, ...]
+class RangeSeries:
+    labels: dict[str, str]
+    points: list[tuple[float, float]]  # (Unix seconds, value)
 
 
-def parse(query: str) -> Selector:
-    if not query or len(query) > 4000:
-        raise BadRequest("query must be a metric name with optional {label matchers}", field="query")
-    m = _METRIC.match(query)
-    if not m:
-        raise BadRequest(f"query must start with a metric name: {query[:40]!r}", field="query")
-    pos = m.end()
-    matchers: list[Matcher] = []
-    if pos < len(query) and query[pos] == "{":
-        pos += 1
-        if query[pos:].lstrip().startswith("}"):
-            pos = query.index("}", pos) + 1
-        else:
-            while True:
-                mm = _MATCHER.match(query, pos)
-                if not mm:
-                    raise BadRequest(f"bad label matcher at position {pos + 1}: use label=\"value\" "
-                                     "(also !=, =~, !~)", field="query")
-                value = re.sub(r"\\(.)", r"\1", mm.group(3))
-                if mm.group(2) in ("=~", "!~"):
-                    try:
-                        re.compile(value)
-                    except re.error as exc:
-                        raise BadRequest(f"bad regular expression {value!r}: {exc}", field="query") from None
-                matchers.append(Matcher(mm.group(1), mm.group(2), value))
-                pos = mm.end()
-                if mm.group(4) == "}":
-                    break
-    if query[pos:].strip():
-        raise BadRequest(f"unexpected {query[pos:].strip()[:20]!r} in query (functions such as "
-                         "rate() come with the monitoring issue)", field="query")
-    return Selector(m.group(1), tuple(matchers))
+def parse(query: str) -> Expr:
+    """The parsed query; BadRequest (field ``query``, with the position) if it is wrong."""
+    return parse_query(query)
+
+
+def instant(tsdb: TSDB, org: str, query: str | Expr, at: float, *,
+            machine_ids: set[str] | None = None) -> list[InstantSample]:
+    """The query's value at ``at`` (Unix seconds) for each series that has one."""
+    expr = parse(query) if isinstance(query, str) else query
+    t = int(at * 1000)
+    out = engine.evaluate(expr, _source(tsdb, org, expr, 0, t, machine_ids), [t])
+    return [InstantSample(s.labels, v) for s in _sorted(out) if (v := s.vals[0]) is not None]
+
+
+def range_query(tsdb: TSDB, org: str, query: str | Expr, start: float, end: float,
+                step: float, *, machine_ids: set[str] | None = None) -> list[RangeSeries]:
+    """The query at ``start``, ``start + step``, ... up to ``end`` (Unix seconds)."""
+    expr = parse(query) if isinstance(query, str) else query
+    times, series = _range(tsdb, org, expr, start, end, step, machine_ids)
+    return [RangeSeries(s.labels, [(t / 1000, v) for t, v in zip(times, s.vals, strict=True)
+                                   if v is not None]) for s in series]
+
+
+def _range(tsdb: TSDB, org: str, expr: Expr, start: float, end: float, step: float,
+           machine_ids: set[str] | None) -> tuple[list[int], engine.Vector]:
+    step_ms = int(step * 1000)
+    if step_ms <= 0:
+        raise BadRequest("step must be positive", field="step")
+    if end < start:
+        raise BadRequest("start must be before end", field="start")
+    first, last = int(start * 1000), int(end * 1000)
+    if (last - first) // step_ms + 1 > MAX_POINTS:
+        raise BadRequest(f"too many points: (end - start) / step must be at most {MAX_POINTS}",
+                         field="step")
+    times = list(range(first, last + 1, step_ms))
+    out = engine.evaluate(expr, _source(tsdb, org, expr, step_ms, first, machine_ids), times)
+    return times, _sorted(out)
+
+
+def evaluate(tsdb: TSDB, org: str, query: str, *, start: str = "", end: str = "",
+             step: str = "", at: str = "", machine_ids: set[str] | None = None) -> dict[str, Any]:
+    """The REST answer: ``{"status", "data": {"resultType", "result"}}``. A range when any of
+    start/end/step is given (end defaults to now, start to an hour before end, step to a
+    250th of the span), else an instant vector at ``at`` (default now).
+    ``machine_ids`` restricts to those machines' series."""
+    expr = parse(query)
+    if start or end or step:
+        now = time.time()
+        t1 = parse_time(end, "end") if end else now
+        t0 = parse_time(start, "start") if start else t1 - 3600
+        if t0 > t1:
+            raise BadRequest("start must be before end", field="start")
+        step_s = parse_step(step) / 1000 if step else max(1.0, (t1 - t0) / 250)
+        times, series = _range(tsdb, org, expr, t0, t1, step_s, machine_ids)
+        seconds = [t / 1000 for t in times]
+        return {"status": "success", "data": {"resultType": "matrix", "result": [
+            {"metric": s.labels, "values": _values(seconds, s.vals)} for s in series]}}
+    t = parse_time(at, "time") if at else time.time()
+    samples = instant(tsdb, org, expr, t, machine_ids=machine_ids)
+    return {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": s.labels, "value": [t, _fmt(s.value)]} for s in samples]}}
+
+
+def _values(seconds: list[float], vals: list[float | None]) -> list[tuple[float, str]]:
+    """[(time, "value"), ...] of the steps that have a value (the bulk of a big answer:
+    pairs as tuples, which JSON writes as arrays too)."""
+    if None in vals:
+        pairs = [(t, v) for t, v in zip(seconds, vals, strict=True) if v is not None]
+        seconds = [t for t, _ in pairs]
+        present = [v for _, v in pairs]
+    else:
+        present = vals  # type: ignore[assignment]
+    if all(map(math.isfinite, present)):
+        return [(t, r[:-2] if r[-2:] == ".0" else r)
+                for t, r in zip(seconds, map(repr, present), strict=True)]
+    return list(zip(seconds, map(_fmt, present), strict=True))
+
+
+def resolution(tsdb: TSDB, query: str | Expr, step: float, start: float) -> int:
+    """The resolution a query reads (ms: 0 raw, 60,000 or 3,600,000), for tests and tools."""
+    expr = parse(query) if isinstance(query, str) else query
+    return choose(load_state(tsdb), int(step * 1000), _windows(expr), int(start * 1000))
+
+
+def _source(tsdb: TSDB, org: str, expr: Expr, step_ms: int, first_ms: int,
+            machine_ids: set[str] | None) -> Source:
+    state = load_state(tsdb)
+    res = choose(state, step_ms, _windows(expr), first_ms)
+    return Source(tsdb, org, res, machine_ids, state, increases=_counts_increases(expr))
+
+
+def _counts_increases(expr: Expr) -> bool:
+    if isinstance(expr, Call):
+        return expr.func in ("rate", "irate", "increase")
+    if isinstance(expr, Aggregate | Unary):
+        return _counts_increases(expr.expr)
+    if isinstance(expr, Binary):
+        return _counts_increases(expr.lhs) or _counts_increases(expr.rhs)
+    return False
+
+
+def _windows(expr: Expr) -> list[int]:
+    return [s.range_ms for s in selectors(expr) if isinstance(s, Selector) and s.range_ms]
+
+
+def _sorted(series: engine.Vector) -> engine.Vector:
+    return sorted(series, key=lambda s: sorted(s.labels.items()))
 
 
 def parse_time(value: str, name: str) -> float:
     """Unix seconds or RFC 3339."""
     try:
-        return float(value)
+        t = float(value)
     except ValueError:
-        pass
-    try:
-        return parse_iso(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be Unix seconds or an RFC 3339 time", field=name) from None
+        try:
+            return parse_iso(value)
+        except ValueError:
+            raise BadRequest(f"{name} must be Unix seconds or an RFC 3339 time",
+                             field=name) from None
+    if not math.isfinite(t) or not 0 <= t < 1e11:
+        raise BadRequest(f"{name} must be Unix seconds or an RFC 3339 time", field=name)
+    return t
 
 
 def parse_step(value: str) -> int:
+    """Milliseconds of a step: seconds (5, 0.5) or a duration (30s, 5m, 1h)."""
     m = _DURATION.match(value.strip())
     if not m:
         raise BadRequest("step must be seconds or a duration such as 30s, 5m, 1h", field="step")
@@ -105,57 +181,10 @@ def parse_step(value: str) -> int:
 
 def _fmt(v: float) -> str:
     """Values are strings in Prometheus answers; whole numbers without ".0"."""
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
     s = repr(float(v))
     return s[:-2] if s.endswith(".0") else s
 
-
-def evaluate(tsdb: TSDB, org: str, query: str, *, start: str = "", end: str = "",
-             step: str = "", at: str = "", machine_ids: set[str] | None = None) -> dict[str, Any]:
-    """Evaluate for one organisation. ``machine_ids`` restricts to those machines."""
-    sel = parse(query)
-    series = [s for s in tsdb.select(org, sel.metric)
-              if all(m.matches(s.labels) for m in sel.matchers)
-              and (machine_ids is None or s.labels.get("machine_id") in machine_ids)]
-    if start or end or step:
-        now = time.time()
-        t1 = parse_time(end, "end") if end else now
-        t0 = parse_time(start, "start") if start else t1 - 3600
-        if t0 > t1:
-            raise BadRequest("start must be before end", field="start")
-        step_ms = parse_step(step) if step else max(1000, int((t1 - t0) * 1000 / 250))
-        if (t1 - t0) * 1000 / step_ms > MAX_POINTS:
-            raise BadRequest(f"too many points: (end - start) / step must be at most {MAX_POINTS}",
-                             field="step")
-        return {"status": "success", "data": {"resultType": "matrix",
-                                              "result": [r for s in series if (r := _range(tsdb, s, t0, t1, step_ms))]}}
-    t = parse_time(at, "time") if at else time.time()
-    result = []
-    for s in series:
-        hit = tsdb.last_before(s.sid, int(t * 1000), LOOKBACK_MS)
-        if hit is not None:
-            result.append({"metric": _metric_labels(s), "value": [hit[0] / 1000, _fmt(hit[1])]})
-    return {"status": "success", "data": {"resultType": "vector", "result": result}}
-
-
-def _metric_labels(s: Series) -> dict[str, str]:
-    return {"__name__": s.metric, **s.labels}
-
-
-def _range(tsdb: TSDB, s: Series, t0: float, t1: float, step_ms: int) -> dict[str, Any] | None:
-    """Each step takes the latest sample within the lookback before it (Prometheus)."""
-    start_ms, end_ms = int(t0 * 1000), int(t1 * 1000)
-    samples = list(tsdb.read(s.sid, start_ms - LOOKBACK_MS, end_ms))
-    if not samples:
-        return None
-    values = []
-    i = 0
-    last: tuple[int, float] | None = None
-    t = start_ms
-    while t <= end_ms:
-        while i < len(samples) and samples[i][0] <= t:
-            last = samples[i]
-            i += 1
-        if last is not None and last[0] >= t - LOOKBACK_MS:
-            values.append([t / 1000, _fmt(last[1])])
-        t += step_ms
-    return {"metric": _metric_labels(s), "values": values} if values else None

@@ -67,8 +67,8 @@ def test_range_matrix_steps_through_the_window(tsdb: TSDB) -> None:
     r = evaluate(tsdb, "o1", 'net_bytes_sent{interface="eth0"}', start=str(T0 / 1000),
                  end=str((T0 + 60_000) / 1000), step="20s")["data"]
     assert r["resultType"] == "matrix"
-    assert r["result"][0]["values"] == [[T0 / 1000, "0"], [T0 / 1000 + 20, "2000"],
-                                        [T0 / 1000 + 40, "4000"], [T0 / 1000 + 60, "6000"]]
+    assert r["result"][0]["values"] == [(T0 / 1000, "0"), (T0 / 1000 + 20, "2000"),
+                                        (T0 / 1000 + 40, "4000"), (T0 / 1000 + 60, "6000")]
 
 
 def test_retention_drops_old_samples_only(tsdb: TSDB) -> None:
@@ -79,7 +79,7 @@ def test_retention_drops_old_samples_only(tsdb: TSDB) -> None:
 
 
 @pytest.mark.parametrize("query", ["", "1abc", "cpu{", 'cpu{a="b"', 'cpu{a=b}', 'cpu{a=~"("}',
-                                   "rate(cpu[5m])", 'cpu{a="b"} extra'])
+                                   "rate(cpu)", "cpu[5m]", 'cpu{a="b"} extra'])
 def test_bad_queries_name_the_parameter(query: str) -> None:
     with pytest.raises(BadRequest) as e:
         parse(query)

@@ -1,0 +1,249 @@
+"""Rolled-up series: every series summed up in 1-minute and 1-hour buckets (count, min, max,
+sum, and the counter increase), made from the raw samples by the compaction task
+(:mod:`controller.monitor.compact`) and read by queries over long spans.
+
+Keys: ``ts1m/<sid>/<hour_ms>`` holds the minutes of one hour, ``ts1h/<sid>/<day_ms>`` the
+hours of one UTC day, each 37 bytes a bucket stored by column (index in the chunk, count,
+min, max, sum, increase), so a week of hours is 8 reads per series. A bucket's *increase* is the
+counter increase from the sample before it to its last sample, a reset counting from zero
+(as Prometheus's ``increase`` does); summed over buckets it is the increase over their span.
+
+Every series is rolled up before ``RollupState.to``; a run in progress (``run_to``,
+``next_sid``) is recorded with the rollups it wrote, so a restart resumes it. Rolling a
+range again writes the same bytes (idempotent). Samples stored late (an agent's spool after
+it reconnects) leave a mark ``tslate/<sid>/<hour_ms>`` in their ingest batch, and that hour
+is rolled up again (:meth:`TSDB.mark_late`)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import struct
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+from controller.monitor.tsdb import LATE_PREFIX, TSDB
+from controller.store.base import Batch
+
+MINUTE = 60_000
+HOUR = 3_600_000
+DAY = 86_400_000
+_PREFIX = {MINUTE: "ts1m/", HOUR: "ts1h/"}
+_CHUNK = {MINUTE: HOUR, HOUR: DAY}  # the span one key holds
+STATE_KEY = "meta/tsdb/rollup"
+REROLL_SPAN = 2 * HOUR  # a late hour is rolled up again with the next (its first increase)
+
+Agg = tuple[int, float, float, float, float]  # count, min, max, sum, increase
+
+
+@dataclass
+class RollupState:
+    to: int = 0  # every series is rolled up before this time (ms, a whole minute); 0: never
+    run_to: int = 0  # a run in progress rolls up to here (0: none) ...
+    next_sid: int = 0  # ... and has done the series with ids below this
+    raw_from: int = 0  # raw samples before this were deleted (retention)
+    rollup_from: int = 0  # hourly rollups before this were deleted
+    minute_from: int = 0  # 1-minute rollups before this were deleted
+
+
+def load_state(tsdb: TSDB) -> RollupState:
+    raw = tsdb.store.get(STATE_KEY)
+    if raw is None:
+        return RollupState()
+    known = RollupState.__dataclass_fields__
+    return RollupState(**{k: int(v) for k, v in json.loads(raw).items() if k in known})
+
+
+def put_state(batch: Batch, state: RollupState) -> None:
+    batch.put(STATE_KEY, json.dumps(asdict(state)).encode())
+
+
+def chunk_key(res: int, sid: int, base: int) -> str:
+    return f"{_PREFIX[res]}{sid:08x}/{base:012x}"
+
+
+def chunk_prefix(res: int, sid: int) -> str:
+    return f"{_PREFIX[res]}{sid:08x}/"
+
+
+def floor(t: int, res: int) -> int:
+    return t - t % res
+
+
+@functools.lru_cache(maxsize=128)
+def _layout(n: int) -> struct.Struct:
+    """n records, by column: indexes (byte), counts (uint32), then the min, max, sum and
+    increase columns (doubles): a chunk decodes in one call, columns compress well."""
+    return struct.Struct(f">{n}B{n}I{4 * n}d")
+
+
+def encode(records: dict[int, Agg]) -> bytes:
+    idx = sorted(records)
+    cols = list(zip(*(records[i] for i in idx), strict=True))
+    return bytes([len(idx)]) + _layout(len(idx)).pack(*idx, *[x for col in cols for x in col])
+
+
+Columns = tuple[list[int], list[int], list[float], list[float], list[float], list[float]]
+
+
+def columns(raw: bytes) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...],
+                                 tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """(index, count, min, max, sum, increase) columns of a chunk, in index order."""
+    n = raw[0]
+    v = _layout(n).unpack_from(raw, 1)
+    return v[:n], v[n:2 * n], v[2 * n:3 * n], v[3 * n:4 * n], v[4 * n:5 * n], v[5 * n:]
+
+
+def decode(raw: bytes) -> dict[int, Agg]:
+    idx, count, mn, mx, sm, inc = columns(raw)
+    return {i: (c, lo, hi, s, ic) for i, c, lo, hi, s, ic in zip(idx, count, mn, mx, sm, inc,
+                                                                   strict=True)}
+
+
+def combine(aggs: Iterable[Agg]) -> Agg | None:
+    n, lo, hi, total, inc = 0, float("inf"), float("-inf"), 0.0, 0.0
+    for c, mn, mx, sm, ic in aggs:
+        n += c
+        lo = mn if mn < lo else lo
+        hi = mx if mx > hi else hi
+        total += sm
+        inc += ic
+    return (n, lo, hi, total, inc) if n else None
+
+
+def bucketize(samples: Iterable[tuple[int, float]], prev: float | None,
+              res: int) -> tuple[dict[int, list[float]], int]:
+    """Samples in time order -> bucket start -> [count, min, max, sum, increase], and the
+    last sample's time (0 without samples). ``prev`` is the value before the first sample."""
+    out: dict[int, list[float]] = {}
+    cur: list[float] | None = None
+    cur_start = -1
+    last_t = 0
+    for t, v in samples:
+        start = t - t % res
+        if start != cur_start:
+            cur_start = start
+            cur = out[start] = [0, v, v, 0.0, 0.0]
+        assert cur is not None
+        cur[0] += 1
+        if v < cur[1]:
+            cur[1] = v
+        if v > cur[2]:
+            cur[2] = v
+        cur[3] += v
+        if prev is not None:
+            cur[4] += v - prev if v >= prev else v
+        prev = v
+        last_t = t
+    return out, last_t
+
+
+def _as_agg(b: list[float]) -> Agg:
+    return int(b[0]), b[1], b[2], b[3], b[4]
+
+
+def sample_before(tsdb: TSDB, sid: int, t_ms: int) -> float | None:
+    """The value of the last raw sample before ``t_ms``, however old."""
+    hit = tsdb.last_before(sid, t_ms - 1, t_ms)
+    return None if hit is None else hit[1]
+
+
+def roll_series(tsdb: TSDB, batch: Batch, sid: int, a: int, b: int) -> int:
+    """Put into ``batch`` the 1-minute buckets of ``sid`` in [a, b) (whole minutes), merged
+    into its chunks, and the 1-hour buckets of the hours that are complete at ``b``; returns
+    the samples read. The same range rolled again puts the same bytes."""
+    store = tsdb.store
+    minutes, _ = bucketize(tsdb.read(sid, a, b - 1), sample_before(tsdb, sid, a), MINUTE)
+    first_hour = floor(a, HOUR)
+    existing: dict[int, bytes] = {}
+    prefix = chunk_prefix(MINUTE, sid)
+    end_key = chunk_key(MINUTE, sid, b)
+    for key, raw in store.scan(prefix, start=chunk_key(MINUTE, sid, first_hour)):
+        if key >= end_key:
+            break
+        existing[int(key[-12:], 16)] = raw
+    by_hour: dict[int, dict[int, Agg]] = {}
+    for start, bucket in minutes.items():
+        by_hour.setdefault(floor(start, HOUR), {})[(start % HOUR) // MINUTE] = _as_agg(bucket)
+    hours: dict[int, Agg | None] = {}
+    for hour in sorted(set(existing) | set(by_hour)):
+        old = decode(existing[hour]) if hour in existing else {}
+        # minutes of this run: replaced by what the samples say now
+        records = {i: r for i, r in old.items() if not a <= hour + i * MINUTE < b}
+        records.update(by_hour.get(hour, {}))
+        key = chunk_key(MINUTE, sid, hour)
+        if records:
+            batch.put(key, encode(records))
+        elif hour in existing:
+            batch.delete(key)
+        if a < hour + HOUR <= b:  # complete now, and changed
+            hours[hour] = combine(records.values())
+    by_day: dict[int, dict[int, Agg | None]] = {}
+    for hour, agg in hours.items():
+        by_day.setdefault(floor(hour, DAY), {})[(hour % DAY) // HOUR] = agg
+    for day, changes in by_day.items():
+        key = chunk_key(HOUR, sid, day)
+        stored = store.get(key)
+        day_records = decode(stored) if stored is not None else {}
+        for i, change in changes.items():
+            if change is None:
+                day_records.pop(i, None)
+            else:
+                day_records[i] = change
+        if day_records:
+            batch.put(key, encode(day_records))
+        elif stored is not None:
+            batch.delete(key)
+    return sum(int(m[0]) for m in minutes.values())
+
+
+def read_columns(tsdb: TSDB, sid: int, res: int, start: int, end: int) -> Columns:
+    """Stored buckets of ``sid`` at ``res`` that start in [start, end), as columns: bucket
+    start, count, min, max, sum, increase (what queries read: no object per bucket)."""
+    span = _CHUNK[res]
+    out: Columns = ([], [], [], [], [], [])
+    starts, count, mn, mx, sm, inc = out
+    end_key = chunk_key(res, sid, end)
+    for key, raw in tsdb.store.scan(chunk_prefix(res, sid),
+                                    start=chunk_key(res, sid, floor(max(start, 0), span))):
+        if key >= end_key:
+            break
+        base = int(key[-12:], 16)
+        idx, c, lo, hi, s, ic = columns(raw)
+        b = [base + i * res for i in idx]
+        if b and b[0] >= start and b[-1] < end:  # the whole chunk
+            starts += b
+            count += c
+            mn += lo
+            mx += hi
+            sm += s
+            inc += ic
+            continue
+        for j, t in enumerate(b):
+            if start <= t < end:
+                starts.append(t)
+                count.append(c[j])
+                mn.append(lo[j])
+                mx.append(hi[j])
+                sm.append(s[j])
+                inc.append(ic[j])
+    return out
+
+
+def read_buckets(tsdb: TSDB, sid: int, res: int, start: int, end: int) -> list[tuple[int, Agg]]:
+    """Stored buckets of ``sid`` at ``res`` that start in [start, end), in time order."""
+    starts, count, mn, mx, sm, inc = read_columns(tsdb, sid, res, start, end)
+    return [(t, (c, lo, hi, s, ic)) for t, c, lo, hi, s, ic in
+            zip(starts, count, mn, mx, sm, inc, strict=True)]
+
+
+def late_marks(tsdb: TSDB, limit: int) -> dict[int, dict[str, bytes]]:
+    """Up to ``limit`` late marks, by series: key -> value."""
+    out: dict[int, dict[str, bytes]] = {}
+    for key, value in tsdb.store.scan(LATE_PREFIX, limit=limit):
+        out.setdefault(int(key.split("/")[1], 16), {})[key] = value
+    return out
+
+
+def mark_hour(key: str) -> int:
+    return int(key.rsplit("/", 1)[1], 16)
