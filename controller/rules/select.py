@@ -1,0 +1,97 @@
+"""Which machines a rule watches, resolved at every evaluation (a machine tagged later is
+included at the next one): the organisation's machines, read from the store each round but
+decoded only when their stored bytes changed, then narrowed by the rule's selectors (all of
+them must match: ids, tags, a field, an age)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.machines.model import MACHINE
+from controller.store.base import Store
+from controller.timeutil import parse_iso
+
+
+@dataclass
+class OrgMachines:
+    org: str
+    raw: dict[str, bytes] = field(default_factory=dict)
+    docs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_agent: dict[str, str] = field(default_factory=dict)   # agent id -> machine id
+    monitored: frozenset[str] = frozenset()                   # machines with an agent
+    version: int = 0                                          # bumped when anything changed
+    read_at: float = 0.0
+
+    def refresh(self, store: Store, now: float, every: float = 1.0) -> None:
+        if now - self.read_at < every:
+            return
+        self.read_at = now
+        seen: dict[str, bytes] = {}
+        changed = False
+        old = self.raw
+        for key, raw in store.scan(f"machine/{self.org}/"):
+            mid = key.rsplit("/", 1)[1]
+            seen[mid] = raw
+            if old.get(mid) != raw:
+                doc, _ = MACHINE.upgrade(json.loads(raw))
+                self.docs[mid] = doc
+                changed = True
+        if changed or len(seen) != len(old):
+            for mid in set(self.docs) - set(seen):
+                del self.docs[mid]
+            self.raw = seen
+            live = {mid: d for mid, d in self.docs.items() if not d.get("missing_since")}
+            by_agent: dict[str, str] = {}
+            for mid, d in live.items():
+                agent = str(d.get("agent") or "")
+                if agent and (agent not in by_agent or mid != agent):
+                    by_agent[agent] = mid  # a cloud machine linked to the agent wins
+            self.by_agent = by_agent
+            self.monitored = frozenset(by_agent.values())
+            self.version += 1
+
+    def name(self, mid: str) -> str:
+        d = self.docs.get(mid)
+        return str(d.get("name") or mid) if d else mid
+
+
+def _tag_ok(tags: dict[str, Any], term: str) -> bool:
+    k, eq, v = term.partition("=")
+    if k not in tags:
+        return False
+    return not eq or str(tags[k]) == v
+
+
+def select(machines: OrgMachines, selectors: list[dict[str, Any]], base: frozenset[str] | set[str],
+           now: float) -> set[str]:
+    """The ids among ``base`` that every selector matches."""
+    out = set(base)
+    for s in selectors:
+        kind = s["type"]
+        if kind == "machines":
+            out &= set(s["ids"])
+            continue
+        keep = set()
+        for mid in out:
+            d = machines.docs.get(mid)
+            if d is None:
+                continue
+            if kind == "tags":
+                tags = d.get("tags") or {}
+                ok = all(_tag_ok(tags, t) for t in s["include"])
+            elif kind == "age":
+                try:
+                    ok = now - parse_iso(str(d.get("created") or "")) >= s["minutes"] * 60
+                except ValueError:
+                    ok = False
+            else:
+                v = d.get(s["field"])
+                ok = (re.search(str(s["value"]), str(v)) is not None if s["operator"] == "regex"
+                      else v == s["value"] or str(v) == str(s["value"]))
+            if ok:
+                keep.add(mid)
+        out = keep
+    return out

@@ -1,0 +1,288 @@
+"""The evaluator over a real store and TSDB, with time given: incidents go pending, firing and
+resolved as the samples say; selectors are resolved at each evaluation; notifications repeat
+at most every notify_every; missing data and audit entries (machine destroyed, agent
+disconnected) make incidents too; disabling or deleting a rule resolves its incidents; a
+restart neither loses open incidents nor fires them again; organisations never mix."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.accounts.model import Principal
+from controller.events.model import Actor
+from controller.events.writer import Change
+from controller.listing import parse_query
+from controller.machines.model import MACHINE
+from controller.machines.model import key as machine_key
+from controller.rules.evaluator import Evaluator
+from controller.rules.incidents import Incidents
+from controller.services import Services, build_services
+from controller.settings import Settings
+from controller.store import open_store
+from controller.store.base import Batch, Store
+from controller.store.docs import dump
+from controller.timeutil import iso
+
+ORG = "o1"
+P = Principal({"id": "u1", "email": "a@example.com"}, {"id": ORG, "name": "Acme"}, "owner", "token", "t1")
+OTHER = Principal({"id": "u2", "email": "b@example.com"}, {"id": "o2", "name": "B"}, "owner", "token", "t2")
+T0 = time.time() - 3600  # an hour ago: the test's clock starts there
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = open_store(tmp_path / "db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def svc(store: Store, tmp_path: Path) -> Services:
+    s = build_services(Settings(data_dir=str(tmp_path), allow_local_clouds=True), store)
+    for mid, org, tags in (("m1", ORG, {"env": "prod"}), ("m2", ORG, {}), ("x1", "o2", {"env": "prod"})):
+        machine(store, mid, org, tags)
+    return s
+
+
+def machine(store: Store, mid: str, org: str, tags: dict[str, str], created: float = T0 - 86400) -> None:
+    store.put(machine_key(org, mid), dump(MACHINE, {"id": mid, "name": f"host-{mid}", "agent": mid,
+                                                     "tags": tags, "created": iso(created)}))
+
+
+def samples(svc: Services, org: str, mid: str, metric: str, t: float, *values: float,
+            every: float = 10, labels: dict[str, str] | None = None) -> None:
+    """``values`` ending at time ``t``, ``every`` seconds apart."""
+    b = Batch()
+    n = len(values)
+    svc.tsdb.add(b, org, [(metric, {**(labels or {}), "machine_id": mid}, v,
+                           int((t - (n - 1 - i) * every) * 1000)) for i, v in enumerate(values)])
+    svc.store.write(b)
+    svc.tsdb.settle(True)
+
+
+def cpu_rule(svc: Services, p: Principal = P, **over: Any) -> dict[str, Any]:
+    body = {"name": "cpu", "conditions": [{"data_type": "metrics",
+                                           "window": {"start": 30, "period": "seconds"},
+                                           "query": {"target": 'cpu_usage_active{cpu="cpu-total"}',
+                                                     "operator": "gt", "threshold": 90,
+                                                     "aggregation": "avg"}}],
+            "when": {"every": 10, "period": "seconds"}}
+    body.update(over)
+    return svc.rules.add(p, p.actor(), body)
+
+
+def cpu(svc: Services, mid: str, t: float, *values: float, org: str = ORG) -> None:
+    samples(svc, org, mid, "cpu_usage_active", t, *values, labels={"cpu": "cpu-total"})
+    samples(svc, org, mid, "cpu_usage_active", t, *(5.0 for _ in values), labels={"cpu": "cpu0"})
+
+
+def states(svc: Services, p: Principal = P) -> list[tuple[str, str, bool]]:
+    data, _ = svc.incidents.list(p, parse_query({"sort": "started"}))
+    return [(d["machine"], d["state"], d["fired"]) for d in data]
+
+
+def test_pending_firing_resolved(svc: Services) -> None:
+    cpu_rule(svc, trigger_after={"offset": 20, "period": "seconds"})
+    ev = svc.evaluator
+    cpu(svc, "m1", T0, 95, 97, 99)
+    cpu(svc, "m2", T0, 10, 10, 10)
+    assert ev.cycle(now=T0 + 1, force=True) == []
+    assert states(svc) == [("m1", "pending", False)]
+    cpu(svc, "m1", T0 + 10, 96)
+    assert ev.cycle(now=T0 + 11, force=True) == []  # held 10 s of 20
+    cpu(svc, "m1", T0 + 20, 96)
+    acts = ev.cycle(now=T0 + 21, force=True)
+    assert [(a.event, a.incident["machine"]) for a in acts] == [("firing", "m1")]
+    inc = acts[0].incident
+    assert inc["state"] == "firing" and inc["value"] == pytest.approx((97 + 99 + 96 + 96) / 4)
+    assert inc["values"][0]["labels"] == {"cpu": "cpu-total"} and inc["machine_name"] == "host-m1"
+    assert "avg(cpu_usage_active" in inc["condition"] and "> 90" in inc["condition"]
+    cpu(svc, "m1", T0 + 30, 20, 20, 20)
+    acts = ev.cycle(now=T0 + 31, force=True)
+    assert [(a.event, a.incident["reason"]) for a in acts] == [("resolved", "the conditions no longer hold")]
+    assert states(svc) == [("m1", "resolved", True)]
+    # a pending incident whose condition ends before trigger_after resolves without firing
+    cpu(svc, "m2", T0 + 40, 99, 99)
+    ev.cycle(now=T0 + 41, force=True)
+    cpu(svc, "m2", T0 + 70, 1, 1, 1)
+    assert ev.cycle(now=T0 + 71, force=True) == []
+    assert states(svc) == [("m1", "resolved", True), ("m2", "resolved", False)]
+    actions = [json.loads(v)["action"] for _, v in svc.store.scan("audit/")]
+    assert [a for a in actions if a.startswith("incident.")] == [
+        "incident.pending", "incident.fire", "incident.resolve", "incident.pending", "incident.resolve"]
+    assert svc.store.count("incopen/") == 0
+
+
+def test_aggregations_and_operators(svc: Services) -> None:
+    ev = svc.evaluator
+    for i, (name, agg, op, thr, vals, fires) in enumerate((("all-gt", "all", "gt", 50, (60, 70, 40), False),
+                                            ("all-gt2", "all", "gt", 50, (60, 70, 80), True),
+                                            ("any-lt", "any", "lt", 10, (60, 5, 80), True),
+                                            ("count-ge", "count", "ge", 3, (1, 2, 3), True),
+                                            ("avg-le", "avg", "le", 10, (60, 5, 80), False),
+                                            ("eq", "any", "eq", 5, (60, 5, 80), True),
+                                            ("ne", "all", "ne", 5, (60, 5, 80), False))):
+        m = f"h-{name}"
+        machine(svc.store, m, ORG, {"case": name})
+        samples(svc, ORG, m, "system_load1", T0, *vals)
+        svc.rules.add(P, P.actor(), {"name": name, "selectors": [{"type": "tags", "include": [f"case={name}"]}],
+                                     "conditions": [{"query": {"target": "system_load1", "operator": op,
+                                                               "threshold": thr, "aggregation": agg},
+                                                     "window": {"start": 1, "period": "minutes"}}]})
+        acts = ev.cycle(now=T0 + 1 + 6 * i, force=True)  # new series are looked for every 5 s
+        assert bool([a for a in acts if a.rule["name"] == name]) is fires, name
+
+
+def test_selectors_resolved_at_each_evaluation(svc: Services) -> None:
+    cpu_rule(svc, selectors=[{"type": "tags", "include": ["env=prod"]}])
+    ev = svc.evaluator
+    for m in ("m1", "m2"):
+        cpu(svc, m, T0, 99, 99, 99)
+    assert [a.incident["machine"] for a in ev.cycle(now=T0 + 1, force=True)] == ["m1"]
+    machine(svc.store, "m2", ORG, {"env": "prod"})  # tagged later: included next time
+    cpu(svc, "m2", T0 + 10, 99)
+    assert [a.incident["machine"] for a in ev.cycle(now=T0 + 11, force=True)] == ["m2"]
+    machine(svc.store, "m1", ORG, {"env": "dev"})  # untagged: its incident resolves
+    cpu(svc, "m1", T0 + 20, 99)
+    cpu(svc, "m2", T0 + 20, 99)
+    acts = ev.cycle(now=T0 + 21, force=True)
+    assert [(a.incident["machine"], a.event, a.incident["reason"]) for a in acts] == [
+        ("m1", "resolved", "the machine is no longer selected")]
+
+
+def test_notifications_repeat_at_most_every_notify_every(svc: Services) -> None:
+    cpu_rule(svc, notify_every={"offset": 60, "period": "seconds"})
+    ev = svc.evaluator
+    events = []
+    for k in range(13):  # 2 minutes of evaluations every 10 s while it stays high
+        cpu(svc, "m1", T0 + k * 10, 99, 99, 99)
+        events += [a.event for a in ev.cycle(now=T0 + k * 10 + 1, force=True)]
+    assert events == ["firing", "reminder", "reminder"]
+    inc = svc.incidents.list(P, parse_query({}))[0][0]
+    assert inc["reminders"] == 2
+    # it resolves, then fires again within notify_every of the last notification: quiet
+    cpu(svc, "m1", T0 + 130, 1, 1, 1)
+    resolved = ev.cycle(now=T0 + 131, force=True)
+    assert [(a.event, a.quiet) for a in resolved] == [("resolved", False)]
+    cpu(svc, "m1", T0 + 160, 99, 99, 99)
+    again = ev.cycle(now=T0 + 161, force=True)  # 40 s after the last reminder
+    assert [(a.event, a.quiet) for a in again] == [("firing", True)]
+    assert svc.incidents.list(P, parse_query({"state": "firing"}))[0][0]["throttled"] is True
+
+
+def test_no_data(svc: Services) -> None:
+    svc.rules.ensure_nodata(ORG)
+    svc.rules.edit(P, P.actor(), "nodata", {"conditions": [{"data_type": "nodata",
+                                                          "window": {"start": 30, "period": "seconds"}}]})
+    ev = svc.evaluator
+    samples(svc, ORG, "m1", "system_uptime", T0, 1, 2, 3)
+    samples(svc, ORG, "m2", "system_uptime", T0, 1, 2, 3)
+    assert ev.cycle(now=T0 + 5, force=True) == []
+    samples(svc, ORG, "m2", "system_uptime", T0 + 40, 4)  # m1 goes silent
+    acts = ev.cycle(now=T0 + 45, force=True)
+    assert [(a.incident["machine"], a.event) for a in acts] == [("m1", "firing")]
+    assert acts[0].incident["value"] == pytest.approx(45, abs=0.01)
+    samples(svc, ORG, "m1", "system_uptime", T0 + 50, 5)
+    samples(svc, ORG, "m2", "system_uptime", T0 + 50, 5)
+    acts = ev.cycle(now=T0 + 51, force=True)
+    assert [(a.incident["machine"], a.event, a.incident["reason"]) for a in acts] == [
+        ("m1", "resolved", "samples arrive again")]
+    # a monitored machine that never sent anything counts from when it was made
+    machine(svc.store, "m3", ORG, {}, created=T0)
+    ev.machines(ORG, T0 + 52).read_at = 0  # look at the machines again now
+    samples(svc, ORG, "m1", "system_uptime", T0 + 60, 6)
+    samples(svc, ORG, "m2", "system_uptime", T0 + 60, 6)
+    assert [a.incident["machine"] for a in ev.cycle(now=T0 + 61, force=True)] == ["m3"]
+    assert svc.incidents.list(OTHER, parse_query({}))[0] == []
+    # a revoked agent's host is silent on purpose: its incident resolves, none opens again
+    svc.store.put(f"agent/{ORG}/m3", json.dumps({"id": "m3", "revoked": True}).encode())
+    acts = ev.cycle(now=T0 + 62, force=True)
+    assert [(a.incident["machine"], a.event, a.incident["reason"]) for a in acts] == [
+        ("m3", "resolved", "its agent was revoked")]
+
+
+def audit(svc: Services, org: str, action: str, kind: str, target: str) -> None:
+    svc.writer.commit(Actor(kind="user", id="u1", org=org, via="rest"),
+                      Change(action, org=org, target_kind=kind, target_id=target))
+
+
+def test_log_rules_machine_destroyed_and_agent_disconnected(svc: Services) -> None:
+    svc.rules.add(P, P.actor(), {"name": "destroyed", "conditions": [{
+        "data_type": "logs", "window": {"start": 10, "period": "minutes"},
+        "query": {"target": "type:request and action:destroy_machine", "operator": "ge",
+                  "threshold": 1, "aggregation": "count"}}]})
+    svc.rules.add(P, P.actor(), {"name": "disconnected", "conditions": [{
+        "data_type": "logs", "window": {"start": 10, "period": "minutes"},
+        "query": {"target": "action:agent.disconnect", "operator": "ge", "threshold": 2}}]})
+    ev = svc.evaluator
+    now = time.time()
+    assert ev.cycle(now=now, force=True) == []
+    audit(svc, ORG, "machine.destroy", "machine", "m2")
+    audit(svc, "o2", "machine.destroy", "machine", "x1")  # another organisation's
+    audit(svc, ORG, "agent.disconnect", "agent", "m1")
+    acts = ev.cycle(now=now + 1, force=True)
+    assert [(a.rule["name"], a.incident["machine"], a.incident["value"]) for a in acts] == [
+        ("destroyed", "m2", 1.0)]
+    audit(svc, ORG, "agent.disconnect", "agent", "m1")
+    acts = ev.cycle(now=now + 2, force=True)
+    assert [(a.rule["name"], a.incident["machine"], a.incident["value"]) for a in acts] == [
+        ("disconnected", "m1", 2.0)]
+    assert ev.cycle(now=now + 3, force=True) == []  # still in the window: nothing new
+    # a restart reads the window back from the audit log: the incidents are open, so
+    # nothing fires twice; what happens next counts
+    fresh = Evaluator(svc.store, svc.rules, Incidents(svc.store, svc.writer))
+    assert fresh.cycle(now=now + 4, force=True) == []
+    audit(svc, ORG, "machine.destroy", "machine", "m1")
+    acts = fresh.cycle(now=now + 5, force=True)
+    assert [(a.rule["name"], a.incident["machine"]) for a in acts] == [("destroyed", "m1")]
+    acts = fresh.cycle(now=now + 700, force=True)  # out of the window: resolved
+    assert sorted(a.event for a in acts) == ["resolved"] * 3
+    assert fresh.incidents.open == {}
+
+
+def test_disable_delete_restart_and_isolation(svc: Services, store: Store) -> None:
+    r = cpu_rule(svc)
+    cpu_rule(svc, p=OTHER)
+    cpu(svc, "m1", T0, 99, 99, 99)
+    cpu(svc, "x1", T0, 99, 99, 99, org="o2")
+    cpu(svc, "m2", T0, 99, 99, 99, org="o2")  # an "m2" in the other org: not ours
+    acts = svc.evaluator.cycle(now=T0 + 1, force=True)
+    assert sorted((a.incident["org"], a.incident["machine"]) for a in acts) == [("o1", "m1"), ("o2", "x1")]
+    assert [d["machine"] for d in svc.incidents.list(P, parse_query({}))[0]] == ["m1"]
+    # a restart: the open incident is known, nothing fires again
+    fresh = Evaluator(store, svc.rules, Incidents(store, svc.writer))
+    cpu(svc, "m1", T0 + 10, 99)
+    cpu(svc, "x1", T0 + 10, 99, org="o2")
+    assert fresh.cycle(now=T0 + 11, force=True) == []
+    svc.rules.toggle(P, P.actor(), r["id"], "disable")
+    acts = fresh.cycle(now=T0 + 12, force=True)
+    assert [(a.incident["machine"], a.incident["reason"]) for a in acts] == [("m1", "the rule was disabled")]
+    svc.rules.toggle(P, P.actor(), r["id"], "enable")
+    cpu(svc, "m1", T0 + 20, 99)
+    assert [a.event for a in fresh.cycle(now=T0 + 21, force=True)] == ["firing"]
+    svc.rules.delete(P, P.actor(), r["id"])
+    acts = fresh.cycle(now=T0 + 22, force=True)
+    assert [(a.event, a.incident["reason"]) for a in acts] == [("resolved", "the rule was deleted")]
+    assert [d["state"] for d in svc.incidents.list(OTHER, parse_query({}))[0]] == ["firing"]
+
+
+def test_retention_prunes_resolved_incidents_audited(svc: Services) -> None:
+    cpu_rule(svc)
+    for m in ("m1", "m2"):
+        cpu(svc, m, T0, 99, 99, 99)
+    svc.evaluator.cycle(now=T0 + 1, force=True)
+    cpu(svc, "m1", T0 + 10, 1, 1, 1)
+    cpu(svc, "m2", T0 + 10, 99)
+    svc.evaluator.cycle(now=T0 + 11, force=True)
+    assert sorted(states(svc)) == [("m1", "resolved", True), ("m2", "firing", True)]
+    assert svc.incidents.prune(T0 + 5) == 0  # resolved after the cutoff: kept
+    assert svc.incidents.prune(time.time() + 1) == 1
+    assert states(svc) == [("m2", "firing", True)]
+    [entry] = [json.loads(v) for _, v in svc.store.scan("audit/") if b"incident.prune" in v]
+    assert entry["org"] == ORG and entry["details"]["count"] == 1
