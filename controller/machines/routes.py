@@ -37,3 +37,19 @@ async def get_machine(ctx: Ctx) -> Any:
     m = ctx.services.machines.get(ctx.principal, ctx.match("machine"))
     only = ctx.query().only
     return {"data": project(m, only)}
+
+
+EDIT_MACHINE = {"type": "object", "additionalProperties": False, "properties": {
+    "expiration": {"description": "{date, action: stop|destroy, notify: seconds before (or "
+                                  "{period, value}), notify_msg}; null or {} clears it"}}}
+
+
+@routes.route("PUT", "/api/v2/machines/{machine}", op="edit_machine", body=EDIT_MACHINE,
+              summary="Edit a machine: set or clear its expiration (a date after which it is "
+                      "stopped or destroyed, with an e-mail reminder before)")
+async def edit_machine(ctx: Ctx) -> Any:
+    body = ctx.body or {}
+    if "expiration" in body:
+        ctx.services.expirations.set(ctx.principal, ctx.actor, ctx.match("machine"),
+                                     body["expiration"])
+    return {"data": ctx.services.machines.get(ctx.principal, ctx.match("machine"))}
