@@ -35,6 +35,7 @@ from overcast.agent.v1 import agent_pb2 as pb
 from overcast.agent.v1 import agent_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
+    from agent.collect.custom import CustomMetrics
     from agent.exec import Executor
     from agent.gateway import Gateways
     from agent.shell import Shells
@@ -143,6 +144,8 @@ class Agent:
         # made on the first Upgrade (agent.upgrade); once one is installed, run() ends with
         # this set and agent.main starts the new code in this process
         self._upgrader: Upgrader | None = None
+        # made when the controller first configures a custom metric source (agent.collect.custom)
+        self._custom: CustomMetrics | None = None
         self.restart_requested = False
 
     def stop(self) -> None:
@@ -172,6 +175,7 @@ class Agent:
             await asyncio.gather(*(x.close() for x in (self._executor,) if x),
                                  *(x.close_all() for x in (self._shells,) if x),
                                  *(x.close() for x in (self._gateways,) if x),
+                                 *(x.close() for x in (self._custom,) if x),
                                  return_exceptions=True)
 
     # ---- collecting (works with or without the controller) ----------------------------
@@ -179,6 +183,8 @@ class Agent:
         while not self._stop.is_set():
             try:
                 samples = await asyncio.to_thread(self.collector.collect)
+                if self._custom is not None:  # the custom sources' samples since last round
+                    samples.extend(self._custom.drain())
                 await asyncio.to_thread(self.spool.append, samples)
                 self._new_batch.set()
                 inv = await asyncio.to_thread(inventory, AGENT_VERSION)
@@ -376,11 +382,23 @@ class Agent:
             # the controller puts them on every sample it stores (also on spooled ones sent
             # before this configuration arrived); the agent only shows them
             log.info("the controller labels this host's samples with %s", self.labels)
+        self._configure_sources(list(config.metric_sources))
         if self._interval_fixed:
             return
         if config.metric_interval_s and config.metric_interval_s != self.interval:
             log.info("metric interval set to %d s by the controller", config.metric_interval_s)
             self.interval = float(config.metric_interval_s)
+
+    def _configure_sources(self, sources: list[pb.MetricSource]) -> None:
+        """The controller's custom metric sources (always the whole list): their code is
+        loaded only once there is one."""
+        if self._custom is None:
+            if not sources:
+                return
+            from agent.collect.custom import CustomMetrics
+
+            self._custom = CustomMetrics(self.state.agent_id, lambda: self.interval, self._send_up)
+        self._custom.configure(sources)
 
     def _next_batches(self, after: int) -> list[pb.MetricBatch]:
         # read lazily: after a long outage the spool holds thousands of batches

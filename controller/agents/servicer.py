@@ -31,6 +31,7 @@ from controller.agents.ingest import Compact
 from controller.agents.model import PROTOCOL_VERSION
 from controller.agents.registry import Session
 from controller.agents.service import AgentError
+from controller.monitoring.wire import metric_sources
 from controller.pki import cert_serial
 from controller.services import Services
 from overcast.agent.v1 import agent_pb2 as pb
@@ -174,7 +175,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         try:
             await session.write(pb.ControllerMessage(welcome=pb.Welcome(
                 agent_id=agent_id, protocol_version=PROTOCOL_VERSION,
-                config=pb.Config(metric_interval_s=settings.metric_interval, labels=tags),
+                config=pb.Config(metric_interval_s=settings.metric_interval, labels=tags,
+                                 metric_sources=metric_sources(
+                                     self.services.source_push.welcome(agent))),
                 acked_seq=session.acked, compact_metrics=True)))
             # the machine's tags (as labels) and its id on every sample, set here, not
             # trusted from the agent: also on spooled batches collected before the

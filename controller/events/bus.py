@@ -17,10 +17,12 @@ _END = Event(type="end", kind="", id="", org="", time=0.0)  # never sent: ends t
 
 
 class Subscription:
-    def __init__(self, bus: EventBus, org: str | None, kinds: frozenset[str], maxsize: int) -> None:
+    def __init__(self, bus: EventBus, org: str | None, kinds: frozenset[str], maxsize: int,
+                 internal: bool = False) -> None:
         self._bus = bus
         self.org = org  # None: every organisation (platform admins)
         self.kinds = kinds
+        self.internal = internal  # the controller's own follower: nobody watches through it
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self.closed = False
 
@@ -76,8 +78,9 @@ class EventBus:
         """Publishing from another thread hands the events to this loop."""
         self._loop = loop
 
-    def subscribe(self, org: str | None, kinds: Iterable[str] = (), maxsize: int = 1000) -> Subscription:
-        sub = Subscription(self, org, frozenset(kinds), maxsize)
+    def subscribe(self, org: str | None, kinds: Iterable[str] = (), maxsize: int = 1000,
+                  internal: bool = False) -> Subscription:
+        sub = Subscription(self, org, frozenset(kinds), maxsize, internal)
         self._subs.add(sub)
         return sub
 
@@ -96,7 +99,7 @@ class EventBus:
     def watching(self, org: str) -> bool:
         """Whether someone of ``org`` (or a platform admin) follows live events: the pollers
         then refresh that organisation's clouds faster."""
-        return any(s.org is None or s.org == org for s in self._subs)
+        return any((s.org is None or s.org == org) and not s.internal for s in self._subs)
 
     def publish(self, events: Iterable[Event]) -> None:
         evs = list(events)

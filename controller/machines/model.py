@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.monitoring.model import monitoring_view
 from controller.store.docs import DocKind
 
 MACHINE = DocKind("machine")
@@ -29,4 +30,5 @@ def view(doc: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in doc.items() if not k.startswith("_") and k != "org"}
     for k, default in FIELDS.items():
         out.setdefault(k, default)
+    out["monitoring"] = monitoring_view(doc)  # {enabled, agent_id, state}: see its module
     return out

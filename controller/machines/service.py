@@ -94,8 +94,8 @@ def _needles(query: Query) -> list[bytes]:
         return []
     out = []
     for k, v in query.search.equalities().items():
-        if not _PLAIN.match(v):
-            continue
+        if not _PLAIN.match(v) or k.split(".")[0] == "monitoring":
+            continue  # monitoring is made by the view (machines.model), not stored as shown
         if k in FIELDS and _default_text(FIELDS[k]) == v.lower():
             continue  # a document without the field matches through its default value
         out.append(v.lower().encode())

@@ -78,7 +78,7 @@ def test_a_cloud_host_running_an_agent_is_one_machine(world: World) -> None:
     ms = world.all_machines()
     assert aid not in ms, "the agent's own machine should have merged into the cloud's"
     [m] = [m for m in ms.values() if m["cloud"] == cid]
-    assert m["agent"] == aid and m["monitoring"] is True and m["agent_state"] == "connected"
+    assert m["agent"] == aid and m["monitoring"]["enabled"] is True and m["agent_state"] == "connected"
     assert m["state"] == "running" and m["hostname"] == "oclinked"
     assert m["agent_facts"]["cores"] >= 1
     assert h.get(f"/api/v2/agents/{aid}").body["data"]["machine"] == m["id"]

@@ -25,7 +25,7 @@ def svc(tmp_path: Path) -> MachineService:
         {"id": "m1", "name": "web-1", "state": "running", "tags": {"env": "prod"}},
         {"id": "m2", "name": "Straße", "state": "stopped"},
         {"id": "m3", "name": "db"},  # no state, no monitoring: defaults apply
-        {"id": "m4", "name": "cache", "state": "running", "monitoring": True},
+        {"id": "m4", "name": "cache", "state": "running", "monitoring": True, "agent": "m4"},
     ]
     for d in docs:
         store.put(f"machine/{ORG}/{d['id']}", dump(MACHINE, d))
@@ -35,7 +35,8 @@ def svc(tmp_path: Path) -> MachineService:
 @pytest.mark.parametrize(("search", "ids"), [
     ("state:running", {"m1", "m4"}),
     ("state:unknown", {"m3"}),           # matches through the default of a missing field
-    ("monitoring:false", {"m1", "m2", "m3"}),
+    ("monitoring.enabled:false", {"m1", "m2", "m3"}),
+    ("monitoring.state:connected", {"m4"}),  # made by the view: no needle in the JSON
     ("name:STRASSE", {"m2"}),            # case folding beyond ASCII
     ("tags.env:prod state:running", {"m1"}),
 ])

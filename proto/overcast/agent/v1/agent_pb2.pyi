@@ -39,7 +39,7 @@ class EnrollResponse(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., org: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "inventory", "metrics", "command_output", "command_result", "shell_data", "shell_closed", "renew", "command_started", "tunnel_status", "upgrade_result")
+    __slots__ = ("hello", "inventory", "metrics", "command_output", "command_result", "shell_data", "shell_closed", "renew", "command_started", "tunnel_status", "upgrade_result", "metric_source_status")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class AgentMessage(_message.Message):
     COMMAND_STARTED_FIELD_NUMBER: _ClassVar[int]
     TUNNEL_STATUS_FIELD_NUMBER: _ClassVar[int]
     UPGRADE_RESULT_FIELD_NUMBER: _ClassVar[int]
+    METRIC_SOURCE_STATUS_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     inventory: Inventory
     metrics: MetricBatch
@@ -62,7 +63,8 @@ class AgentMessage(_message.Message):
     command_started: CommandStarted
     tunnel_status: TunnelStatus
     upgrade_result: UpgradeResult
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., metrics: _Optional[_Union[MetricBatch, _Mapping]] = ..., command_output: _Optional[_Union[CommandOutput, _Mapping]] = ..., command_result: _Optional[_Union[CommandResult, _Mapping]] = ..., shell_data: _Optional[_Union[ShellData, _Mapping]] = ..., shell_closed: _Optional[_Union[ShellClosed, _Mapping]] = ..., renew: _Optional[_Union[RenewRequest, _Mapping]] = ..., command_started: _Optional[_Union[CommandStarted, _Mapping]] = ..., tunnel_status: _Optional[_Union[TunnelStatus, _Mapping]] = ..., upgrade_result: _Optional[_Union[UpgradeResult, _Mapping]] = ...) -> None: ...
+    metric_source_status: MetricSourceStatus
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., metrics: _Optional[_Union[MetricBatch, _Mapping]] = ..., command_output: _Optional[_Union[CommandOutput, _Mapping]] = ..., command_result: _Optional[_Union[CommandResult, _Mapping]] = ..., shell_data: _Optional[_Union[ShellData, _Mapping]] = ..., shell_closed: _Optional[_Union[ShellClosed, _Mapping]] = ..., renew: _Optional[_Union[RenewRequest, _Mapping]] = ..., command_started: _Optional[_Union[CommandStarted, _Mapping]] = ..., tunnel_status: _Optional[_Union[TunnelStatus, _Mapping]] = ..., upgrade_result: _Optional[_Union[UpgradeResult, _Mapping]] = ..., metric_source_status: _Optional[_Union[MetricSourceStatus, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("agent_id", "protocol_version", "agent_version", "inventory", "spooled_batches", "dropped_batches")
@@ -313,7 +315,7 @@ class Welcome(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., config: _Optional[_Union[Config, _Mapping]] = ..., acked_seq: _Optional[int] = ..., compact_metrics: _Optional[bool] = ...) -> None: ...
 
 class Config(_message.Message):
-    __slots__ = ("metric_interval_s", "labels")
+    __slots__ = ("metric_interval_s", "labels", "metric_sources")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -323,9 +325,27 @@ class Config(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     METRIC_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_SOURCES_FIELD_NUMBER: _ClassVar[int]
     metric_interval_s: int
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, metric_interval_s: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    metric_sources: _containers.RepeatedCompositeFieldContainer[MetricSource]
+    def __init__(self, metric_interval_s: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., metric_sources: _Optional[_Iterable[_Union[MetricSource, _Mapping]]] = ...) -> None: ...
+
+class MetricSource(_message.Message):
+    __slots__ = ("id", "name", "content", "sha256", "interval_s", "timeout_s")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    content: bytes
+    sha256: str
+    interval_s: int
+    timeout_s: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., content: _Optional[bytes] = ..., sha256: _Optional[str] = ..., interval_s: _Optional[int] = ..., timeout_s: _Optional[int] = ...) -> None: ...
 
 class BatchAck(_message.Message):
     __slots__ = ("seq",)
@@ -473,6 +493,28 @@ class Upgrade(_message.Message):
     sha256: str
     find_links: str
     def __init__(self, request_id: _Optional[str] = ..., package_url: _Optional[str] = ..., version: _Optional[str] = ..., sha256: _Optional[str] = ..., find_links: _Optional[str] = ...) -> None: ...
+
+class MetricSourceStatus(_message.Message):
+    __slots__ = ("source_id", "time_ms", "samples", "error", "bad_lines", "bad_line_count", "timed_out", "exit_code", "duration_ms")
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    BAD_LINES_FIELD_NUMBER: _ClassVar[int]
+    BAD_LINE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    source_id: str
+    time_ms: int
+    samples: int
+    error: str
+    bad_lines: _containers.RepeatedScalarFieldContainer[str]
+    bad_line_count: int
+    timed_out: bool
+    exit_code: int
+    duration_ms: int
+    def __init__(self, source_id: _Optional[str] = ..., time_ms: _Optional[int] = ..., samples: _Optional[int] = ..., error: _Optional[str] = ..., bad_lines: _Optional[_Iterable[str]] = ..., bad_line_count: _Optional[int] = ..., timed_out: _Optional[bool] = ..., exit_code: _Optional[int] = ..., duration_ms: _Optional[int] = ...) -> None: ...
 
 class UpgradeResult(_message.Message):
     __slots__ = ("request_id", "ok", "error", "version", "output")
