@@ -42,7 +42,11 @@ from controller.jobs import routes as job_routes
 from controller.log import AccessLogger
 from controller.machines import routes as machine_routes
 from controller.monitor import routes as monitor_routes
+from controller.monitoring import routes as monitoring_routes
+from controller.notify import routes as notify_routes
 from controller.pki import Pki, ensure_pki
+from controller.rules import routes as rule_routes
+from controller.schedules import routes as schedule_routes
 from controller.scripts import routes as script_routes
 from controller.services import Services, build_services
 from controller.settings import Settings
@@ -61,9 +65,12 @@ def all_routes() -> list[Route]:
     tables = (system.routes, account_routes.routes, account_routes.org_routes,
               account_routes.user_routes, machine_routes.routes, audit_routes.routes,
               event_routes.routes, agent_routes.routes, monitor_routes.routes,
+              monitor_routes.metrics_routes,
               cloud_routes.routes, cloud_routes.inventory, job_routes.routes, key_routes.routes,
               exec_routes.routes, script_routes.routes, shell_routes.routes,
-              tunnel_routes.routes, install_routes.routes)
+              tunnel_routes.routes, install_routes.routes, schedule_routes.routes,
+              rule_routes.routes, rule_routes.incident_routes, notify_routes.routes,
+              monitoring_routes.routes)
     return [r for t in tables for r in t.routes]
 
 
@@ -93,6 +100,10 @@ def build_app(settings: Settings, services: Services, pki: Pki | None) -> web.Ap
     app.cleanup_ctx.append(_maintenance)
     app.cleanup_ctx.append(_clouds)
     app.cleanup_ctx.append(shell_routes.lifecycle)
+    app.cleanup_ctx.append(schedule_routes.lifecycle)
+    app.cleanup_ctx.append(rule_routes.lifecycle)
+    app.cleanup_ctx.append(monitoring_routes.lifecycle)
+    app.cleanup_ctx.append(monitor_routes.lifecycle)  # the TSDB's compaction, /metrics
     listeners = HubListeners(settings, services, pki)
     app[LISTENERS] = listeners
     services.tunnels.hub.on_up.append(listeners.up)

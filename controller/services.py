@@ -3,7 +3,7 @@ shared by REST, WebSocket, gRPC and the offline admin commands."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from controller.accounts.model import KINDS as ACCOUNT_KINDS
 from controller.accounts.service import AccountService
@@ -26,7 +26,24 @@ from controller.jobs.model import JOB
 from controller.jobs.service import JobService
 from controller.machines.model import MACHINE
 from controller.machines.service import MachineService
+from controller.monitor.selfmetrics import SelfMetrics
 from controller.monitor.tsdb import TSDB
+from controller.monitoring.model import KINDS as MONITORING_KINDS
+from controller.monitoring.push import SourcePush
+from controller.monitoring.service import MonitoringService
+from controller.monitoring.sources import SourceService
+from controller.notify.model import NOTIFICATION
+from controller.notify.service import NotifyService
+from controller.rules.evaluator import Evaluator
+from controller.rules.incidents import Incidents
+from controller.rules.model import INCIDENT, RULE
+from controller.rules.service import RuleService
+from controller.rules.wiring import build_rules
+from controller.schedules.expiration import Expirations
+from controller.schedules.model import KINDS as SCHEDULE_KINDS
+from controller.schedules.runner import Runner
+from controller.schedules.scheduler import Scheduler
+from controller.schedules.service import ScheduleService
 from controller.scripts.model import SCRIPT
 from controller.scripts.service import ScriptService
 from controller.secrets import SecretBox, load_key
@@ -44,7 +61,8 @@ from controller.tunnels.service import TunnelService
 
 # every stored document kind, for migrations on start
 DOC_KINDS: tuple[DocKind, ...] = (*ACCOUNT_KINDS, *AGENT_KINDS, *CLOUD_KINDS, MACHINE, JOB, KEY,
-                                  SCRIPT, SHELL, *TUNNEL_KINDS)
+                                  SCRIPT, SHELL, *TUNNEL_KINDS, *SCHEDULE_KINDS, RULE,
+                                  INCIDENT, NOTIFICATION, *MONITORING_KINDS)
 
 
 @dataclass
@@ -74,6 +92,18 @@ class Services:
     associations: Associations
     shells: ShellService
     tunnels: TunnelService
+    schedules: ScheduleService
+    scheduler: Scheduler
+    expirations: Expirations
+    notify: NotifyService
+    rules: RuleService
+    incidents: Incidents
+    evaluator: Evaluator
+    monitoring: MonitoringService
+    metric_sources: SourceService
+    source_push: SourcePush
+    # the controller's own metrics (/metrics): any module registers its own here
+    selfmetrics: SelfMetrics = field(default_factory=SelfMetrics)
 
 
 def build_services(settings: Settings, store: Store, migrate: bool = True) -> Services:
@@ -98,6 +128,17 @@ def build_services(settings: Settings, store: Store, migrate: bool = True) -> Se
     tunnels.commit_refusal = accounts.commit_unauthenticated
     tunnels.attach_agents(link)
     actions.poke = pollers.poke
+    scripts = ScriptService(settings, store, writer, secrets)
+    execs = ExecService(settings, store, writer, bus, jobs, targets, link)
+    notify, rules, incidents, evaluator = build_rules(settings, store, writer, secrets, tsdb, accounts,
+                                                      scripts, execs, actions)
+    schedules = ScheduleService(settings, store, writer, accounts, scripts)
+    runner = Runner(store, scripts, execs, targets, actions, settings.cloud_call_timeout)
+    runner.member_email = schedules.member_email
+    runner.notifier = notify
+    agents = AgentService(settings, store, writer)
+    ingestor = Ingestor(store, tsdb)
+    metric_sources = SourceService(store, writer, scripts)
     return Services(
         settings=settings,
         store=store,
@@ -107,9 +148,9 @@ def build_services(settings: Settings, store: Store, migrate: bool = True) -> Se
         accounts=accounts,
         audit=AuditService(store),
         machines=MachineService(store),
-        agents=AgentService(settings, store, writer),
+        agents=agents,
         tsdb=tsdb,
-        ingestor=Ingestor(store, tsdb),
+        ingestor=ingestor,
         registry=registry,
         clouds=clouds,
         resources=ResourceService(store, writer),
@@ -117,11 +158,22 @@ def build_services(settings: Settings, store: Store, migrate: bool = True) -> Se
         actions=actions,
         pollers=pollers,
         keys=keys,
-        scripts=ScriptService(settings, store, writer, secrets),
+        scripts=scripts,
         agentlink=link,
         targets=targets,
         associations=Associations(store, writer, keys, targets, link),
-        exec=ExecService(settings, store, writer, bus, jobs, targets, link),
+        exec=execs,
         shells=ShellService(settings, store, writer, targets, link, accounts),
         tunnels=tunnels,
+        schedules=schedules,
+        scheduler=Scheduler(schedules, runner),
+        expirations=Expirations(schedules, actions),
+        notify=notify,
+        rules=rules,
+        incidents=incidents,
+        evaluator=evaluator,
+        monitoring=MonitoringService(settings, store, writer, bus, jobs, targets, agents, link,
+                                     registry, ingestor),
+        metric_sources=metric_sources,
+        source_push=SourcePush(settings, metric_sources, registry, link, bus),
     )

@@ -89,6 +89,16 @@ class Settings:
     # metrics: seconds between an agent's samples, and seconds samples are kept
     metric_interval: int = 10
     metric_retention: int = 7 * 24 * 3600
+    # metrics: seconds the rolled-up series are kept: every series summed up per minute and
+    # per hour (count, min, max, sum, counter increase), made in the background from the raw
+    # samples; queries over long spans read them (raw samples not rolled up yet are kept past
+    # metric_retention until they are)
+    metric_rollup_retention: int = 365 * 24 * 3600
+    # metrics: seconds the 1-minute rollups are kept (at most metric_rollup_retention; the
+    # hourly ones are kept that long). A year of 1-minute rollups is ~1.2 GiB per agent host
+    # (bench/tsdb_bench.py); a month of them and a year of hours is ~190 MiB. Queries over
+    # older spans answer from the hourly rollups
+    metric_minute_rollup_retention: int = 31 * 24 * 3600
     # an agent silent this long (no stream) is unreachable; keepalives detect dead peers sooner
     agent_grace: int = 30
     # clouds: default seconds between polls of a cloud (each cloud may set its own), the
@@ -99,7 +109,8 @@ class Settings:
     cloud_workers: int = 8
     cloud_call_timeout: int = 60
     # clouds whose endpoint is this host (loopback, a local libvirt URI, a Docker socket) or a
-    # link-local address (metadata services) are refused unless this is on
+    # link-local address (metadata services) are refused unless this is on; the same goes for
+    # script sources and webhook URLs
     allow_local_clouds: bool = False
     # scripts and commands: seconds a run may take unless asked otherwise, and bytes of output
     # kept per machine (the rest is counted, not kept)
@@ -125,6 +136,39 @@ class Settings:
     tunnel_network: str = "100.96.0.0/16"
     tunnel_endpoint: str = ""
     tunnel_health_interval: int = 10
+    # e-mail notifications: the SMTP server (empty: e-mail cannot be sent, and notifications
+    # wait and then fail, visibly), its port, and how to secure the connection: "starttls"
+    # (upgrade a plain connection, usually port 587), "ssl" (TLS from the start, usually 465)
+    # or "none" (only to a relay on this host: a login is refused in clear elsewhere)
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_security: str = "starttls"
+    # the SMTP login (empty: none), and its password: sealed with the controller's secret
+    # key ("enc1:...", as `overcast notifications seal-password` prints it), or in clear
+    smtp_user: str = ""
+    smtp_password: Secret = Secret("")
+    # the From address of notifications (empty: overcast@<the external URL's host>)
+    smtp_from: str = ""
+    # a CA bundle (PEM) trusted for the SMTP server besides the system's (a private relay)
+    smtp_ca_file: str = ""
+    # seconds one SMTP step (connect, TLS, login, sending) or one webhook call may take
+    smtp_timeout: int = 30
+    webhook_timeout: int = 10
+    # notifications that fail are tried again after notify_retry_base seconds, then twice
+    # as long each time (at most notify_retry_max), up to notify_max_attempts attempts in
+    # all; then they are kept as failed, visible, until someone retries them
+    notify_max_attempts: int = 8
+    notify_retry_base: int = 30
+    notify_retry_max: int = 3600
+    # seconds resolved incidents and sent or failed notifications are kept
+    incident_retention: int = 90 * 24 * 3600
+    # schedules: the shortest interval a schedule may have (seconds; its period may be
+    # "seconds" down to this), how late a due run may start before it counts as missed (the
+    # controller was down, the host slept: the schedule's "missed" choice then decides), and
+    # how many run records are kept per schedule (older ones are dropped)
+    schedule_min_interval: int = 60
+    schedule_misfire_grace: int = 60
+    schedule_runs_kept: int = 100
 
     # derived
     @property
@@ -259,6 +303,14 @@ class Settings:
                 raise Invalid(f"{name} {path} does not exist", field=name)
         if self.log_level.lower() not in _CHOICES["log_level"]:
             raise Invalid("log_level must be debug, info, warning or error", field="log_level")
+        if self.smtp_security not in _CHOICES["smtp_security"]:
+            raise Invalid("smtp_security must be starttls, ssl or none", field="smtp_security")
+        if (self.smtp_security == "none" and self.smtp_user and self.smtp_host
+                and not _is_loopback(self.smtp_host)):
+            raise Invalid(f"smtp_security = 'none' would send the SMTP password to "
+                          f"{self.smtp_host} in clear: use starttls or ssl", field="smtp_security")
+        if self.smtp_ca_file and not Path(self.smtp_ca_file).is_file():
+            raise Invalid(f"smtp_ca_file {self.smtp_ca_file} does not exist", field="smtp_ca_file")
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,15}", self.tunnel_interface):
             raise Invalid(f"tunnel_interface {self.tunnel_interface!r} is not an interface name "
                           "(1 to 15 letters, digits, '_' or '-')", field="tunnel_interface")
@@ -338,15 +390,23 @@ _MINIMUMS: dict[str, int] = {
     "shell_recording_max_bytes": 0,
     "tunnel_port": 1,
     "tunnel_health_interval": 1,
+    "smtp_port": 1,
+    "smtp_timeout": 1,
+    "webhook_timeout": 1,
+    "notify_max_attempts": 1,
+    "notify_retry_base": 1,
+    "notify_retry_max": 1,
+    "incident_retention": 60,
 }
 
 
 # the largest value of an int setting, where there is one; ``validate`` refuses more
-_MAXIMUMS: dict[str, int] = {"tunnel_port": 65535}
+_MAXIMUMS: dict[str, int] = {"tunnel_port": 65535, "smtp_port": 65535, "notify_max_attempts": 100}
 # the values a text setting may take (log_level in any case); ``validate`` refuses others
 _CHOICES: dict[str, tuple[str, ...]] = {
     "tls": ("auto", "on", "off"),
     "log_level": ("debug", "info", "warning", "error"),
+    "smtp_security": ("starttls", "ssl", "none"),
 }
 
 

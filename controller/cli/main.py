@@ -20,9 +20,12 @@ from controller.cli import (
     clouds,
     inventory,
     keys,
+    monitoring,
     ops,
     output,
+    rules,
     runs,
+    schedules,
     scripts,
     shell,
     tunnels,
@@ -39,7 +42,6 @@ from controller.cli.client import (
     fetch_ca,
     warn,
 )
-from controller.ops.owner import give_back
 
 _DURATION = re.compile(r"^(\d+)([smhdw]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -148,6 +150,13 @@ def _wait_for_controller(settings: Any, method: str, path: str, body: dict[str, 
                    f"within {wait:g} s; try again, or stop that process", FAILED)
 
 
+def _give_back(data_dir: str) -> None:
+    """Files made as root in another user's data directory go back to that user."""
+    from controller.ops.owner import give_back
+
+    give_back(data_dir)
+
+
 def _adduser_offline(settings: Any, args: argparse.Namespace, password: str) -> dict[str, Any] | None:
     """Create the user on the store itself; None when a controller holds it (it is starting)."""
     import asyncio
@@ -164,7 +173,7 @@ def _adduser_offline(settings: Any, args: argparse.Namespace, password: str) -> 
             admin_actor(), args.email, password, is_admin=args.admin, org_name=args.org))
     finally:
         services.store.close()
-        give_back(settings.data_dir)
+        _give_back(settings.data_dir)
     return {"user": user, "org": {"id": org["id"], "name": org["name"]}}
 
 
@@ -199,7 +208,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             result = services.audit.verify().to_dict()
         finally:
             services.store.close()
-            give_back(settings.data_dir)
+            _give_back(settings.data_dir)
     if args.json:
         output.emit_json(result)
     elif result["ok"]:
@@ -474,6 +483,9 @@ def parser() -> argparse.ArgumentParser:
     runs.add_run(scripts.register(sub))
     runs.register(sub)
     tunnels.register(sub)
+    monitoring.register(sub)
+    schedules.register(sub)
+    rules.register(sub)
     ops.register(sub)
     return ap
 
