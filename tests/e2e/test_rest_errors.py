@@ -267,7 +267,7 @@ def test_unknown_paths_are_404_json(world: World, path: str) -> None:
     ("POST", "/api/v2/health", {"GET"}),
     ("PUT", "/api/v2/orgs/x", {"GET", "PATCH"}),
     ("PATCH", "/api/v2/auth/sessions", {"GET", "POST", "DELETE"}),
-    ("POST", "/api/v2/machines/x", {"GET"}),
+    ("POST", "/api/v2/machines/x", {"GET", "PUT"}),  # PUT: expiration (schedules)
 ])
 def test_wrong_method_is_405_json_with_allow(world: World, method: str, path: str,
                                              allow: set[str]) -> None:
