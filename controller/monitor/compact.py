@@ -140,7 +140,9 @@ class Compactor:
                         spans.append([hour, end])
                     self._rerolled.inc()
                 for a, b in spans:
-                    self._samples.inc(rollup.roll_series(self.tsdb, batch, sid, a, b))
+                    a = self._reroll_from(sid, a, b)
+                    if a < b:
+                        self._samples.inc(rollup.roll_series(self.tsdb, batch, sid, a, b))
                 try:
                     self.tsdb.store.write(batch)
                     break
@@ -150,12 +152,43 @@ class Compactor:
         self._cpu.inc(time.thread_time() - t0)
         return handled
 
+    def _reroll_from(self, sid: int, a: int, b: int) -> int:
+        """Where rolling ``[a, b)`` up again starts. Rolling up replaces the minutes of its
+        range with what the raw samples say, so a range that reaches before the raw samples
+        retention deleted (``state.raw_from``) starts later: the minutes before the first raw
+        sample left keep their buckets, and so does that sample's minute when it has one (its
+        first increase was counted from a sample that is gone); the hour is summed up from
+        the minutes kept and the new ones. ``b`` when no raw sample is left in the range."""
+        s = self.state
+        if a >= s.raw_from:
+            return a
+        first = next(self.tsdb.read(sid, s.raw_from, b - 1), None)
+        if first is None:
+            return b
+        start = rollup.floor(first[0], MINUTE)
+        if rollup.read_buckets(self.tsdb, sid, MINUTE, start, start + MINUTE):
+            start += MINUTE
+        hour = rollup.floor(start, HOUR)
+        if hour < start and hour < s.minute_from:
+            # the minutes of that hour before ``start`` are deleted too (1-minute rollups kept
+            # for less long than raw samples): its hourly bucket stays as it is
+            start = hour + HOUR
+        return min(start, b)
+
     # -- retention --------------------------------------------------------------------------
-    def expire_slice(self, sids: list[int]) -> None:
+    def begin_expiry(self) -> tuple[int, int, int]:
+        """The cutoffs of a retention pass, recorded before anything is deleted: a pass a
+        stop interrupts has deleted some series' samples up to them already, and rolling
+        late hours up again (:meth:`_reroll_from`) and queries go by them."""
+        cuts = self.cutoffs()
+        self._record(*cuts)
+        return cuts
+
+    def expire_slice(self, sids: list[int], cuts: tuple[int, int, int] | None = None) -> None:
         """Delete, in ``sids``, raw samples past retention that are rolled up, and rollups
-        past their retention."""
+        past their retention (before ``cuts``, :meth:`begin_expiry`'s, or those of now)."""
         t0 = time.thread_time()
-        raw_cut, minute_cut, rollup_cut = self.cutoffs()
+        raw_cut, minute_cut, rollup_cut = cuts if cuts is not None else self.cutoffs()
         for sid in sids:
             self.tsdb.expire(raw_cut, (sid,))
             for res, span, cut in ((MINUTE, HOUR, minute_cut), (HOUR, DAY, rollup_cut)):
@@ -164,9 +197,7 @@ class Compactor:
                     rollup.chunk_key(res, sid, rollup.floor(cut, span)))
         self._cpu.inc(time.thread_time() - t0)
 
-    def expired(self) -> None:
-        """Record the cutoffs once every series is done (queries choose their source by them)."""
-        raw_cut, minute_cut, rollup_cut = self.cutoffs()
+    def _record(self, raw_cut: int, minute_cut: int, rollup_cut: int) -> None:
         self.state.raw_from = max(self.state.raw_from, raw_cut)
         self.state.minute_from = max(self.state.minute_from, rollup.floor(minute_cut, HOUR))
         self.state.rollup_from = max(self.state.rollup_from, rollup.floor(rollup_cut, DAY))
@@ -214,11 +245,11 @@ async def _roll(c: Compactor, pause: float, resumed: bool) -> None:
 
 
 async def expire_all(c: Compactor, slice_size: int = SLICE_SERIES, pause: float = PAUSE) -> None:
+    cuts = await asyncio.to_thread(c.begin_expiry)
     sids = await asyncio.to_thread(c.tsdb.sids)
     for i in range(0, len(sids), slice_size):
-        await asyncio.to_thread(c.expire_slice, sids[i:i + slice_size])
+        await asyncio.to_thread(c.expire_slice, sids[i:i + slice_size], cuts)
         await asyncio.sleep(pause)
-    await asyncio.to_thread(c.expired)
     log.debug("retention: trimmed %d series", len(sids))
 
 

@@ -56,6 +56,7 @@ def _eval(expr: Expr, source: Source, times: list[int]) -> float | Vector:
         out = []
         for s in source.series(expr):
             p = source.points(s.sid, times[0] - lookback, times[-1])
+            source.budget.take(len(times))  # the points this series is evaluated at
             out.append(Series({"__name__": s.metric, **s.labels}, _latest(p, times, lookback)))
         return out
     if isinstance(expr, Call):
@@ -65,13 +66,14 @@ def _eval(expr: Expr, source: Source, times: list[int]) -> float | Vector:
         out = []
         for s in source.series(sel):
             p = source.points(s.sid, times[0] - sel.range_ms, times[-1])
+            source.budget.take(len(times))
             out.append(Series(dict(s.labels), fn(p, _windows(p.ts, times, sel.range_ms),
                                                  sel.range_ms)))
         return out
     if isinstance(expr, Aggregate):
         inner = _eval(expr.expr, source, times)
         assert not isinstance(inner, float)
-        return _aggregate(expr, inner, len(times))
+        return _aggregate(expr, inner, len(times), source.budget.check)
     if isinstance(expr, Unary):
         inner = _eval(expr.expr, source, times)
         assert not isinstance(inner, float)
@@ -108,7 +110,7 @@ def _binary(expr: Binary, lhs: float | Vector, rhs: float | Vector) -> Vector:
     return out
 
 
-def _aggregate(expr: Aggregate, inner: Vector, n: int) -> Vector:
+def _aggregate(expr: Aggregate, inner: Vector, n: int, check: Callable[[], None]) -> Vector:
     groups: dict[tuple[tuple[str, str], ...], list[Series]] = {}
     for s in inner:
         if expr.without:
@@ -120,6 +122,7 @@ def _aggregate(expr: Aggregate, inner: Vector, n: int) -> Vector:
     out = []
     reduce = _AGGREGATIONS[expr.op]
     for key, members in sorted(groups.items()):
+        check()  # the query's time (a group is at most the series read x the steps)
         if len(members) == 1:  # a group of one: its own values (count: 1 where it has one)
             only = members[0].vals
             vals: list[Value] = (list(only) if expr.op != "count" else

@@ -3,15 +3,23 @@ arithmetic and comparisons it uses, as PromQL has them."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
 from typing import Literal
 
+from controller import safe_regex
+
 RANGE_FUNCTIONS = frozenset({"rate", "irate", "increase", "avg_over_time", "min_over_time",
                              "max_over_time", "sum_over_time", "count_over_time"})
 AGGREGATIONS = frozenset({"sum", "avg", "min", "max", "count"})
 COMPARISONS = frozenset({"==", "!=", ">", "<", ">=", "<="})
+# the window of a range function given a selector without one (rate(x) for rate(x[5m])):
+# Mist's API documents rate(net_bytes_sent{...}). 5 minutes: Prometheus's lookback (how far
+# back an instant selector looks) and the window of its documentation's rate() examples;
+# ~30 samples at the agents' 10 s interval
+DEFAULT_RANGE_MS = 5 * 60_000
 ARITHMETIC = frozenset({"+", "-", "*", "/", "%", "^"})
 
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
@@ -33,8 +41,19 @@ class Matcher:
             return value == self.value
         if self.op == "!=":
             return value != self.value
-        hit = re.fullmatch(self.value, value) is not None
+        hit = self._regex.fullmatch(value)
         return hit if self.op == "=~" else not hit
+
+    @functools.cached_property
+    def _regex(self) -> safe_regex.Regex:
+        """Anchored at both ends and ``.`` matching newlines, as Prometheus's
+        ``^(?s:...)$``; linear time (RE2). The parser checked it (BadRequest otherwise)."""
+        return regex(self.value)
+
+
+def regex(pattern: str) -> safe_regex.Regex:
+    """A matcher's pattern compiled; BadRequest (field ``query``) if RE2 does not take it."""
+    return safe_regex.compile(pattern, "query", dot_all=True)
 
 
 @dataclass(frozen=True)

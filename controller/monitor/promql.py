@@ -13,6 +13,8 @@ What it covers (the README documents it, "Queries")::
     matcher    := LABEL ("=" | "!=" | "=~" | "!~") STRING
     function   := ("rate" | "irate" | "increase" | "avg_over_time" | "min_over_time"
                    | "max_over_time" | "sum_over_time" | "count_over_time") "(" expr ")"
+                  (the argument a range selector; a selector without a range, as in Mist's
+                  own example rate(net_bytes_sent{...}), reads DEFAULT_RANGE_MS: 5m)
     aggregation:= ("sum" | "avg" | "min" | "max" | "count") [grouping] "(" expr ")" [grouping]
     grouping   := ("by" | "without") "(" [LABEL ("," LABEL)* [","]] ")"
 
@@ -28,6 +30,7 @@ from controller.monitor.expr import (
     AGGREGATIONS,
     ARITHMETIC,
     COMPARISONS,
+    DEFAULT_RANGE_MS,
     RANGE_FUNCTIONS,
     Aggregate,
     Binary,
@@ -41,11 +44,12 @@ from controller.monitor.expr import (
     arithmetic,
     compare,
     parse_duration,
+    regex,
     selectors,
 )
 
-__all__ = ["AGGREGATIONS", "ARITHMETIC", "COMPARISONS", "RANGE_FUNCTIONS", "Aggregate", "Binary",
-           "Call", "Expr", "Kind", "Matcher", "Number", "Selector", "Unary", "arithmetic",
+__all__ = ["AGGREGATIONS", "ARITHMETIC", "COMPARISONS", "DEFAULT_RANGE_MS", "RANGE_FUNCTIONS",
+           "Aggregate", "Binary", "Call", "Expr", "Kind", "Matcher", "Number", "Selector", "Unary", "arithmetic",
            "compare", "parse", "parse_duration", "selectors"]
 
 MAX_QUERY = 4000
@@ -204,10 +208,12 @@ class _Parser:
         arg_at = self.pos
         arg = self.expr()
         self.take(")")
-        if not isinstance(arg, Selector) or arg.range_ms is None:
+        if not isinstance(arg, Selector):
             self._skip()
             self.fail(f"{func}() takes a range selector such as {func}(metric[5m])", arg_at)
         assert isinstance(arg, Selector)
+        if arg.range_ms is None:  # Mist's API documents rate(metric{...}): the default window
+            arg = Selector(arg.metric, arg.matchers, DEFAULT_RANGE_MS)
         return Call(func, arg)
 
     def aggregation(self, op: str, at: int) -> Aggregate:
@@ -288,9 +294,10 @@ class _Parser:
         value = self.string()
         if op in ("=~", "!~"):
             try:
-                re.compile(value)
-            except re.error as exc:
-                self.fail(f"bad regular expression {value!r}: {exc}", at)
+                regex(value)
+            except BadRequest as exc:
+                self.fail(f"bad regular expression {value[:100]!r}: "
+                          f"{exc.message.removeprefix('query: ')}", at)
         return Matcher(m.group(0), op, value)
 
     def string(self) -> str:

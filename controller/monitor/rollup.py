@@ -19,7 +19,8 @@ from __future__ import annotations
 import functools
 import json
 import struct
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from controller.monitor.tsdb import LATE_PREFIX, TSDB
@@ -210,23 +211,28 @@ def read_columns(tsdb: TSDB, sid: int, res: int, start: int, end: int) -> Column
             break
         base = int(key[-12:], 16)
         idx, c, lo, hi, s, ic = columns(raw)
-        b = [base + i * res for i in idx]
-        if b and b[0] >= start and b[-1] < end:  # the whole chunk
+        n = len(idx)
+        if not n:
+            continue
+        # bucket starts: a range when the chunk has no gaps (most do: no list to build)
+        b: Sequence[int] = (range(base + idx[0] * res, base + (idx[-1] + 1) * res, res)
+                            if idx[-1] - idx[0] == n - 1 else [base + i * res for i in idx])
+        i = bisect_left(b, start) if b[0] < start else 0
+        j = bisect_left(b, end) if b[-1] >= end else n
+        if i == 0 and j == n:  # the whole chunk (all but the first and the last)
             starts += b
             count += c
             mn += lo
             mx += hi
             sm += s
             inc += ic
-            continue
-        for j, t in enumerate(b):
-            if start <= t < end:
-                starts.append(t)
-                count.append(c[j])
-                mn.append(lo[j])
-                mx.append(hi[j])
-                sm.append(s[j])
-                inc.append(ic[j])
+        elif i < j:
+            starts += b[i:j]
+            count += c[i:j]
+            mn += lo[i:j]
+            mx += hi[i:j]
+            sm += s[i:j]
+            inc += ic[i:j]
     return out
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from controller import keys
@@ -43,14 +44,22 @@ async def get_datapoints(ctx: Ctx) -> Any:
         machine_ids = ctx.services.machines.matching_ids(p, parse_search(" AND ".join(terms)))
     ranged = any(ctx.param(k) for k in ("start", "end", "step"))
     started = time.perf_counter()
-    result = await asyncio.to_thread(
-        evaluate, ctx.services.tsdb, p.org_id, query, start=ctx.param("start"),
-        end=ctx.param("end"), step=ctx.param("step"), at=ctx.param("time"),
-        machine_ids=machine_ids)
+    tsdb, start, end, step, at = (ctx.services.tsdb, ctx.param("start"), ctx.param("end"),
+                                  ctx.param("step"), ctx.param("time"))
+
+    def answer() -> bytes:
+        result = evaluate(tsdb, p.org_id, query, start=start, end=end, step=step, at=at,
+                          machine_ids=machine_ids)
+        n = len(result["data"]["result"])
+        # written here, in the worker thread, by orjson: a week of 1,000 series is 168,000
+        # pairs, ~60 ms of json.dumps on the event loop
+        return orjson.dumps({"data": result,
+                             "meta": {"total": n, "returned": n, "start": 0, "sort": ""}})
+
+    body = await asyncio.to_thread(answer)
     instrument.query_histogram(ctx.services.selfmetrics).observe(
         time.perf_counter() - started, kind="range" if ranged else "instant")
-    n = len(result["data"]["result"])
-    return {"data": result, "meta": {"total": n, "returned": n, "start": 0, "sort": ""}}
+    return web.Response(body=body, content_type="application/json")
 
 
 @metrics_routes.route("GET", "/metrics", op="get_metrics",
@@ -65,10 +74,13 @@ async def get_metrics(ctx: Ctx) -> Any:
 
 
 async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-    """The controller's own metrics registered; the TSDB's rollups and retention running
+    """The controller's own metrics registered, the limits of a query set (REST and gRPC
+    both evaluate on this TSDB); the TSDB's rollups and retention running
     (controller.monitor.compact) until the controller stops."""
     services, settings = app[keys.SERVICES], app[keys.SETTINGS]
     instrument.register(services)
+    services.tsdb.query_max_samples = settings.query_max_samples
+    services.tsdb.query_timeout = float(settings.query_timeout)
     compactor = Compactor(services.tsdb, settings.metric_retention,
                           settings.metric_rollup_retention, services.selfmetrics,
                           minute_retention=settings.metric_minute_rollup_retention)

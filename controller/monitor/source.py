@@ -5,6 +5,8 @@ rolled-up answer reaches the newest sample."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import truediv
 
@@ -27,6 +29,38 @@ from controller.monitor.tsdb import TSDB, Series
 RAW = 0
 LOOKBACK_MS = 5 * 60 * 1000  # as Prometheus: a sample counts for 5 minutes after it
 MAX_SERIES = 50_000  # one selector's series; more is refused (narrow it with matchers)
+_NARROW = ("narrow it with label matchers (fewer series), a shorter span, or a longer step "
+           "(steps and range windows of 1m or more read 1-minute rollups, of 1h or more "
+           "hourly ones)")
+
+
+class Budget:
+    """What one query may use, as Prometheus's ``query.max-samples`` and ``query.timeout``:
+    samples (raw samples and rollup buckets read, and the points each series is evaluated
+    at) and time. The reads run in a worker thread nothing can cancel: they stop themselves,
+    with Invalid (422) naming the limit, the setting and how to narrow the query."""
+
+    def __init__(self, max_samples: int, timeout: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_samples = max_samples
+        self.left = max_samples
+        self.timeout = timeout
+        self.clock = clock
+        self.deadline = clock() + timeout
+
+    def take(self, n: int) -> None:
+        """Count ``n`` samples (raises past the budget) and look at the clock."""
+        self.left -= n
+        if self.left < 0:
+            raise Invalid(f"the query needs more than {self.max_samples:,} samples (samples "
+                          f"read and points computed; the limit is query_max_samples): "
+                          f"{_NARROW}", field="query", limit="query_max_samples")
+        self.check()
+
+    def check(self) -> None:
+        if self.clock() > self.deadline:
+            raise Invalid(f"the query took longer than {self.timeout:g} s (the limit is "
+                          f"query_timeout): {_NARROW}", field="query", limit="query_timeout")
 
 
 @dataclass(slots=True)
@@ -67,7 +101,7 @@ class Source:
 
     def __init__(self, tsdb: TSDB, org: str, res: int, machine_ids: set[str] | None = None,
                  state: RollupState | None = None, max_series: int | None = None,
-                 increases: bool = True) -> None:
+                 increases: bool = True, budget: Budget | None = None) -> None:
         self.tsdb = tsdb
         self.org = org
         self.res = res
@@ -75,6 +109,8 @@ class Source:
         self.state = state if state is not None else load_state(tsdb)
         self.max_series = MAX_SERIES if max_series is None else max_series
         self.increases = increases  # a counter's increase is read (rate, irate, increase)
+        self.budget = budget if budget is not None else Budget(tsdb.query_max_samples,
+                                                               tsdb.query_timeout)
 
     @property
     def lookback_ms(self) -> int:
@@ -82,6 +118,7 @@ class Source:
 
     def series(self, sel: Selector) -> list[Series]:
         out = []
+        self.budget.check()
         for s in self.tsdb.select(self.org, sel.metric):
             labels = {"__name__": s.metric, **s.labels}
             if all(m.matches(labels.get(m.label, "")) for m in sel.matchers) and (
@@ -93,15 +130,20 @@ class Source:
         return out
 
     def points(self, sid: int, start: int, end: int) -> Points:
-        """The points counted in (start, end]."""
+        """The points counted in (start, end]. Counts them against the query's budget
+        (Invalid past it, or past its time)."""
+        budget = self.budget
         if self.res == RAW:
-            ts, vals = self.tsdb.read_columns(sid, start + 1, end)
+            # one more than the budget allows: reading stops there, and take() raises
+            ts, vals = self.tsdb.read_columns(sid, start + 1, end, limit=max(0, budget.left) + 1)
+            budget.take(len(ts))
             return Points(ts, vals)
         res, wm = self.res, self.state.to
         stored_end = wm if res == MINUTE else floor(wm, HOUR)
         first = start - res + 1  # the earliest bucket start counted after ``start``
         starts, count, mn, mx, sm, inc = read_columns(self.tsdb, sid, res, first,
                                                       min(end - res + 1, stored_end))
+        budget.take(len(starts))
         stamps = [b + res for b in starts]
         if end >= stored_end:
             for b, stamp, (n, lo, hi, total, ic) in self._tail(sid, first, end, stored_end):
@@ -125,11 +167,13 @@ class Source:
         newest = 0
         if res == HOUR and wm > tail_from:  # all in the one hour that holds ``wm``
             starts, count, mn, mx, sm, inc = read_columns(self.tsdb, sid, MINUTE, tail_from, wm)
+            self.budget.take(len(starts))
             if starts:
                 parts[floor(starts[0], HOUR)] = [(sum(count), min(mn), max(mx), sum(sm), sum(inc))]
                 newest = starts[-1] + MINUTE
         raw_from = max(wm, tail_from)
-        ts, vals = self.tsdb.read_columns(sid, raw_from, end)
+        ts, vals = self.tsdb.read_columns(sid, raw_from, end, limit=max(0, self.budget.left) + 1)
+        self.budget.take(len(ts))
         prev = sample_before(self.tsdb, sid, raw_from) if ts and self.increases else None
         buckets, last_t = bucketize(zip(ts, vals, strict=True), prev, res)
         for b, x in buckets.items():

@@ -19,8 +19,10 @@ from controller.notify.model import (
     MAX_HEADERS,
     MAX_URL,
     is_email,
+    is_redacted,
     redact_url,
     secret_header,
+    shown_url,
 )
 from controller.rules import model as m
 from controller.rules.target import parse_logs, parse_metric
@@ -176,18 +178,16 @@ def selector(value: Any, field: str, ctx: Context) -> dict[str, Any]:
         raise Invalid(f"{field}.operator must be eq or regex", field=f"{field}.operator")
     fv = value.get("value")
     if op == "regex":
-        import re
+        from controller import safe_regex
 
-        try:
-            re.compile(_type(fv, str, f"{field}.value", "a string"))
-        except re.error as exc:
-            raise Invalid(f"{field}.value: bad regular expression: {exc}", field=f"{field}.value") from None
+        safe_regex.compile(_type(fv, str, f"{field}.value", "a string"), f"{field}.value")
     return {"type": "field", "field": _text(value.get("field"), f"{field}.field", 100, 1),
             "operator": op, "value": fv}
 
 
 # ---- actions -----------------------------------------------------------------------------
-def action(value: Any, field: str, ctx: Context, old: dict[str, Any] | None) -> dict[str, Any]:
+def action(value: Any, field: str, ctx: Context, old: dict[str, Any] | None,
+           hooks: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     _type(value, dict, field, "an object with action_type")
     kind = value.get("action_type")
     if kind not in m.ACTION_TYPES:
@@ -209,7 +209,8 @@ def action(value: Any, field: str, ctx: Context, old: dict[str, Any] | None) -> 
                  for n, u in enumerate(_list(value.get("users", []), f"{field}.users", 100))]
         out.update(emails=list(dict.fromkeys(emails)), users=list(dict.fromkeys(users)))
     elif kind == "webhook":
-        out.update(_webhook(value, field, ctx, old if old and old.get("action_type") == kind else None))
+        out.update(_webhook(value, field, ctx, old if old and old.get("action_type") == kind else None,
+                            hooks or {}))
     elif kind == "run_script":
         st = value.get("script_type", "existing" if "script" in value else "inline")
         if st == "existing":
@@ -226,15 +227,24 @@ def action(value: Any, field: str, ctx: Context, old: dict[str, Any] | None) -> 
     return out
 
 
-def _webhook(value: dict[str, Any], field: str, ctx: Context,
-             old: dict[str, Any] | None) -> dict[str, Any]:
+def _webhook(value: dict[str, Any], field: str, ctx: Context, old: dict[str, Any] | None,
+             hooks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A webhook action. ``hooks``: the rule's webhooks before this edit, by the URL views
+    show: a URL sent back as shown keeps the sealed one it stands for (whatever the action's
+    position); headers sent back as ``***`` keep their sealed values."""
     method = _type(value.get("method", "post"), str, f"{field}.method", "a string").upper()
     if method not in ("POST", "PUT", "PATCH", "DELETE"):
         raise Invalid(f"{field}.method must be post, put, patch or delete", field=f"{field}.method")
     url = _text(value.get("url"), f"{field}.url", MAX_URL, 1)
     qs = _text(value.get("query_string_params", ""), f"{field}.query_string_params", 2000)
-    if old and url == old.get("url") and old.get("_url"):
-        url = ctx.open(old["_url"])  # the view was sent back: keep what is sealed
+    kept = hooks.get(url)
+    if kept is not None:
+        url = ctx.open(kept["_url"])  # the view was sent back: keep what is sealed
+        old = kept
+    elif is_redacted(url):
+        raise Invalid(f"{field}.url is a webhook URL as views show it (scheme://host/… and a "
+                      "fingerprint) that this rule does not have: send the full URL",
+                      field=f"{field}.url")
     elif not url.startswith(("http://", "https://")) or not _host(url):
         raise Invalid(f"{field}.url must be an http:// or https:// URL with a host",
                       field=f"{field}.url")
@@ -335,7 +345,10 @@ def rule_fields(body: dict[str, Any], ctx: Context, old: dict[str, Any] | None =
                             enumerate(_list(body.get("selectors") or [], "selectors", m.MAX_SELECTORS))]
     if "actions" in body or old is None:
         before = base.get("actions") or []
-        out["actions"] = [action(a, f"actions[{i}]", ctx, before[i] if i < len(before) else None)
+        hooks = {shown_url(str(a.get("url", ""))): a for a in before
+                 if a.get("action_type") == "webhook" and a.get("_url") and a.get("url")}
+        out["actions"] = [action(a, f"actions[{i}]", ctx, before[i] if i < len(before) else None,
+                                 hooks)
                           for i, a in enumerate(_list(body.get("actions") or [], "actions", m.MAX_ACTIONS))]
     if "when" in body or old is None:
         out["when"] = (interval(body["when"], "when") if body.get("when") is not None else

@@ -6,10 +6,10 @@ them must match: ids, tags, a field, an age)."""
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller import safe_regex
 from controller.machines.model import MACHINE
 from controller.store.base import Store
 from controller.timeutil import parse_iso
@@ -89,8 +89,11 @@ def select(machines: OrgMachines, selectors: list[dict[str, Any]], base: frozens
                     ok = False
             else:
                 v = d.get(s["field"])
-                ok = (re.search(str(s["value"]), str(v)) is not None if s["operator"] == "regex"
-                      else v == s["value"] or str(v) == str(s["value"]))
+                if s["operator"] == "regex":  # linear time (RE2): this runs every second
+                    rx = safe_regex.stored(str(s["value"]))
+                    ok = rx is not None and rx.search(str(v))
+                else:
+                    ok = v == s["value"] or str(v) == str(s["value"])
             if ok:
                 keep.add(mid)
         out = keep

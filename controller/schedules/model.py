@@ -4,9 +4,11 @@
     schedule/<org>/<id>        {id, name, description, tags, enabled, selectors, actions,
                                 when, start_after, expires, max_run_count, run_immediately,
                                 missed, reminder, expiration_for, created, created_by,
-                                owned_by, _owner (the owner's user id: runs act as them)}
+                                owned_by, _owner (the owner's user id: runs act as them;
+                                whoever last changed the actions or selectors)}
     schedstate/<org>/<id>      {anchor, next_run, last_run, total_run_count, seq, running,
-                                reminded_for, immediate, finished}
+                                reminded_for, immediate, finished, failures, last_error,
+                                last_error_at, retry_at (the scheduler could not handle it)}
     schedrun/<org>/<id>/<seq>  {id, seq, schedule, scheduled_for, started, finished, status,
                                 trigger, missed, reason, machines, actions: [{action_type,
                                 status, error, job, results: [{machine, name, status,

@@ -10,6 +10,8 @@ more than ``schedule_misfire_grace`` seconds ago: a stopped controller, a suspen
 missed. However many were missed, a ``run_once`` schedule runs once (the run says how many it
 stands for) and a ``skip`` schedule records one skipped run; both then go on from now.
 A run due while the previous one of the same schedule still runs is skipped (recorded).
+A schedule whose handling raises is tried again with a growing delay, never dropped, and the
+failure is on its state (status "error" in the API), in the audit log and in the log.
 
 The clock is injectable (``clock``) and :meth:`tick` can be driven by hand: tests step
 time without waiting for it."""
@@ -47,6 +49,12 @@ from controller.timeutil import iso
 log = logging.getLogger(__name__)
 
 MAX_SLEEP = 60.0  # look again at least this often (clock changes, anything missed)
+# A schedule whose handling failed (a conflicting write, a time zone the system no longer
+# has, a bug) is tried again after RETRY_FIRST seconds, twice as long each time after, at
+# most RETRY_MAX apart, until it works or is edited; each failure is on the schedule
+# (status "error", last_error), in the audit log (schedule.error) and in the log.
+RETRY_FIRST = 30.0
+RETRY_MAX = 900.0
 Key = tuple[str, str]  # (org, schedule id)
 
 
@@ -158,16 +166,51 @@ class Scheduler:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def tick(self) -> int:
-        """Handle everything due by now; return how many runs were started."""
+        """Handle everything due by now; return how many runs were started. A schedule
+        whose handling raises is tried again later (:meth:`_failed`), never dropped."""
         now = self.clock()
         started = 0
         for key in [k for k, d in self._due.items() if d <= now]:
             try:
                 started += self._process(key, now)
-            except Exception:
-                log.exception("schedule %s: could not be handled", key[1])
-                self._due.pop(key, None)
+            except Exception as exc:
+                self._failed(key, now, exc)
         return started
+
+    def _failed(self, key: Key, now: float, exc: Exception) -> None:
+        """Try ``key`` again after a backoff, and say so: on the schedule's state (the API
+        shows status "error" and last_error), in the audit log and in the log."""
+        org, sid = key
+        message = exc.message if isinstance(exc, OvercastError) else (
+            f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        failures = 1
+        try:
+            state, st_raw = self.svc.state(org, sid)
+            failures = int(state.get("failures") or 0) + 1
+        except Exception:  # the store itself: the backoff still applies
+            state, st_raw = {}, None
+        delay = min(RETRY_MAX, RETRY_FIRST * 2 ** min(failures - 1, 20))
+        retry_at = now + delay
+        self._due[key] = retry_at
+        if isinstance(exc, OvercastError):
+            log.warning("schedule %s could not be handled (failure %d, tried again in %.0f s): "
+                        "%s", sid, failures, delay, message)
+        else:
+            log.exception("schedule %s could not be handled (failure %d, tried again in %.0f s)",
+                          sid, failures, delay)
+        change = Change("schedule.error", org=org, target_kind="schedule", target_id=sid,
+                        outcome="failed", details={"error": message[:500], "failures": failures,
+                                                   "retry_at": iso(retry_at)})
+        if st_raw is not None:  # the schedule still exists: record it on its state
+            change.put(state_key(org, sid), dump(SCHEDSTATE, dict(
+                state, failures=failures, last_error=message[:500], last_error_at=now,
+                retry_at=retry_at)))
+            change.expect(state_key(org, sid), st_raw)
+            change.event("changed", "schedule", sid, {"status": "error", "error": message[:500]})
+        try:
+            self.writer.commit(_system(org), change)
+        except Exception:
+            log.exception("recording the failure of schedule %s failed", sid)
 
     def _process(self, key: Key, now: float) -> int:
         org, sid = key
@@ -175,6 +218,9 @@ class Scheduler:
         if cfg is None or state.get("next_run") is None or not cfg.get("enabled", True):
             self._due.pop(key, None)
             return 0
+        recovered = bool(state.get("failures"))
+        if recovered:  # handled now: the state written next says so
+            state.update(failures=0, last_error="", last_error_at=None, retry_at=None)
         nr = float(state["next_run"])
         offset = reminder_seconds(cfg.get("reminder"))
         if offset and state.get("reminded_for") != nr and now >= nr - offset and now < nr:
@@ -185,6 +231,8 @@ class Scheduler:
             self.changed(org, sid)
             return 0
         if now < nr:
+            if recovered:
+                self._write_state(org, sid, state, st_raw)
             self.changed(org, sid)
             return 0
         started = self._claim(org, cfg, state, st_raw, nr, now)
@@ -273,7 +321,7 @@ class Scheduler:
         user = accounts.get_user(str(cfg.get("_owner") or ""))
         if user is None or user.get("disabled"):
             raise OwnerGone(f"the schedule's owner {cfg.get('owned_by', '')} no longer exists: "
-                            "nothing was run (edit the schedule to take it over)")
+                            "nothing was run (edit its actions or selectors to take it over)")
         orgdoc = accounts.get_org(org)
         member = accounts.membership(org, user["id"])
         if orgdoc is None or member is None:

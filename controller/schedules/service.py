@@ -65,7 +65,9 @@ def _stamp(ts: Any) -> str | None:
 def view(cfg: dict[str, Any], state: dict[str, Any] | None) -> dict[str, Any]:
     """What the API shows: the schedule as written (``when`` with max_run_count in it, as the
     spec has it) and where it stands: next_run, last_run, total_run_count, status
-    (scheduled, running, disabled or finished, with finished_reason)."""
+    (scheduled, running, disabled, error or finished, with finished_reason), and the last
+    failure to handle it (last_error, last_error_at, failures, retry_at: "" / None / 0 when
+    the last attempt worked)."""
     st = state or new_state(0.0)
     out = {"id": cfg["id"], "name": cfg["name"], **public(cfg)}
     out.pop("org", None)
@@ -75,11 +77,16 @@ def view(cfg: dict[str, Any], state: dict[str, Any] | None) -> dict[str, Any]:
     out["when"] = when
     out.update(next_run=_stamp(st.get("next_run")), last_run=_stamp(st.get("last_run")),
                total_run_count=int(st.get("total_run_count") or 0))
+    failures = int(st.get("failures") or 0)
+    out.update(failures=failures, last_error=str(st.get("last_error") or ""),
+               last_error_at=_stamp(st.get("last_error_at")), retry_at=_stamp(st.get("retry_at")))
     reason = ""
     if not cfg.get("enabled", True):
         status = "disabled"
     elif st.get("running") is not None:
         status = "running"
+    elif failures:
+        status = "error"  # the scheduler could not handle it: tried again at retry_at
     elif st.get("next_run") is None:
         status = "finished"
         mrc = cfg.get("max_run_count")
@@ -198,8 +205,11 @@ class ScheduleService:
     def edit(self, p: Principal, actor: Actor, ref: str, body: dict[str, Any]) -> dict[str, Any]:
         """Change any of the fields (the others stay). A change of timing recomputes the next
         run from now (runs missed while disabled are not made up); run_immediately only acts
-        when a schedule is added (a schedule read back and sent again must not run). Raises
-        BadRequest, NotFound, Conflict."""
+        when a schedule is added (a schedule read back and sent again must not run). An edit
+        that changes what runs (actions) or on which machines (selectors) makes the editor
+        the owner: runs act with the rights of whoever last decided what they do, never of
+        someone else, and the audit entry says from whom to whom. An edit clears the last
+        error (the scheduler tries again). Raises BadRequest, NotFound, Conflict."""
         cfg, raw = self.load(p, ref)
         if cfg.get("expiration_for"):
             raise Conflict("this schedule is a machine's expiration: change it with PUT "
@@ -219,6 +229,12 @@ class ScheduleService:
                    for k in spec.EDITABLE if k in body and cfg.get(k) != new.get(k)}
         if not changed:
             return view(cfg, state)
+        email = str(p.user.get("email", ""))
+        if ("actions" in changed or "selectors" in changed) and cfg.get("_owner") != p.user_id:
+            new.update(_owner=p.user_id, owned_by=email)
+            changed["owned_by"] = {"from": cfg.get("owned_by", ""), "to": email}
+        if state.get("failures"):
+            state.update(failures=0, last_error="", last_error_at=None, retry_at=None)
         if any(k in changed for k in ("when", "start_after")):
             state["anchor"] = now
         if any(k in changed for k in TIMING):

@@ -60,7 +60,8 @@ async def _send(c: Controller, a: AgentProc, samples: list[pb.Sample]) -> None:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("dp")
-    c = Controller(tmp)
+    # a small budget, so a query over it is easy to make (the others read far less)
+    c = Controller(tmp, extra_env={"OVERCAST_QUERY_MAX_SAMPLES": "10000"})
     c.adduser(ADMIN_EMAIL, ADMIN_PASSWORD, "--admin", "--org", "Acme")
     c.adduser("mallory@example.com", "mallory's password", "--org", "Mallory")
     c.start()
@@ -148,8 +149,73 @@ def test_other_organisations_see_nothing(world: World) -> None:
     assert world.c.http().get("/api/v2/datapoints?query=system_load1").status == 401
 
 
+# GET /api/v2/datapoints in Mist's spec (../shared/reference/mist-openapi.yaml): its examples
+# (as text; tags' second example is a dictionary, which a client sends as separate query
+# parameters, not as tags: only the first form is a tags parameter)
+SPEC_EXAMPLES: dict[str, list[Any]] = {
+    "query": ["system_load1", 'rate(net_bytes_sent{interface="eth0", machine_id="1234"})'],
+    "tags": ["cluster=east1,production", {"cluster": "east1", "production": ""}],
+    "search": ["state:running"],
+    "start": ["1633096171", "2019-10-12T07:20:50.52Z"],
+    "end": ["1633096171", "2019-10-12T07:20:50.52Z"],
+    "step": ["5.0", "5s", "1m", "2h", "20d", "4w", "1y"],
+    "time": ["1633096171", "2019-10-12T07:20:50.52Z"],
+}
+
+
+def test_the_examples_of_mists_spec_are_answered(world: World) -> None:
+    spec = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "mist-openapi.yaml"
+    if spec.exists():  # the examples above are the spec's (shared/ sits beside the clone)
+        yaml = pytest.importorskip("yaml")
+        loader = getattr(yaml, "CBaseLoader", yaml.BaseLoader)  # every scalar as text
+        op = yaml.load(spec.read_text(), Loader=loader)["paths"]["/api/v2/datapoints"]["get"]
+        assert {p["name"]: [e["value"] for e in p["examples"].values()]
+                for p in op["parameters"]} == SPEC_EXAMPLES
+    for query in SPEC_EXAMPLES["query"]:  # rate(...) without a range: 5 minutes
+        assert get(world.admin, query)["resultType"] == "vector"
+    assert get(world.admin, SPEC_EXAMPLES["query"][1])["result"] == []  # no machine "1234"
+    mid = world.host.agent_id
+    # the same query on a machine that has the counter: a rate per interface
+    wait_for(lambda: get(world.admin, f'rate(net_bytes_sent{{machine_id="{mid}"}})')["result"],
+             60, "two samples of the agent's network counters")
+    rates = get(world.admin, f'rate(net_bytes_sent{{machine_id="{mid}"}})')["result"]
+    assert rates == get(world.admin, f'rate(net_bytes_sent{{machine_id="{mid}"}}[5m])',
+                        time=rates[0]["value"][0])["result"]
+    assert get(world.admin, "system_load1", tags=SPEC_EXAMPLES["tags"][0])["result"] == []
+    assert get(world.admin, "system_load1", search=SPEC_EXAMPLES["search"][0])["resultType"] == (
+        "vector")
+    # from a moment ago (an hour ago by default: a step of 2h would then be only that time,
+    # before the agent started), once the agent has sent a sample that old
+    wait_for(lambda: get(world.admin, "system_load1", time=time.time() - 5)["result"], 60,
+             "a sample 5 s old")
+    start = time.time() - 5
+    for step in SPEC_EXAMPLES["step"]:
+        d = get(world.admin, "system_load1", step=step, start=start)
+        assert d["resultType"] == "matrix" and d["result"], step
+    for at in SPEC_EXAMPLES["time"]:  # 2021 and 2019: no samples then
+        assert get(world.admin, "system_load1", time=at) == {"resultType": "vector", "result": []}
+    for start, end in zip(SPEC_EXAMPLES["start"], SPEC_EXAMPLES["end"], strict=True):
+        assert get(world.admin, "system_load1", start=start, end=end)["resultType"] == "matrix"
+
+
+def test_a_query_over_its_budget_is_refused_saying_how_to_narrow_it(world: World) -> None:
+    # 3 hours at 1 s steps: 10,801 points for the one series, over the 10,000 this
+    # controller allows (query_max_samples)
+    end = time.time()
+    r = world.admin.get(f"/api/v2/datapoints?query=dp_counter&start={end - 3 * 3600}"
+                        f"&end={end}&step=1s")
+    assert r.status == 422, r.body
+    err = r.body["error"]
+    assert err["details"] == {"field": "query", "limit": "query_max_samples"}
+    assert "more than 10,000 samples" in err["message"] and "narrow it" in err["message"]
+    r = world.admin.get(f"/api/v2/datapoints?query=dp_counter&start={end - 3 * 3600}"
+                        f"&end={end}&step=2s")
+    assert r.status == 200, r.body
+
+
 @pytest.mark.parametrize(("query", "status", "position"), [
-    ("rate(dp_counter)", 400, 6), ("sum(a) / sum(b)", 400, 8), ('x{a="b"} extra', 400, 10),
+    ("rate(sum(dp_counter))", 400, 6), ("sum(a) / sum(b)", 400, 8),
+    ('x{a=~"(?=b)"}', 400, 3), ('x{a="b"} extra', 400, 10),
     ("topk(3, x)", 400, 1), ("1 + 1", 422, None),
 ])
 def test_bad_queries_say_where(world: World, query: str, status: int, position: int | None) -> None:
@@ -175,5 +241,5 @@ def test_cli_shows_results_without_a_metric_name(world: World, tmp_path: Path) -
     assert d["resultType"] == "matrix" and [v for _, v in d["result"][0]["values"]] == ["0", "20", "40"]
     r = world.c.cli("datapoints", "system_load1", "--start", "2m", "--step", "30s", "--json", env=env)
     assert r.returncode == 0 and json.loads(r.stdout)["result"], r.stderr
-    r = world.c.cli("datapoints", "rate(x)", env=env)
+    r = world.c.cli("datapoints", "rate(1)", env=env)
     assert r.returncode == 1 and "position 6" in r.stderr

@@ -90,6 +90,10 @@ def test_bad_input_is_refused_naming_the_field(ctl: Controller) -> None:
                 selectors=[{"type": "machines", "ids": ["nope"]}],
                 actions=[{"action_type": "reboot"}])
     assert e["details"]["field"] == "selectors[0].ids[0]"
+    # regexes are RE2's (linear time): look-around and back-references are refused
+    e = refused(selectors=[{"type": "field", "field": "name", "operator": "regex",
+                            "value": "(web)-\\1"}], when=every(60))
+    assert e["details"] == {"field": "selectors[0].value"} and "RE2" in e["message"]
     assert h.get("/api/v2/schedules/nope").status == 404
     s = add(h, name="to-toggle", when=every(3600), actions=NOTIFY)
     r = h.put(f"/api/v2/schedules/{s['id']}?action=pause")
@@ -200,6 +204,32 @@ def test_expiration_reminds_then_stops_the_machine(ctl: Controller, smtp: SmtpSi
     r = h.put(f"/api/v2/machines/{guest['id']}", {"colour": "red"})
     assert r.status == 422
     h.post(f"/api/v2/machines/{guest['id']}/actions/start")
+
+
+def test_an_edit_of_what_runs_makes_the_editor_the_owner(ctl: Controller) -> None:
+    """A member who changes the actions (or selectors) of someone else's schedule takes it
+    over: its runs act, and are audited, as that member; the edit's audit entry names the
+    old and the new owner. Other edits leave the owner."""
+    h = ctl.session()
+    s = add(h, name="handover", when=every(3600), actions=NOTIFY)
+    assert s["owned_by"] == ADMIN_EMAIL
+    ctl.adduser("member@example.com", "a member's long password", "--org", "Sched")
+    member = ctl.session("member@example.com", "a member's long password")
+    r = member.patch(f"/api/v2/schedules/{s['id']}", {"description": "renamed the pager"})
+    assert r.status == 200 and r.body["data"]["owned_by"] == ADMIN_EMAIL
+    r = member.patch(f"/api/v2/schedules/{s['id']}", {
+        "actions": [{"action_type": "notify", "emails": ["member@example.com"]}],
+        "when": every(1, max_run_count=1)})
+    assert r.status == 200, r.body
+    assert r.body["data"]["owned_by"] == "member@example.com"
+    assert r.body["data"]["created_by"] == ADMIN_EMAIL
+    [edit] = [e for e in audit(h, "schedule.edit", s["id"]) if "actions" in e["details"]["changes"]]
+    assert edit["details"]["changes"]["owned_by"] == {"from": ADMIN_EMAIL,
+                                                       "to": "member@example.com"}
+    wait_for(lambda: audit(h, "schedule.run", s["id"]), 30, "the run")
+    [run] = audit(h, "schedule.run", s["id"])
+    assert run["actor"]["email"] == "member@example.com" and run["actor"]["via"] == "schedule"
+    h.delete(f"/api/v2/schedules/{s['id']}")
 
 
 def test_other_organisations_see_nothing(ctl: Controller) -> None:

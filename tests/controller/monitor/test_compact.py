@@ -234,6 +234,61 @@ def test_late_marks_for_hours_not_rolled_up_or_past_retention_are_just_dropped(
     assert list(db.store.scan("tslate/")) == [] and stored(db) == before
 
 
+def test_a_late_hour_straddling_raw_retention_keeps_its_rolled_up_minutes(
+        db: TSDB, clock: Clock) -> None:
+    """Raw samples before T0+30m are deleted (retention) when a late sample for T0+45m
+    comes: the hour is rolled up again from the minutes still stored before T0+30m and the
+    raw samples after, so it counts all 361 samples, not only the 181 whose raw samples
+    are left."""
+    c = compactor(db, clock, retention=2 * 3600 + 35 * 60)  # raw cutoff: T0+30m
+    asyncio.run(run_once(c, pause=0))
+    asyncio.run(expire_all(c, pause=0))
+    assert c.state.raw_from == T0 + 30 * MINUTE
+    assert [t for t, _ in db.read(sid(db, "g"), 0, T0 + HOUR)][:1] == [T0 + 30 * MINUTE]
+    before = stored(db)
+    late = T0 + 45 * MINUTE + 5_000
+    b = Batch()
+    db.add(b, "o1", [("g", {"machine_id": "m1"}, 1000.0, late),
+                     ("c", {"machine_id": "m1"}, counter(270), late)])
+    db.store.write(b)
+    c.reroll_late()
+    assert list(db.store.scan("tslate/")) == []
+    for metric, fn, extra in (("g", gauge, 1000.0), ("c", counter, counter(270))):
+        samples = sorted([(T0 + i * 10_000, fn(i)) for i in range(N)] + [(late, extra)])
+        for res in (MINUTE, HOUR):
+            got = dict(rollup.read_buckets(db, sid(db, metric), res, T0, T0 + 2 * HOUR))
+            assert got == oracle(samples, res), (metric, res)
+    hours = dict(rollup.read_buckets(db, sid(db, "g"), HOUR, T0, T0 + HOUR))
+    assert hours[T0][0] == 361
+    # the minutes before the cutoff, and the first one with raw samples, kept as stored
+    g = sid(db, "g")
+    old, new = (rollup.decode(d[rollup.chunk_key(MINUTE, g, T0)]) for d in (before, stored(db)))
+    assert {i: new[i] for i in range(31)} == {i: old[i] for i in range(31)} and new != old
+
+
+def test_a_late_hour_whose_minutes_are_gone_too_keeps_its_hourly_bucket(
+        db: TSDB, clock: Clock) -> None:
+    """1-minute rollups kept for less long than raw samples: hour 0's minutes are deleted and
+    its raw samples half, so it cannot be summed up again; its hourly bucket stays as it was
+    (without the late sample) instead of shrinking to the half still there."""
+    c = Compactor(db, 2 * 3600 + 35 * 60, 30 * 86_400, clock=clock, minute_retention=7200)
+    asyncio.run(run_once(c, pause=0))
+    asyncio.run(expire_all(c, pause=0))
+    g = sid(db, "g")
+    assert c.state.raw_from == T0 + 30 * MINUTE and c.state.minute_from == T0 + HOUR
+    hour0 = dict(rollup.read_buckets(db, g, HOUR, T0, T0 + HOUR))[T0]
+    assert hour0[0] == 360
+    b = Batch()
+    db.add(b, "o1", [("g", {"machine_id": "m1"}, 1000.0, T0 + 45 * MINUTE + 5_000)])
+    db.store.write(b)
+    c.reroll_late()
+    assert list(db.store.scan("tslate/")) == []
+    hours = dict(rollup.read_buckets(db, g, HOUR, T0, T0 + 2 * HOUR))
+    assert hours[T0] == hour0
+    samples = [(T0 + i * 10_000, gauge(i)) for i in range(N)]
+    assert hours[T0 + HOUR] == oracle(samples, HOUR)[T0 + HOUR]
+
+
 async def test_late_compact_batches_leave_a_mark(db: TSDB) -> None:
     ing = Ingestor(db.store, db, max_delay=0)
     g = sid(db, "g")

@@ -4,11 +4,13 @@ PromQL's, and errors that name the query field and the position of the mistake."
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 
 from controller.errors import BadRequest
 from controller.monitor.promql import (
+    DEFAULT_RANGE_MS,
     Aggregate,
     Binary,
     Call,
@@ -37,6 +39,19 @@ def test_matchers_match_like_prometheus() -> None:
     assert Matcher("a", "=~", "b.").matches("bc") and not Matcher("a", "=~", "b.").matches("xbc")
     assert Matcher("a", "!~", "b.").matches("xbc") and not Matcher("a", "!~", "b").matches("b")
     assert Matcher("a", "!=", "").matches("v") and Matcher("a", "=", "").matches("")
+    # anchored at both ends around the whole alternation, "." across newlines: ^(?s:...)$
+    assert Matcher("a", "=~", "x|y").matches("y") and not Matcher("a", "=~", "x|y").matches("xy")
+    assert Matcher("a", "=~", "b.").matches("b\n")
+
+
+def test_a_pathological_regex_is_matched_at_once() -> None:
+    """(a+)+$ backtracks exponentially in Python's re, holding the GIL: 27 a's and a b take
+    it ~3 s here, twice that with each a more. RE2 matches in time linear in the text."""
+    dev, other = parse('x{dev=~"(a+)+$", other!~"(a|aa)+c"}').matchers
+    for text in ("a" * 27 + "b", "a" * 100_000 + "b"):
+        started = time.perf_counter()
+        assert not dev.matches(text) and other.matches(text)
+        assert time.perf_counter() - started < 0.5, len(text)
 
 
 def test_range_selectors_and_durations() -> None:
@@ -54,6 +69,18 @@ def test_range_functions(func: str) -> None:
     assert parse(f'{func}(net_bytes_sent{{interface="eth0"}}[5m])') == Call(
         func, Selector("net_bytes_sent", (Matcher("interface", "=", "eth0"),), 300_000))
     assert parse(f"{func}((x[1m]))") == Call(func, Selector("x", (), 60_000))
+    # without a range (Mist's documented rate(net_bytes_sent{...})): the default window
+    assert parse(f'{func}(net_bytes_sent{{interface="eth0"}})') == Call(
+        func, Selector("net_bytes_sent", (Matcher("interface", "=", "eth0"),), DEFAULT_RANGE_MS))
+    assert DEFAULT_RANGE_MS == 300_000
+
+
+def test_the_mist_specs_example_queries_parse() -> None:
+    """../shared/reference/mist-openapi.yaml, GET /api/v2/datapoints, the query examples."""
+    assert parse("system_load1") == Selector("system_load1")
+    assert parse('rate(net_bytes_sent{interface="eth0", machine_id="1234"})') == Call(
+        "rate", Selector("net_bytes_sent", (Matcher("interface", "=", "eth0"),
+                                            Matcher("machine_id", "=", "1234")), 300_000))
 
 
 @pytest.mark.parametrize("op", ["sum", "avg", "min", "max", "count"])
@@ -112,7 +139,10 @@ def test_selectors_lists_every_selector() -> None:
     ('cpu{a="b" c="d"}', 11, "','"),
     ('cpu{a="b"} extra', 12, "unexpected 'extra'"),
     ("{a=\"b\"}", 1, "metric name"),
-    ("rate(cpu)", 6, "range selector"),
+    ("rate(1)", 6, "range selector"),
+    ("rate(cpu > 1)", 6, "range selector"),
+    ('cpu{a=~"(?=b)"}', 5, "RE2"),  # look-ahead: not in RE2's (Prometheus's) syntax
+    ('cpu{a=~"(a)\\1"}', 5, "RE2"),  # back-references neither
     ("rate(cpu[5m] + 1)", 14, "instant value"),
     ("rate(sum(cpu[5m]))", 10, "instant value"),
     ("cpu[5m]", 1, "instant value"),

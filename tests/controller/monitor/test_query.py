@@ -1,10 +1,11 @@
 """Evaluating queries against known samples on a real store: Prometheus's rate/increase
 (extrapolation, counter resets), irate, the *_over_time functions, aggregations by and
 without labels, arithmetic and comparisons with numbers, the lookback, organisations kept
-apart, and the REST shapes."""
+apart, the REST shapes, and the limits of one query (samples, time)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,90 @@ def test_bad_times_and_steps_name_the_parameter(tsdb: TSDB) -> None:
         with pytest.raises(BadRequest) as e:
             evaluate(tsdb, "o1", "cpu_usage_idle", **kwargs)  # type: ignore[arg-type]
         assert e.value.details["field"] == field, kwargs
+
+
+def test_a_query_over_the_samples_budget_stops_reading_and_says_how_to_narrow_it(
+        tsdb: TSDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    """query_max_samples: samples read plus points computed; the reads stop at the budget
+    (one more sample than it allows), not after the whole selection."""
+    read: list[int] = []
+    real = tsdb.read_columns
+
+    def counting(sid: int, start: int, end: int, limit: int | None = None) -> tuple[list[int], list[float]]:
+        ts, vals = real(sid, start, end, limit)
+        read.append(len(ts))
+        return ts, vals
+
+    monkeypatch.setattr(tsdb, "read_columns", counting)
+    q = "count_over_time(cpu_usage_idle[11m])"  # 3 series x 60 samples, 1 point each
+    assert len(instant(tsdb, "o1", q, S0 + 600)) == 3 and sum(read) == 180
+    tsdb.query_max_samples = 100
+    read.clear()
+    with pytest.raises(Invalid) as e:
+        instant(tsdb, "o1", q, S0 + 600)
+    assert e.value.status == 422
+    assert e.value.details == {"field": "query", "limit": "query_max_samples"}
+    assert "more than 100 samples" in e.value.message and "narrow it" in e.value.message
+    assert sum(read) <= 100 + 1 and len(read) == 2  # 61 + 40: the second read stopped
+    # points count too: 601 steps of 3 series over 60 samples each
+    tsdb.query_max_samples = 1000
+    with pytest.raises(Invalid) as e:
+        evaluate(tsdb, "o1", "cpu_usage_idle", start=str(S0), end=str(S0 + 600), step="1s")
+    assert e.value.details["limit"] == "query_max_samples"
+    assert evaluate(tsdb, "o1", "cpu_usage_idle", start=str(S0), end=str(S0 + 600),
+                    step="10s")["data"]["result"]  # 3 x (61 + 61): within it
+
+
+def test_a_query_past_its_time_stops_between_reads(tsdb: TSDB,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """query_timeout: looked at as samples are read; the rest is not read."""
+    import time
+
+    reads = []
+    real = tsdb.read_columns
+
+    def slow(sid: int, start: int, end: int, limit: int | None = None) -> tuple[list[int], list[float]]:
+        reads.append(sid)
+        time.sleep(0.15)
+        return real(sid, start, end, limit)
+
+    monkeypatch.setattr(tsdb, "read_columns", slow)
+    tsdb.query_timeout = 0.2
+    with pytest.raises(Invalid) as e:
+        instant(tsdb, "o1", "cpu_usage_idle", S0 + 600)
+    assert e.value.status == 422 and e.value.details == {"field": "query",
+                                                         "limit": "query_timeout"}
+    assert "longer than 0.2 s" in e.value.message and "query_timeout" in e.value.message
+    assert len(reads) == 2  # of 3 series
+    tsdb.query_timeout = 30.0
+    assert len(instant(tsdb, "o1", "cpu_usage_idle", S0 + 600)) == 3
+
+
+def test_rate_without_a_range_reads_five_minutes_as_the_mist_spec_writes_it(tsdb: TSDB) -> None:
+    at = S0 + 120
+    assert one(tsdb, 'rate(net_bytes_recv{interface="eth0"})', at) == one(
+        tsdb, 'rate(net_bytes_recv{interface="eth0"}[5m])', at)
+    assert one(tsdb, "max_over_time(cpu_usage_idle)", S0 + 590) == {
+        "cpu=cpu0,machine_id=m1": 90.0, "cpu=cpu1,machine_id=m1": 70.0,
+        "cpu=cpu0,machine_id=m2": 10.0 + 59}
+
+
+def test_values_are_written_as_the_shortest_text_of_the_same_double() -> None:
+    """The answer's strings (orjson's formatter, the digits repr gives): every one reads back
+    as the very same double; whole numbers without ".0"; the same one at a time and in bulk."""
+    import random
+
+    from controller.monitor.query import _fmt, _texts
+
+    rng = random.Random(7)
+    vals = [rng.uniform(0, 100) for _ in range(2000)] + [
+        rng.lognormvariate(0, 30) for _ in range(2000)] + [
+        0.0, -0.0, 1.0, 10.0, 100.0, -3.0, 0.5, 0.1, 1e16, 1.5e16, 1e-5, 5e-324,
+        1.7976931348623157e308, 123456789012345.6, 2.0 ** 60]
+    texts = _texts(vals)
+    assert texts == [_fmt(v) for v in vals]
+    assert all(float(t) == v and str(float(t)) == str(v) for t, v in zip(texts, vals, strict=True))
+    assert texts[-15:-8] == ["0", "-0", "1", "10", "100", "-3", "0.5"]
+    assert not any(t.endswith(".0") for t in texts)
+    assert [_fmt(v) for v in (math.nan, math.inf, -math.inf)] == ["NaN", "+Inf", "-Inf"]
+    assert _texts([]) == []

@@ -79,7 +79,7 @@ def test_retention_drops_old_samples_only(tsdb: TSDB) -> None:
 
 
 @pytest.mark.parametrize("query", ["", "1abc", "cpu{", 'cpu{a="b"', 'cpu{a=b}', 'cpu{a=~"("}',
-                                   "rate(cpu)", "cpu[5m]", 'cpu{a="b"} extra'])
+                                   "rate(1)", "cpu[5m]", 'cpu{a="b"} extra'])
 def test_bad_queries_name_the_parameter(query: str) -> None:
     with pytest.raises(BadRequest) as e:
         parse(query)

@@ -212,3 +212,47 @@ async def test_only_the_last_runs_are_kept(world: World) -> None:
         await w.step(1)
     assert [r["seq"] for r in w.runs(s["id"])] == [3, 4, 5]
     assert svc.get(w.p, s["id"])["total_run_count"] == 5
+
+
+async def test_a_schedule_whose_handling_fails_is_tried_again_and_says_why(
+        world: World, monkeypatch: Any, caplog: Any) -> None:
+    """A time zone the system lost (or a conflicting write, a bug) must not stop a schedule
+    silently: it is tried again with a growing delay, shows status "error" and last_error,
+    and each failure is audited and logged; once it works, the error is gone."""
+    import logging
+    from zoneinfo import ZoneInfoNotFoundError
+
+    from controller.schedules import scheduler as sched_mod
+
+    w = world
+    s = w.add(name="fragile", when=every(10), actions=NOTIFY)
+    broken = [True]
+    real = sched_mod.next_for
+
+    def next_for(cfg: dict[str, Any], state: dict[str, Any], after: float) -> float | None:
+        if broken[0]:
+            raise ZoneInfoNotFoundError("No time zone found with key Europe/Atlantis")
+        return real(cfg, state, after)
+
+    monkeypatch.setattr(sched_mod, "next_for", next_for)
+    caplog.set_level(logging.WARNING, logger="controller.schedules.scheduler")
+    w.services.scheduler.start()
+    assert await w.step(10) == 0  # due: its handling raises
+    shown = w.services.schedules.get(w.p, s["id"])
+    assert shown["status"] == "error" and shown["failures"] == 1
+    assert "Europe/Atlantis" in shown["last_error"] and shown["retry_at"] == iso(T0 + 40)
+    errors = [e for e in audit(w) if e["action"] == "schedule.error"]
+    assert len(errors) == 1 and errors[0]["outcome"] == "failed"
+    assert "Europe/Atlantis" in errors[0]["details"]["error"]
+    assert "schedule " + s["id"] in caplog.text and "tried again in 30 s" in caplog.text
+    assert await w.step(29) == 0 and len(w.runs(s["id"])) == 0  # not before the retry
+    assert await w.step(1) == 0  # the retry fails too: twice as long now
+    shown = w.services.schedules.get(w.p, s["id"])
+    assert shown["failures"] == 2 and shown["retry_at"] == iso(T0 + 40 + 60)
+    broken[0] = False
+    assert await w.step(60) == 1  # still due (once, for the missed times), and it runs
+    shown = w.services.schedules.get(w.p, s["id"])
+    assert shown["status"] == "scheduled" and shown["last_error"] == "" and shown["failures"] == 0
+    assert [r["status"] for r in w.runs(s["id"])] == ["succeeded"]
+    assert len([e for e in audit(w) if e["action"] == "schedule.error"]) == 2
+    assert await w.step(10) == 1  # and goes on

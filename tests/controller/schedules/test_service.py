@@ -68,6 +68,10 @@ def test_bad_input_names_the_field_and_the_position(world: World) -> None:
     assert e.details["field"] == "actions[0].action_type"
     e = refused(w, actions=[])
     assert e.details["field"] == "actions"
+    # a pattern RE2 (linear time) does not take: look-ahead, back-references
+    e = refused(w, selectors=[{"type": "field", "field": "name", "operator": "regex",
+                               "value": "web(?=-prod)"}])
+    assert e.details == {"field": "selectors[0].value"} and "RE2" in e.message
     e = refused(w, max_run_count=0)
     assert e.details["field"] == "max_run_count"
     e = refused(w, expires=iso(T0 - 1))
@@ -191,3 +195,47 @@ def test_deleting_an_expiration_schedule_clears_the_machine(world: World) -> Non
     assert isinstance(field, dict) and field["notify"] == 0
     w.services.schedules.delete(w.p, w.actor, field["id"])
     assert w.services.machines.get(w.p, "vm1")["expiration"] == ""
+
+
+async def test_an_edit_of_what_runs_makes_the_editor_the_owner(world: World) -> None:
+    """A member who changes another's schedule's actions or selectors takes it over: its runs
+    act as them (their rights, their name in the audit log), never as the one who made it;
+    other edits leave the owner. The audit entry names the old and the new owner."""
+    import asyncio
+
+    w = world
+    s = w.add(name="shared", when={"schedule_type": "interval", "every": 10, "period": "minutes"},
+              actions=NOTIFY)
+    assert s["owned_by"] == "owner@example.com"
+    user, org = await w.services.accounts.create_user(
+        SYSTEM, "member@example.com", "a long enough password", org_name="Acme")
+    assert org["id"] == w.org
+    member = Principal(user, org, "member", "session", "s2")
+    svc = w.services.schedules
+    assert svc.edit(member, member.actor(), s["id"], {"description": "d"})["owned_by"] == (
+        "owner@example.com")
+    edited = svc.edit(member, member.actor(), s["id"], {
+        "actions": [{"action_type": "notify", "emails": ["ops2@example.com"]}]})
+    assert edited["owned_by"] == "member@example.com"
+    assert edited["created_by"] == "owner@example.com"
+    entries = [json.loads(v) for _, v in w.services.store.scan("audit/")]
+    [edit] = [e for e in entries if e["action"] == "schedule.edit" and "actions" in
+              e["details"]["changes"]]
+    assert edit["details"]["changes"]["owned_by"] == {"from": "owner@example.com",
+                                                       "to": "member@example.com"}
+    # the runs act as the new owner
+    owner, actor = w.services.scheduler.owner(w.org, json.loads(
+        w.services.store.get(f"schedule/{w.org}/{s['id']}") or b"{}"))
+    assert owner.user_id == user["id"] and actor.email == "member@example.com"
+    w.services.scheduler.start()
+    w.clock.now += 600
+    assert w.services.scheduler.tick() == 1
+    await w.services.scheduler.drain()
+    await asyncio.sleep(0)
+    entries = [json.loads(v) for _, v in w.services.store.scan("audit/")]
+    [run] = [e for e in entries if e["action"] == "schedule.run"]
+    assert run["actor"]["id"] == user["id"] and run["actor"]["via"] == "schedule"
+    # selectors too; and the owner taking it back
+    w.machine("m1", "web1")
+    back = svc.edit(w.p, w.actor, s["id"], {"selectors": [{"type": "machines", "ids": ["m1"]}]})
+    assert back["owned_by"] == "owner@example.com"
