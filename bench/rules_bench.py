@@ -3,7 +3,8 @@ rules on their metrics, in process on a temporary store. Each machine has the fi
 with 5 minutes of 10 s samples; every round adds one sample per series (10 s later) and
 evaluates all rules (``Evaluator.cycle(force=True)``). Reports CPU seconds per round (the
 process's user + system time, which includes RocksDB's reads), the first round apart (it
-reads every window in full), and rounds with the organisation's "no data" rule as a 6th.
+reads every window in full), and rounds with the organisation's "no data" rule as a 6th
+(median and max of 5 rounds; the first of them reads the heartbeats' windows in full).
 1% of the machines break each rule, so incidents open and fire in the first round; 1% stop
 sending their heartbeat (``system_uptime``), which the "no data" rule finds.
 Writes ``bench/results/rules.json``. Target: < 1 s of CPU per round.
@@ -14,6 +15,7 @@ Writes ``bench/results/rules.json``. Target: < 1 s of CPU per round.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import statistics
@@ -51,6 +53,7 @@ SERIES = [
      {"target": "swap_used_percent", "operator": "gt", "threshold": 50, "aggregation": "avg"}),
 ]
 INTERVAL_S = 10
+NODATA_ROUNDS = 5
 
 
 def cpu() -> float:
@@ -113,6 +116,7 @@ def run(machines: int, rounds: int, seed: int) -> dict[str, Any]:
                                                           "window": WINDOW}],
                 "actions": [], "trigger_after": {"offset": 0, "period": "seconds"}})
         ev = services.evaluator
+        ev.started = now - 3600  # a controller up for an hour: no "no data" start-up grace
         out: list[dict[str, Any]] = []
         t = now
         for r in range(rounds + 1):
@@ -130,13 +134,14 @@ def run(machines: int, rounds: int, seed: int) -> dict[str, Any]:
         services.rules.ensure_nodata(ORG)  # 1% of the machines stopped sending at the start
         nodata: list[float] = []
         fired = 0
-        for _ in range(3):
+        for _ in range(NODATA_ROUNDS):
             t += INTERVAL_S
             write(t, 1)
             c0 = cpu()
             fired += sum(1 for a in ev.cycle(now=t, force=True) if a.event == "firing")
             nodata.append(round(cpu() - c0, 3))
-        with_nodata = nodata[-1]
+        with_nodata = {"median": round(statistics.median(nodata), 3), "max": max(nodata),
+                       "min": min(nodata)}
         progress(f"with the no-data rule: {nodata} s CPU, {fired} no-data incidents")
         steady = [o["cpu_s"] for o in out[1:]]
         return {
@@ -147,14 +152,18 @@ def run(machines: int, rounds: int, seed: int) -> dict[str, Any]:
             "first_round_cpu_s": out[0]["cpu_s"],
             "steady_cpu_s": {"median": round(statistics.median(steady), 3), "max": max(steady),
                              "min": min(steady)},
-            "with_nodata_rule_cpu_s": with_nodata,
+            "with_nodata_rule_cpu_s": with_nodata,  # median, max, min of nodata_rounds_cpu_s
             "nodata_rounds_cpu_s": nodata,
             "nodata_fired": fired,
             "open_incidents": open_incidents,
             "target_cpu_s": TARGET_CPU_S,
             "met": max(steady) < TARGET_CPU_S,
             "targets": {"cpu_s_per_round": {"target": f"< {TARGET_CPU_S}", "value": max(steady),
-                                            "met": max(steady) < TARGET_CPU_S}},
+                                            "met": max(steady) < TARGET_CPU_S},
+                        "cpu_s_per_round_with_nodata": {"target": f"< {TARGET_CPU_S}",
+                                                        "value": with_nodata["max"],
+                                                        "met": with_nodata["max"] < TARGET_CPU_S}},
+            "load_average": [round(x, 2) for x in os.getloadavg()],
         }
     finally:
         store.close()
@@ -169,8 +178,11 @@ def summary(r: dict[str, Any]) -> list[str]:
         f"{p['window_s']} s windows of {p['interval_s']} s samples)",
         f"CPU per round: median {s['median']} s, max {s['max']} s (target < {r['target_cpu_s']} s: "
         f"{'met' if r['met'] else 'MISSED'}); first round (full windows) {r['first_round_cpu_s']} s",
-        f"with the no-data rule as a 6th: {r['with_nodata_rule_cpu_s']} s a round "
-        f"({r['nodata_fired']} silent machines found); {r['open_incidents']:,} incidents open",
+        f"with the no-data rule as a 6th: median {r['with_nodata_rule_cpu_s']['median']} s, max "
+        f"{r['with_nodata_rule_cpu_s']['max']} s a round over {len(r['nodata_rounds_cpu_s'])} "
+        f"rounds {r['nodata_rounds_cpu_s']} ({r['nodata_fired']} silent machines found); "
+        f"{r['open_incidents']:,} incidents open",
+        f"load average at the end: {r['load_average']}",
     ]
 
 

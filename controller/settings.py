@@ -99,6 +99,11 @@ class Settings:
     # (bench/tsdb_bench.py); a month of them and a year of hours is ~190 MiB. Queries over
     # older spans answer from the hourly rollups
     metric_minute_rollup_retention: int = 31 * 24 * 3600
+    # datapoint queries: the most samples one may need (raw samples and rollup buckets read,
+    # plus the points computed: ~0.5 us each here, so 20 million are ~10-15 s of a core) and
+    # the seconds it may run; over either it stops with a 422 that says how to narrow it
+    query_max_samples: int = 20_000_000
+    query_timeout: int = 30
     # an agent silent this long (no stream) is unreachable; keepalives detect dead peers sooner
     agent_grace: int = 30
     # clouds: default seconds between polls of a cloud (each cloud may set its own), the
@@ -110,7 +115,7 @@ class Settings:
     cloud_call_timeout: int = 60
     # clouds whose endpoint is this host (loopback, a local libvirt URI, a Docker socket) or a
     # link-local address (metadata services) are refused unless this is on; the same goes for
-    # script sources and webhook URLs
+    # script sources, and for webhook URLs (which it also lets reach private addresses)
     allow_local_clouds: bool = False
     # scripts and commands: seconds a run may take unless asked otherwise, and bytes of output
     # kept per machine (the rest is counted, not kept)
@@ -151,15 +156,23 @@ class Settings:
     smtp_from: str = ""
     # a CA bundle (PEM) trusted for the SMTP server besides the system's (a private relay)
     smtp_ca_file: str = ""
-    # seconds one SMTP step (connect, TLS, login, sending) or one webhook call may take
+    # seconds one SMTP step (connect, TLS, login, sending) or one webhook call may take; a
+    # whole e-mail may take three times smtp_timeout, then its connection is cut
     smtp_timeout: int = 30
     webhook_timeout: int = 10
+    # webhooks to addresses that are not public (10/8, 172.16/12, 192.168/16, 100.64/10,
+    # fc00::/7...) are refused unless this is on; the controller's own host, link-local
+    # addresses and cloud metadata services also need allow_local_clouds
+    allow_private_webhooks: bool = False
     # notifications that fail are tried again after notify_retry_base seconds, then twice
     # as long each time (at most notify_retry_max), up to notify_max_attempts attempts in
     # all; then they are kept as failed, visible, until someone retries them
     notify_max_attempts: int = 8
     notify_retry_base: int = 30
     notify_retry_max: int = 3600
+    # seconds a rule waits before notifying again about the same machine when its incident
+    # resolves and fires anew (a flapping condition), whatever its notify_every (0: no floor)
+    notify_min_interval: int = 300
     # seconds resolved incidents and sent or failed notifications are kept
     incident_retention: int = 90 * 24 * 3600
     # schedules: the shortest interval a schedule may have (seconds; its period may be
@@ -396,6 +409,7 @@ _MINIMUMS: dict[str, int] = {
     "notify_max_attempts": 1,
     "notify_retry_base": 1,
     "notify_retry_max": 1,
+    "notify_min_interval": 0,
     "incident_retention": 60,
 }
 

@@ -39,6 +39,7 @@ from controller.notify.model import (
     pending_key,
     redact_url,
     secret_header,
+    shown_url,
 )
 from controller.secrets import SecretBox
 from controller.settings import Settings
@@ -48,11 +49,14 @@ from controller.timeutil import iso
 
 log = logging.getLogger(__name__)
 
-PARALLEL = 8  # deliveries at once
+PARALLEL = 8  # webhook deliveries at once (e-mails: as many as the mailer's ``workers``)
 NOTIFIER = Actor(kind="system", id="notify", via="system")
 
 
 class Mailer(Protocol):
+    """Sends one e-mail within its own deadline; ``workers`` (when it has the attribute):
+    how many it sends at once, so that no more are started."""
+
     async def send(self, to: list[str], subject: str, text: str, html: str | None) -> str: ...
 
 
@@ -163,6 +167,8 @@ class NotifyService:
     def view(doc: dict[str, Any]) -> dict[str, Any]:
         out = public(doc)
         out.pop("org", None)
+        if out.get("url"):
+            out["url"] = shown_url(str(out["url"]))
         return out
 
     @staticmethod
@@ -243,10 +249,12 @@ class NotifyService:
         return len(self._due) + len(self._busy)
 
     async def run(self) -> None:
-        """Deliver due notifications until cancelled (at most PARALLEL at once). A delivery
+        """Deliver due notifications until cancelled (webhooks PARALLEL at once, e-mails as many
+        as the mailer sends at once, so a silent SMTP server never holds up webhooks). A delivery
         cut short by the stop stays pending and is sent after the next start."""
         self._wake = asyncio.Event()
-        sem = asyncio.Semaphore(PARALLEL)
+        sems = {"webhook": asyncio.Semaphore(PARALLEL),
+                "email": asyncio.Semaphore(int(getattr(self.mailer, "workers", PARALLEL)))}
         tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
@@ -256,7 +264,7 @@ class NotifyService:
                     if nid in self._busy:
                         continue
                     self._busy.add(nid)
-                    t = asyncio.create_task(self._attempt(sem, org, nid), name=f"notify {nid}")
+                    t = asyncio.create_task(self._attempt(sems, org, nid), name=f"notify {nid}")
                     tasks.add(t)
                     t.add_done_callback(tasks.discard)
                 wait = min(60.0, self._due[0][0] - now) if self._due else 60.0
@@ -268,9 +276,12 @@ class NotifyService:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _attempt(self, sem: asyncio.Semaphore, org: str, nid: str) -> None:
+    async def _attempt(self, sems: dict[str, asyncio.Semaphore], org: str, nid: str) -> None:
         try:
-            async with sem:
+            first = self._load(org, nid)
+            if first is None or first[0]["status"] != "pending":
+                return
+            async with sems.get(first[0]["kind"], sems["webhook"]):
                 found = self._load(org, nid)
                 if found is None or found[0]["status"] != "pending":
                     return
@@ -289,7 +300,8 @@ class NotifyService:
 
     async def _send(self, doc: dict[str, Any]) -> str:
         payload = json.loads(doc["_payload"])
-        timeout = float(self.settings.smtp_timeout) * 3 + 10  # connect, TLS, login, data
+        # a backstop: the mailer keeps its own deadline (three times smtp_timeout)
+        timeout = float(self.settings.smtp_timeout) * 3 + 10
         if doc["kind"] == "email":
             return await asyncio.wait_for(
                 self.mailer.send(doc["to"], doc["subject"], payload["text"], payload.get("html")),

@@ -1,12 +1,24 @@
-"""E-mail over SMTP with the standard library (one connection per message, in a thread):
-STARTTLS, implicit TLS or plain, optional login. Errors become :class:`DeliveryError`,
-retryable unless the server refused for good (a 5xx to the message or every recipient)."""
+"""E-mail over SMTP with the standard library (one connection per message): STARTTLS,
+implicit TLS or plain, optional login. Errors become :class:`DeliveryError`, retryable
+unless the server refused for good (a 5xx to the message or every recipient).
+
+Each message is sent in a thread of the mailer's own small pool (``SMTP_WORKERS``), never
+the event loop's default executor (which the rule evaluator, datapoints queries and listings
+share): a slow or silent SMTP server can hold only those threads. A whole message has a
+deadline (three times ``smtp_timeout``); past it the connection is shut down from the event
+loop, so the thread's blocked read ends at once and its slot is free again. A slot is given
+back only when its thread has ended, so no more messages are in flight than the pool has
+threads."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import smtplib
+import socket
 import ssl
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -18,6 +30,7 @@ from controller.secrets import SecretBox
 from controller.settings import Secret, Settings
 
 SECURITY = ("starttls", "ssl", "none")
+SMTP_WORKERS = 4  # messages sent at once, each in a thread of the mailer's own pool
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,67 @@ class SmtpConfig:
 
     def __repr__(self) -> str:
         return f"SmtpConfig({self.host}:{self.port}, {self.security}, user={self.user!r})"
+
+    @property
+    def deadline(self) -> float:
+        """Seconds one whole message may take (connect, TLS, login, sending)."""
+        return 3 * self.timeout
+
+
+class Cut:
+    """Lets the event loop end a send that ran past its deadline: the connection is shut
+    down, so the sending thread's blocked read or write fails at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._smtp: smtplib.SMTP | None = None
+        self._raw: socket.socket | None = None
+        self.fired = False
+
+    def attach(self, smtp: smtplib.SMTP, raw: socket.socket) -> None:
+        with self._lock:
+            self._smtp, self._raw = smtp, raw
+            fired = self.fired
+        if fired:
+            self._shut()
+            raise OSError("the send was cut: its deadline passed")
+
+    def fire(self) -> None:
+        with self._lock:
+            self.fired = True
+        self._shut()
+
+    def _shut(self) -> None:
+        with self._lock:
+            socks = [getattr(self._smtp, "sock", None), self._raw]
+        for sock in socks:
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    # the plain socket's shutdown, also under TLS: the fd, not the SSL object
+                    # the sending thread is using
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Smtp(smtplib.SMTP):
+    """smtplib.SMTP that hands its socket to a :class:`Cut` as soon as it exists, and wraps
+    it in TLS itself for implicit TLS (what SMTP_SSL does), so the handshake can be cut."""
+
+    def __init__(self, host: str, cut: Cut, tls: ssl.SSLContext | None, timeout: float) -> None:
+        self._cut = cut
+        self._tls = tls
+        super().__init__(timeout=timeout)  # no host: connect() is called apart
+        self._host = host  # STARTTLS checks the certificate against it
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        raw = socket.create_connection((host, port), timeout, self.source_address)
+        try:
+            self._cut.attach(self, raw)
+            if self._tls is not None:
+                return self._tls.wrap_socket(raw, server_hostname=host)
+        except BaseException:
+            raw.close()
+            raise
+        return raw
 
 
 def _context(ca_file: str) -> ssl.SSLContext:
@@ -62,21 +136,20 @@ def build(config: SmtpConfig, to: list[str], subject: str, text: str, html: str 
 
 
 def send_blocking(config: SmtpConfig, to: list[str], subject: str, text: str,
-                  html: str | None) -> str:
-    """Send one message; blocks for up to ``timeout`` per step. Returns what the server
-    said (recipients it refused, when some were). Raises DeliveryError."""
+                  html: str | None, cut: Cut | None = None) -> str:
+    """Send one message; blocks for up to ``timeout`` per step (and until ``cut`` fires).
+    Returns what the server said (recipients it refused, when some were). Raises
+    DeliveryError."""
     if config.problem:
         raise DeliveryError(config.problem)
     msg = build(config, to, subject, text, html)
     where = f"{config.host}:{config.port}"
     try:
         ctx = _context(config.ca_file) if config.security != "none" else None
-        if config.security == "ssl":
-            smtp: smtplib.SMTP = smtplib.SMTP_SSL(config.host, config.port, timeout=config.timeout,
-                                                  context=ctx)
-        else:
-            smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout)
-        with smtp:
+        smtp = _Smtp(config.host, cut or Cut(), ctx if config.security == "ssl" else None,
+                     config.timeout)
+        try:
+            smtp.connect(config.host, config.port)
             smtp.ehlo()
             if config.security == "starttls":
                 smtp.starttls(context=ctx)
@@ -84,6 +157,10 @@ def send_blocking(config: SmtpConfig, to: list[str], subject: str, text: str,
             if config.user:
                 smtp.login(config.user, str(config.password))
             refused = smtp.send_message(msg)
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                smtp.putcmd("quit")  # the message is taken: its answer is not waited for
+        finally:
+            smtp.close()  # no QUIT after a failure: that would wait on a silent server again
     except smtplib.SMTPRecipientsRefused as exc:
         codes = [c for c, _ in exc.recipients.values()]
         said = "; ".join(f"{r}: {c} {m.decode(errors='replace')[:200]}"
@@ -112,13 +189,57 @@ def _text(raw: bytes | str) -> str:
 
 
 class SmtpMailer:
-    """The :class:`controller.notify.service.Mailer` of the controller."""
+    """The :class:`controller.notify.service.Mailer` of the controller: at most ``workers``
+    messages in flight, each in a thread of its own pool, each within the deadline."""
 
-    def __init__(self, config: SmtpConfig) -> None:
+    def __init__(self, config: SmtpConfig, workers: int = SMTP_WORKERS) -> None:
         self.config = config
+        self.workers = workers
+        self.in_flight = 0  # threads sending (or about to): never more than workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="smtp")
+        self._free: asyncio.Semaphore | None = None
 
     async def send(self, to: list[str], subject: str, text: str, html: str | None) -> str:
-        return await asyncio.to_thread(send_blocking, self.config, to, subject, text, html)
+        loop = asyncio.get_running_loop()
+        deadline = self.config.deadline
+        end = loop.time() + deadline
+        where = f"{self.config.host}:{self.config.port}"
+        if self._free is None:
+            self._free = asyncio.Semaphore(self.workers)
+        free = self._free
+        try:
+            async with asyncio.timeout_at(end):
+                await free.acquire()
+        except TimeoutError:
+            raise DeliveryError(f"{where}: {self.workers} e-mails were being sent already and "
+                                f"none ended within {deadline:g} s") from None
+        self.in_flight += 1
+
+        def release() -> None:
+            self.in_flight -= 1
+            free.release()
+
+        def ended(_: Future[str]) -> None:  # in the sending thread, or here if never started
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits
+                loop.call_soon_threadsafe(release)
+
+        cut = Cut()
+        try:
+            job = self._pool.submit(send_blocking, self.config, to, subject, text, html, cut)
+        except BaseException:
+            release()
+            raise
+        job.add_done_callback(ended)
+        try:
+            async with asyncio.timeout_at(end):
+                return await asyncio.wrap_future(job)
+        except TimeoutError:
+            cut.fire()
+            raise DeliveryError(f"{where} did not take the message within {deadline:g} s: "
+                                "the connection was cut") from None
+        except asyncio.CancelledError:
+            cut.fire()
+            raise
 
 
 PASSWORD_AAD = "settings/smtp_password"  # what a sealed smtp_password is bound to

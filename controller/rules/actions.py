@@ -4,7 +4,9 @@ the incident's machine (through :class:`controller.exec.service.ExecService`, as
 ``POST /api/v2/scripts/{script}`` does), or a machine action (through
 :class:`controller.clouds.actions.ActionService`). Each outcome — the notification's id, the
 job's id, or the error — is recorded on the incident; an action that fails never stops the
-others. Runs on the event loop."""
+others. Actions run only while the rule's owner can act in its organisation (the check
+schedules make of theirs): otherwise none runs, the incident records why, and the audit log
+has ``incident.skip``. Runs on the event loop."""
 
 from __future__ import annotations
 
@@ -14,14 +16,17 @@ import logging
 from typing import Any
 
 from controller.accounts.model import Principal
+from controller.accounts.service import AccountService
 from controller.clouds.actions import ActionService
 from controller.errors import Invalid, OvercastError
 from controller.events.model import Actor
+from controller.events.writer import Change, Writer
 from controller.exec.service import ExecService, inline_payload_parts
 from controller.notify.service import NotifyService
 from controller.rules import model as m
 from controller.rules.evaluator import finish
 from controller.rules.incidents import Act, Incidents
+from controller.rules.service import owner_problem
 from controller.scripts.service import ScriptService
 from controller.secrets import SecretBox
 from controller.settings import Settings
@@ -34,7 +39,8 @@ NOTIFICATIONS = ("notify", "webhook")
 
 
 def rule_principal(rule: dict[str, Any]) -> tuple[Principal, Actor]:
-    """Who a rule's actions run as: the rule itself, in its organisation (audited so)."""
+    """Who a rule's actions run as: the rule itself, in its organisation (audited so), once
+    :func:`controller.rules.service.owner_problem` found its owner still able to act."""
     org, rid = rule["org"], rule["id"]
     email = str(rule.get("owned_by") or "")
     p = Principal(user={"id": f"rule:{rid}", "email": email or f"rule:{rule['name']}"},
@@ -45,7 +51,10 @@ def rule_principal(rule: dict[str, Any]) -> tuple[Principal, Actor]:
 class ActionRunner:
     def __init__(self, settings: Settings, store: Store, secrets: SecretBox,
                  notify: NotifyService, exec_: ExecService, scripts: ScriptService,
-                 actions: ActionService, incidents: Incidents) -> None:
+                 actions: ActionService, incidents: Incidents, accounts: AccountService,
+                 writer: Writer) -> None:
+        self.accounts = accounts
+        self.writer = writer
         self.settings = settings
         self.store = store
         self.secrets = secrets
@@ -63,6 +72,12 @@ class ActionRunner:
                 or (act.event == "reminder" and a["action_type"] in NOTIFICATIONS)]
         notes: list[str] = []
         records: list[dict[str, Any]] = []
+        problem = await asyncio.to_thread(owner_problem, self.accounts, rule) if todo else ""
+        if problem:
+            records = [{"action_type": a["action_type"], "event": act.event, "at": iso(),
+                        "status": "skipped", "error": problem} for a in todo]
+            await finish(asyncio.to_thread(self._skipped, act, problem, records))
+            todo = []
         for a in todo:
             kind = a["action_type"]
             rec: dict[str, Any] = {"action_type": kind, "event": act.event, "at": iso()}
@@ -87,8 +102,24 @@ class ActionRunner:
                 log.exception("rule %s: action %s failed", rule["id"], kind)
                 rec.update(status="failed", error=f"internal error: {type(exc).__name__}")
             records.append(rec)
-        if records:
+        if todo and records:
             await finish(asyncio.to_thread(self.incidents.record, inc["org"], inc["id"], notes, records))
+
+    def _skipped(self, act: Act, problem: str, records: list[dict[str, Any]]) -> None:
+        """Record on the incident, and in the audit log, that its actions were not run."""
+        inc, rule = act.incident, act.rule
+        self.incidents.record(inc["org"], inc["id"], [], records)
+        change = Change("incident.skip", org=inc["org"], target_kind="incident",
+                        target_id=inc["id"], outcome="failed",
+                        details={"rule": rule["id"], "rule_name": rule["name"],
+                                 "machine": inc["machine"], "event": act.event,
+                                 "actions": [r["action_type"] for r in records],
+                                 "reason": problem})
+        _, actor = rule_principal(rule)
+        try:
+            self.writer.commit(actor, change)
+        except Exception:
+            log.exception("recording the skipped actions of rule %s failed", rule["id"])
 
     # ---- notifications -----------------------------------------------------------------
     def _recipients(self, org: str, a: dict[str, Any]) -> list[str]:

@@ -45,6 +45,7 @@ _CMP: dict[str, Callable[[float, float], bool]] = {
     "ge": operator.ge, "le": operator.le}
 ORGS_EVERY = 60.0  # seconds between looks for organisations that need a "no data" rule (and
                    # whenever an agent enrols)
+PRUNE_EVERY = 600  # rounds between prunings of what is remembered for throttling
 
 
 @dataclass
@@ -140,6 +141,8 @@ class Evaluator:
         self._orgs: dict[str, OrgMachines] = {}
         self._orgs_at = 0.0
         self._agents = 0
+        self.started: float | None = None   # the time of the first round ("no data" grace)
+        self._quiet_at: dict[tuple[str, str], float] = {}  # (org, machine): last seen stopped
         self.rounds = 0
         self.evaluations = 0
         self.last_round = 0.0        # seconds the last round took (wall clock)
@@ -181,6 +184,8 @@ class Evaluator:
         the actions runner must do."""
         t0 = time.monotonic()
         now = time.time() if now is None else now
+        if self.started is None:
+            self.started = now
         self._nodata_orgs(now)
         compiled = self._load()
         acts: list[Act] = []
@@ -190,10 +195,14 @@ class Evaluator:
             reason = "the rule was disabled" if c is not None else "the rule was deleted"
             acts += self.incidents.close_rule(org, rid, c.doc if c else None, reason, now)
         due = [c for c in compiled if c.key in live and (force or self._due.get(c.key, 0.0) <= now)]
-        logs_keep = max((cd.start for c in compiled if c.key in live for cd in c.conds
-                         if cd.data_type == "logs"), default=0.0)
-        if logs_keep:
-            self.feed.update(now, logs_keep + 60)
+        logs_keep: dict[str, float] = {}
+        for c in compiled:
+            if c.key in live:
+                for cd in c.conds:
+                    if cd.data_type == "logs":
+                        org = c.doc["org"]
+                        logs_keep[org] = max(logs_keep.get(org, 0.0), cd.start + 60)
+        self.feed.update(now, logs_keep)
         for c in due:
             self._due[c.key] = now + c.every
             try:
@@ -204,9 +213,19 @@ class Evaluator:
             self.evaluations += 1
         if self.rounds % 60 == 0:
             self.samples.evict(now)
+        if self.rounds % PRUNE_EVERY == 0:
+            self._prune(now, [c for c in compiled if c.key in live])
         self.rounds += 1
         self.last_round = time.monotonic() - t0
         return acts
+
+    def _prune(self, now: float, live: list[Compiled]) -> None:
+        """Forget what can no longer throttle a notification, and machines stopped long ago."""
+        floor = self.incidents.min_interval
+        horizon = {c.key: max(floor, float(seconds(c.doc.get("notify_every") or {})))
+                   for c in live}
+        self.incidents.prune_notified(now, lambda org, rid: horizon.get((org, rid), 0.0))
+        self._quiet_at = {k: t for k, t in self._quiet_at.items() if now - t < 86400}
 
     def evaluate(self, c: Compiled, now: float) -> tuple[list[Finding], dict[str, str]]:
         org = c.doc["org"]
@@ -230,6 +249,8 @@ class Evaluator:
                 reasons[subject] = "the machine is no longer selected"
             elif kind == "metrics" and subject not in seen:
                 reasons[subject] = "no data in the window"
+            elif kind == "nodata" and om.docs[subject].get("state") in m.QUIET_STATES:
+                reasons[subject] = f"the machine is {om.docs[subject]['state']}"
             elif kind == "nodata":
                 agent = om.docs[subject].get("agent") or ""
                 reasons[subject] = ("its agent was revoked" if self._revoked(org, str(agent))
@@ -277,22 +298,42 @@ class Evaluator:
 
     def _nodata(self, c: Compiled, om: OrgMachines, sel: set[str],
                 now: float) -> tuple[list[Finding], set[str]]:
+        """Machines silent for longer than the window. Silence is expected, so not counted,
+        from a machine in a quiet state (stopped, suspended...), and is excused for the
+        window plus the agents' longest reconnect wait (AGENT_RECONNECT_MAX) after the
+        evaluator started or the machine was last seen stopped, until it is heard from
+        again: agents back off up to a minute before they reconnect to a restarted
+        controller. An incident already open stays open through that grace. An agent
+        stopped on purpose while its machine runs still counts: the machine is unwatched
+        (revoke the agent, or narrow or disable the rule, to silence it)."""
         cond = c.conds[0]
-        heart = {ref.agent: ref.sid for ref in self.series.of(c.doc["org"], m.HEARTBEAT_METRIC, now)}
+        org = c.doc["org"]
+        heart = {ref.agent: ref.sid for ref in self.series.of(org, m.HEARTBEAT_METRIC, now)}
         agents = {mid: a for a, mid in om.by_agent.items()}
         start_ms = int((now - cond.start) * 1000)
+        grace = cond.start + m.AGENT_RECONNECT_MAX
+        started = self.started if self.started is not None else now
+        opened = set(self.incidents.open_subjects(org, c.doc["id"]))
         found = []
         for mid in sel:
+            doc = om.docs[mid]
+            if doc.get("state") in m.QUIET_STATES:
+                self._quiet_at[(org, mid)] = now
+                continue
             sid = heart.get(agents.get(mid, ""))
             last = self.samples.last_time(sid, start_ms, now) if sid is not None else None
+            excused = max(started, self._quiet_at.get((org, mid), 0.0))
+            if (last is None or last / 1000 < excused) and now - excused <= grace \
+                    and mid not in opened:
+                continue  # not heard from since the start (or since it was stopped): grace
             if last is not None:
                 silent = now - last / 1000
             else:
                 try:
-                    silent = now - parse_iso(str(om.docs[mid].get("created") or ""))
+                    silent = now - parse_iso(str(doc.get("created") or ""))
                 except ValueError:
                     silent = cond.start + 1
-            if silent > cond.start and not self._revoked(c.doc["org"], agents.get(mid, "")):
+            if silent > cond.start and not self._revoked(org, agents.get(mid, "")):
                 found.append(Finding(mid, mid, om.name(mid), round(silent, 3),
                                      [{"condition": 0, "value": round(silent, 3),
                                        "last_sample": last}]))

@@ -5,8 +5,11 @@ longer selected or has no data, or the rule is disabled or deleted. A pending in
 conditions stop before ``trigger_after`` is resolved with ``fired`` false (no action ran).
 
 While firing, notifications repeat every ``notify_every`` (when set), and a new firing of the
-same rule and machine within ``notify_every`` of the last notification sends none
-(``throttled``). Every state change is audited (``incident.pending``, ``incident.fire``,
+same rule and machine within ``notify_every`` — and at least ``notify_min_interval`` (the
+setting: 300 s) — of the last notification sends none (``throttled``): a flapping condition
+notifies at most that often. When each rule and machine was last notified is kept in the
+store (``incnotified/``), so a restart does not forget it, and dropped once it can no
+longer throttle anything. Every state change is audited (``incident.pending``, ``incident.fire``,
 ``incident.resolve``, ``incident.remind``). Writers serialise on one lock: the evaluator
 writes from a thread, the actions' outcomes are recorded from the event loop."""
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,13 +72,21 @@ def describe(rule: dict[str, Any]) -> str:
     return " and ".join(parts)
 
 
+def notified_key(org: str, rid: str, subject: str) -> str:
+    return f"incnotified/{org}/{rid}/{subject}"
+
+
 class Incidents:
-    def __init__(self, store: Store, writer: Writer) -> None:
+    def __init__(self, store: Store, writer: Writer, min_interval: float = 0.0) -> None:
         self.store = store
         self.writer = writer
+        self.min_interval = float(min_interval)  # the floor between firings' notifications
         self.lock = threading.Lock()
         self.open: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._notified: dict[tuple[str, str, str], float] = {}  # for throttling across incidents
+        for key, raw in store.scan("incnotified/"):
+            _, org, rid, subject = key.split("/", 3)
+            self._notified[(org, rid, subject)] = float(raw.decode())
         for key, raw in store.scan("incopen/"):
             _, org, rid, subject = key.split("/", 3)
             doc_raw = store.get(m.incident_key(org, raw.decode()))
@@ -84,7 +96,8 @@ class Incidents:
             doc = load(m.INCIDENT, doc_raw)
             self.open[(org, rid, subject)] = doc
             if doc.get("_notified_at"):
-                self._notified[(org, rid, subject)] = float(doc["_notified_at"])
+                k = (org, rid, subject)
+                self._notified[k] = max(self._notified.get(k, 0.0), float(doc["_notified_at"]))
 
     def open_subjects(self, org: str, rid: str) -> list[str]:
         return [s for (o, r, s) in self.open if o == org and r == rid]
@@ -100,6 +113,7 @@ class Incidents:
         org, rid = rule["org"], rule["id"]
         wait = seconds(rule.get("trigger_after") or {})
         every = seconds(rule.get("notify_every") or {})
+        floor = max(float(every), self.min_interval)
         acts: list[Act] = []
         changes: list[Change] = []
         with self.lock:
@@ -118,20 +132,23 @@ class Incidents:
                 inc.update(value=f.value, values=f.values)
                 if inc["state"] == "pending" and now - inc["_started_at"] >= wait:
                     last = self._notified.get(k, 0.0)
-                    quiet = every > 0 and now - last < every
+                    quiet = floor > 0 and now - last < floor
                     inc.update(state="firing", fired=True, fired_at=iso(now), _fired_at=now,
                                updated=iso(now), throttled=quiet)
                     if not quiet:
                         inc.update(notified_at=iso(now), _notified_at=now)
-                        self._notified[k] = now
-                    changes.append(self._change(inc, "incident.fire", rule, opened=opened))
+                    change = self._change(inc, "incident.fire", rule, opened=opened)
+                    if not quiet:
+                        self._notify(change, k, now)
+                    changes.append(change)
                     acts.append(Act("firing", dict(inc), rule, quiet))
                 elif (inc["state"] == "firing" and every > 0
                       and now - float(inc.get("_notified_at") or inc["_fired_at"]) >= every):
                     inc.update(notified_at=iso(now), _notified_at=now, updated=iso(now),
                                reminders=int(inc.get("reminders", 0)) + 1)
-                    self._notified[k] = now
-                    changes.append(self._change(inc, "incident.remind", rule))
+                    change = self._change(inc, "incident.remind", rule)
+                    self._notify(change, k, now)
+                    changes.append(change)
                     acts.append(Act("reminder", dict(inc), rule))
             for subject in self.open_subjects(org, rid):
                 if subject in seen:
@@ -144,6 +161,24 @@ class Incidents:
             if changes:
                 self.writer.commit_many(RULES, changes)
         return acts
+
+    def _notify(self, change: Change, k: tuple[str, str, str], now: float) -> None:
+        """Remember (in memory and in ``change``) that ``k`` was notified at ``now``."""
+        self._notified[k] = now
+        change.put(notified_key(*k), repr(now).encode())
+
+    def prune_notified(self, now: float, horizon: Callable[[str, str], float]) -> int:
+        """Forget when rule and subject pairs were notified once that can throttle nothing:
+        older than ``horizon(org, rule)`` seconds (0 for a rule that is gone or disabled;
+        its open incidents keep theirs). Returns how many were forgotten."""
+        with self.lock:
+            doomed = [k for k, t in self._notified.items()
+                      if k not in self.open and now - t >= horizon(k[0], k[1])]
+            for k in doomed:
+                del self._notified[k]
+        if doomed:
+            self.store.write(Batch(deletes={notified_key(*k) for k in doomed}))
+        return len(doomed)
 
     def close_rule(self, org: str, rid: str, rule: dict[str, Any] | None, reason: str,
                    now: float) -> list[Act]:

@@ -4,21 +4,38 @@ shapes (conditions with a query over a window, selectors, actions, ``when``,
 
     rule/<org>/<id>        {id, org, name, description, enabled, conditions, selectors,
                             actions, when, trigger_after, notify_every, builtin, created,
-                            created_by, owned_by, _created_at}; a webhook action keeps its
-                            URL and headers sealed (``_url``, ``_headers``)
+                            created_by, owned_by, _owner (the owner's user id: actions run
+                            only while they are a member), _created_at}; a webhook action
+                            keeps its URL and headers sealed (``_url``, ``_headers``) and shows
+                            the URL as scheme://host/… with a fingerprint
     incident/<org>/<id>    {id, org, rule, rule_name, machine, machine_name, subject, state,
                             fired, started, fired_at, resolved_at, updated, value, values,
                             condition, notifications, actions, notified_at, reminders, reason}
     incopen/<org>/<rule>/<subject>  -> the id of the open (pending or firing) incident
+    incnotified/<org>/<rule>/<subject>  -> when that rule last notified about that subject
+                                    (epoch seconds: throttling across incidents and restarts)
     meta/rules/nodata/<org>         the organisation's "no data" rule was made once (so a
                                     deleted one is not made again)
     meta/rules/audit_cursor         the last audit entry event rules have read"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from controller.notify.model import shown_url
 from controller.store.docs import DocKind
 
-RULE = DocKind("rule")
+
+def _v2(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 2: webhook URLs shown as scheme://host/… and a fingerprint (version 1 showed
+    their path, where Slack, Discord and Teams keep the token)."""
+    for a in doc.get("actions") or []:
+        if a.get("action_type") == "webhook" and a.get("url"):
+            a["url"] = shown_url(str(a["url"]))
+    return doc
+
+
+RULE = DocKind("rule", 2, {1: _v2})
 INCIDENT = DocKind("incident")
 
 STATES = ("pending", "firing", "resolved")
@@ -43,6 +60,12 @@ MIN_FREQUENCY = 1           # seconds
 DEFAULT_FREQUENCY = 60      # seconds, when ``when`` is not given
 NODATA_ID = "nodata"        # the id of each organisation's "no data" rule
 NODATA_INTERVALS = 3        # its default window: this many metric intervals (at least 60 s)
+# the longest an agent waits before it connects again (agent/control.py BACKOFF_MAX): after
+# the controller starts, or a machine is started again, a machine not heard from yet is not
+# "no data" until its rule's window and this much more have passed
+AGENT_RECONNECT_MAX = 60.0
+# machine states in which silence is expected: the "no data" rule leaves them alone
+QUIET_STATES = frozenset({"stopping", "stopped", "suspended", "paused", "terminated"})
 
 # the metrics every agent sends (agent/collect/metrics.py), so that a rule can be written
 # before the first agent reports; the organisation's own series add to these

@@ -13,13 +13,13 @@ from typing import Any
 
 from controller.accounts.model import Principal
 from controller.accounts.service import AccountService
-from controller.clouds.targets import local_targets
 from controller.errors import Conflict, Forbidden, Invalid, NotFound
 from controller.events.model import Actor
 from controller.events.writer import Change, Writer
 from controller.listing import Query, apply
 from controller.machines.model import key as machine_key
 from controller.monitor.tsdb import TSDB
+from controller.notify.targets import url_refusal
 from controller.rules import model as m
 from controller.rules.parse import Context, rule_fields
 from controller.scripts.service import ScriptService
@@ -30,6 +30,28 @@ from controller.store.docs import by_ref, dump, load
 from controller.timeutil import iso
 
 RULES = Actor(kind="system", id="rules", via="system")
+
+
+def owner_problem(accounts: AccountService, rule: dict[str, Any]) -> str:
+    """Why the rule's owner cannot act for it any more ("" when they can): gone, disabled, or
+    no longer a member of the rule's organisation, as schedules check their owner. The
+    built-in "no data" rule belongs to the organisation until someone edits it (the editor
+    becomes its owner)."""
+    uid, email = str(rule.get("_owner") or ""), str(rule.get("owned_by") or "")
+    if not uid and not email:
+        if rule.get("builtin"):
+            return ""
+        return "the rule has no owner: its actions are not run (edit the rule to take it over)"
+    user = accounts.get_user(uid) if uid and "/" not in uid else (
+        accounts.user_by_email(email) if email else None)
+    if user is None or user.get("disabled"):
+        return (f"the rule's owner {email or uid} no longer exists or is disabled: its actions "
+                "are not run (edit the rule to take it over)")
+    if accounts.get_org(str(rule["org"])) is None or accounts.membership(
+            str(rule["org"]), str(user["id"])) is None:
+        return (f"the rule's owner {email or uid} is no longer a member of this organisation: "
+                "its actions are not run (edit the rule to take it over)")
+    return ""
 
 
 def view(doc: dict[str, Any]) -> dict[str, Any]:
@@ -91,13 +113,10 @@ class RuleService:
             return str(user["id"])
 
         def check_url(url: str) -> None:
-            if self.settings.allow_local_clouds:
-                return
-            reasons = local_targets({"url": url})
-            if reasons:
-                raise Forbidden(f"{reasons[0].removeprefix('url: ')}: webhooks to the controller's "
-                                "own host or link-local addresses are refused unless the operator "
-                                "sets allow_local_clouds", {"field": "actions.url"})
+            why = url_refusal(url, self.settings.allow_private_webhooks,
+                              self.settings.allow_local_clouds)
+            if why:
+                raise Forbidden(why, {"field": "actions.url"})
 
         return Context(metrics=metrics, missing_machines=missing, script=script, member=member,
                        check_url=check_url,
@@ -119,16 +138,23 @@ class RuleService:
         email = str(p.user.get("email", ""))
         doc: dict[str, Any] = {"id": rid, "org": p.org_id, "name": name, "enabled": True,
                                **fields, "builtin": "", "created": iso(), "created_by": email,
-                               "owned_by": email, "_created_at": time.time()}
+                               "owned_by": email, "_owner": p.user_id, "_created_at": time.time()}
         self._commit(actor, "rule.add", doc, key, None)
         return view(doc)
 
     def edit(self, p: Principal, actor: Actor, ref: str, body: dict[str, Any]) -> dict[str, Any]:
         """Change a rule (EditRuleRequest: any of its parts; ``name`` too). A webhook action
-        sent back as shown (its URL redacted, secret headers ``***``) keeps what is sealed."""
+        sent back as shown (its URL redacted, secret headers ``***``) keeps what is sealed.
+        A rule whose owner can no longer act for it (or that has none: the "no data" rule)
+        becomes the editor's: its actions run again, as the editor's rule."""
         doc, raw = self._load(p, ref)
         key = m.rule_key(p.org_id, doc["id"])
         new = dict(doc, **rule_fields(body, self._context(p.org_id, key), doc))
+        takeover: dict[str, str] = {}
+        if not (doc.get("_owner") or doc.get("owned_by")) or owner_problem(self.accounts, doc):
+            email = str(p.user.get("email", ""))
+            takeover = {"from": str(doc.get("owned_by") or ""), "to": email}
+            new.update(owned_by=email, _owner=p.user_id)
         if "name" in body:
             new["name"] = _name(body["name"])
             self._unique(p.org_id, new["name"], doc["id"])
@@ -136,7 +162,10 @@ class RuleService:
             raise Invalid("the no-data rule watches for missing data: its condition stays "
                           "data_type nodata (change its window, selectors and actions)",
                           field="conditions")
-        self._commit(actor, "rule.edit", new, key, raw, changed=sorted(set(body) & set(new)))
+        changed: Any = sorted(set(body) & set(new))
+        if takeover:
+            changed = [*changed, "owned_by"]
+        self._commit(actor, "rule.edit", new, key, raw, changed=changed, owner=takeover)
         return view(new)
 
     def rename(self, p: Principal, actor: Actor, ref: str, name: str) -> dict[str, Any]:
@@ -167,7 +196,7 @@ class RuleService:
         self.writer.commit(actor, change)
 
     def _commit(self, actor: Actor, action: str, doc: dict[str, Any], key: str,
-                raw: bytes | None, changed: Any = None) -> None:
+                raw: bytes | None, changed: Any = None, owner: dict[str, str] | None = None) -> None:
         details: dict[str, Any] = {"name": doc["name"], "enabled": doc.get("enabled", True)}
         if action in ("rule.add", "rule.edit"):
             details.update(conditions=doc["conditions"], selectors=doc["selectors"],
@@ -175,6 +204,8 @@ class RuleService:
                            trigger_after=doc["trigger_after"])
         if changed is not None:
             details["changed"] = changed
+        if owner:
+            details["owner"] = owner
         change = Change(action, org=doc["org"], target_kind="rule", target_id=doc["id"],
                         details=details)
         change.put(key, dump(m.RULE, doc)).expect(key, raw)

@@ -25,10 +25,11 @@ def build_rules(settings: Settings, store: Store, writer: Writer, secrets: Secre
                 accounts: AccountService, scripts: ScriptService, execs: ExecService,
                 actions: ActionService) -> tuple[NotifyService, RuleService, Incidents, Evaluator]:
     notify = NotifyService(settings, store, writer, secrets, SmtpMailer(config_from(settings, secrets)),
-                           HttpPoster(float(settings.webhook_timeout), settings.allow_local_clouds))
+                           HttpPoster(float(settings.webhook_timeout), settings.allow_local_clouds,
+                                      settings.allow_private_webhooks))
     rules = RuleService(settings, store, writer, secrets, tsdb, accounts, scripts)
-    incidents = Incidents(store, writer)
+    incidents = Incidents(store, writer, min_interval=float(settings.notify_min_interval))
     evaluator = Evaluator(store, rules, incidents)
     evaluator.dispatch = ActionRunner(settings, store, secrets, notify, execs, scripts, actions,
-                                      incidents).run
+                                      incidents, accounts, writer).run
     return notify, rules, incidents, evaluator

@@ -247,11 +247,33 @@ def test_local_webhooks_refused_by_default(tmp_path: Path) -> None:
     c.adduser(ADMIN_EMAIL, ADMIN_PASSWORD, "--admin", "--org", "Acme")
     c.start()
     try:
-        r = c.session().post("/api/v2/rules", logs_rule("x", "action:key.add", [
-            {"action_type": "webhook", "url": "http://127.0.0.1:9/x"}]))
-        assert r.status == 403 and "allow_local_clouds" in r.body["error"]["message"], r.body
+        h = c.session()
+        for url, setting in (("http://127.0.0.1:9/x", "allow_local_clouds"),
+                             ("http://100.100.100.200/latest/meta-data/", "allow_local_clouds"),
+                             ("http://10.0.0.5/hook", "allow_private_webhooks"),
+                             ("http://[fd00:ec2::254]/", "allow_local_clouds")):
+            r = h.post("/api/v2/rules", logs_rule("x", "action:key.add", [
+                {"action_type": "webhook", "url": url}]))
+            assert r.status == 403 and setting in r.body["error"]["message"], (url, r.body)
     finally:
         c.stop()
+
+
+def test_webhook_urls_are_never_shown(ctl: Controller) -> None:
+    """Slack's token is in the URL's path: the API, the audit log and a rule sent back as
+    shown never reveal it, and the rule keeps calling the URL it was given."""
+    h = ctl.session()
+    slack = "https://hooks.slack.com/services/T000/B000/E2ETOKENXYZ"
+    r = h.post("/api/v2/rules", logs_rule("to slack", "action:nothing.happens",
+                                          [{"action_type": "webhook", "url": slack}]))
+    assert r.status == 201, r.body
+    rule = r.body["data"]
+    assert rule["actions"][0]["url"].startswith("https://hooks.slack.com/\u2026 (")
+    r = h.post(f"/api/v2/rules/{rule['id']}", {"actions": rule["actions"], "description": "again"})
+    assert r.status == 200, r.body
+    assert r.body["data"]["actions"][0]["url"] == rule["actions"][0]["url"]
+    for path in (f"/api/v2/rules/{rule['id']}", "/api/v2/rules", "/api/v2/logs?limit=1000"):
+        assert "E2ETOKENXYZ" not in str(h.get(path).body), path
 
 
 def test_organisations_are_isolated(ctl: Controller) -> None:

@@ -1,5 +1,6 @@
 """Real receivers for notifications: an SMTP server (aiosmtpd) and an HTTP server (aiohttp)
-on loopback, each in its own thread with its own event loop, recording what they get."""
+on loopback, each in its own thread with its own event loop, recording what they get; and
+an SMTP tarpit (accepts connections and never answers, or answers one byte at a time)."""
 
 from __future__ import annotations
 
@@ -42,12 +43,14 @@ class _Handler:
 
 class SmtpSink:
     """An SMTP server on 127.0.0.1:``port``. With ``tls`` (an SSLContext for the server) it
-    offers STARTTLS; with ``login`` ((user, password)) it requires that login."""
+    offers STARTTLS (with ``implicit``: TLS from the start); with ``login`` ((user,
+    password)) it requires that login."""
 
     def __init__(self, port: int | None = None, tls: ssl.SSLContext | None = None,
-                 login: tuple[str, str] | None = None) -> None:
+                 login: tuple[str, str] | None = None, implicit: bool = False) -> None:
         self.port = port or free_port()
         self.tls = tls
+        self.implicit = implicit
         self.login = login
         self.messages: list[EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
@@ -62,7 +65,9 @@ class SmtpSink:
 
     def start(self) -> SmtpSink:
         kw: dict[str, Any] = {}
-        if self.tls is not None:
+        if self.tls is not None and self.implicit:
+            kw.update(ssl_context=self.tls)
+        elif self.tls is not None:
             kw.update(tls_context=self.tls, require_starttls=True)
         if self.login is not None:
             kw.update(authenticator=self._auth, auth_required=True)
@@ -103,6 +108,7 @@ class WebhookSink:
     status: int = 200
     port: int = field(default_factory=free_port)
     hits: list[Hit] = field(default_factory=list)
+    body: str = ""  # what it answers (default: "ok", or "nope" for a failure)
 
     def __post_init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -118,7 +124,8 @@ class WebhookSink:
         body = await request.read()
         with self._lock:
             self.hits.append(Hit(request.method, request.path_qs, dict(request.headers), body))
-        return web.Response(status=self.status, text="ok" if self.status < 400 else "nope")
+        text = self.body or ("ok" if self.status < 400 else "nope")
+        return web.Response(status=self.status, text=text)
 
     def start(self) -> WebhookSink:
         ready = threading.Event()
@@ -155,3 +162,69 @@ class WebhookSink:
                     return list(self.hits)
             time.sleep(0.05)
         raise AssertionError(f"{len(self.hits)} request(s) after {timeout}s, wanted {n}")
+
+
+class SmtpTarpit:
+    """A TCP server on 127.0.0.1 that accepts every connection and never says a whole line:
+    silent, or (``trickle`` seconds) one byte of a greeting at a time, forever. Counts the
+    connections open at once (``most``) and in all (``accepted``)."""
+
+    def __init__(self, trickle: float | None = None) -> None:
+        self.trickle = trickle
+        self.accepted = 0
+        self.open = 0
+        self.most = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.2)
+        self.port = int(self._server.getsockname()[1])
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> SmtpTarpit:
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.accepted += 1
+                self.open += 1
+                self.most = max(self.most, self.open)
+            t = threading.Thread(target=self._hold, args=(conn,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _hold(self, conn: socket.socket) -> None:
+        conn.settimeout(0.1)
+        try:
+            while not self._stop.is_set():
+                if self.trickle is not None:
+                    conn.sendall(b"2")
+                    self._stop.wait(self.trickle)
+                    continue
+                try:
+                    if conn.recv(1024) == b"":
+                        return  # the client hung up
+                except TimeoutError:
+                    continue
+        except OSError:
+            return
+        finally:
+            conn.close()
+            with self._lock:
+                self.open -= 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._server.close()
+        for t in self._threads:
+            t.join(5)

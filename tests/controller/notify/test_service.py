@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import ipaddress
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +23,25 @@ from controller.accounts.model import Principal
 from controller.errors import Invalid, NotFound
 from controller.events.writer import Writer
 from controller.listing import parse_query
+from controller.notify.model import (
+    NOTIFICATION,
+    DeliveryError,
+    notification_key,
+    redact_url,
+    url_fingerprint,
+)
 from controller.notify.service import NotifyService
-from controller.notify.smtp import PASSWORD_AAD, SmtpMailer, config_from
+from controller.notify.smtp import PASSWORD_AAD, SMTP_WORKERS, SmtpMailer, config_from
+from controller.notify.targets import refusal
 from controller.notify.webhook import HttpPoster
 from controller.pki import ensure_pki
 from controller.secrets import SecretBox
+from controller.services import build_services
 from controller.settings import Secret, Settings
 from controller.store import open_store
 from controller.store.base import Store
-from tests.support.notify import SmtpSink, WebhookSink, free_port
+from controller.store.docs import migrate_store
+from tests.support.notify import SmtpSink, SmtpTarpit, WebhookSink, free_port
 
 ORG = "o1"
 P = Principal({"id": "u1", "email": "a@example.com"}, {"id": ORG, "name": "Acme"}, "owner", "token", "t1")
@@ -50,7 +64,7 @@ def make(store: Store, tmp_path: Path, smtp_port: int, **over: Any) -> NotifySer
     values.update(over)
     settings = Settings(**values)
     return NotifyService(settings, store, Writer(store), BOX, SmtpMailer(config_from(settings, BOX)),
-                         HttpPoster(5.0, settings.allow_local_clouds))
+                         HttpPoster(5.0, settings.allow_local_clouds, settings.allow_private_webhooks))
 
 
 @contextlib.asynccontextmanager
@@ -175,6 +189,19 @@ async def test_starttls_login_with_a_sealed_password(store: Store, tmp_path: Pat
     assert b"s3cret" not in b"".join(v for _, v in store.scan(""))
 
 
+async def test_implicit_tls(store: Store, tmp_path: Path) -> None:
+    pki = ensure_pki(str(tmp_path / "ca"), ["127.0.0.1"])
+    sink = SmtpSink(tls=pki.server_ssl_context(), implicit=True).start()
+    try:
+        svc = make(store, tmp_path, sink.port, smtp_security="ssl", smtp_ca_file=str(pki.ca_cert))
+        async with running(svc):
+            n = await svc.email(ORG, ["ops@example.com"], "over TLS from the start", "hello")
+            await until(lambda: svc.get(P, n["id"])["status"] == "sent")
+        assert str((await asyncio.to_thread(sink.wait, 1))[0]["Subject"]) == "over TLS from the start"
+    finally:
+        sink.stop()
+
+
 async def test_webhook_delivered_with_secret_headers_sealed(store: Store, tmp_path: Path) -> None:
     hook = WebhookSink().start()
     try:
@@ -183,7 +210,8 @@ async def test_webhook_delivered_with_secret_headers_sealed(store: Store, tmp_pa
             n = await svc.webhook(ORG, hook.url + "?token=abc123", "PUT",
                                   {"Authorization": "Bearer hunter2", "X-Team": "ops", "X-Sig": "zz"},
                                   {"incident": {"id": "i1"}}, secret_headers=["X-Sig"])
-            assert n["url"] == hook.url + "?token=%2A%2A%2A" and n["method"] == "PUT"
+            assert n["url"] == redact_url(hook.url + "?token=abc123") and n["method"] == "PUT"
+            assert n["url"] == f"http://127.0.0.1:{hook.port}/\u2026 ({url_fingerprint(hook.url + '?token=abc123')})"
             assert n["headers"] == {"Authorization": "***", "X-Team": "ops", "X-Sig": "***"}
             await until(lambda: svc.get(P, n["id"])["status"] == "sent")
         hit = (await asyncio.to_thread(hook.wait, 1))[0]
@@ -221,7 +249,7 @@ async def test_local_targets_refused_and_bad_input_never_raises(store: Store, tm
         lo = await until(lambda: (x := svc.get(P, local["id"]))["status"] == "failed" and x)
         md = await until(lambda: (x := svc.get(P, meta["id"]))["status"] == "failed" and x)
     assert "own host" in lo["last_error"] and lo["attempts"] == 1
-    assert "link-local" in md["last_error"]
+    assert "metadata" in md["last_error"] and "allow_local_clouds" in md["last_error"]
     assert bad["status"] == "failed" and "method" in bad["last_error"]
     assert nobody["status"] == "failed" and nobody["last_error"] == "no valid recipient address"
     assert svc.get(P, nobody["id"])["status"] == "failed"
@@ -244,3 +272,150 @@ async def test_retention_prunes_finished_notifications_audited(store: Store, tmp
         svc.get(P, failed["id"])
     assert svc.get(P, pending["id"])["status"] == "pending"
     assert [e["details"]["count"] for e in audit(store) if e["action"] == "notification.prune"] == [1]
+
+
+# ---- webhook URLs: shown as scheme://host/… and a fingerprint, the rest sealed ----------
+SLACK = "https://hooks.slack.com/services/T000/B000/XOXSECRET"
+
+
+async def test_webhook_urls_are_shown_without_path_query_or_login(store: Store, tmp_path: Path) -> None:
+    svc = make(store, tmp_path, free_port())
+    n = await svc.webhook(ORG, SLACK, body={"a": 1})
+    other = await svc.webhook(ORG, "https://bot:pw9q@hooks.slack.com:8443/services/T1/B1/OTHERTOKEN?sig=s1g",
+                              body={})
+    fp = hashlib.sha256(SLACK.encode()).hexdigest()[:8]
+    assert n["url"] == f"https://hooks.slack.com/\u2026 ({fp})"
+    assert other["url"].startswith("https://hooks.slack.com:8443/\u2026 (") and other["url"] != n["url"]
+    shown = json.dumps([svc.get(P, n["id"]), svc.get(P, other["id"]), svc.list(P, parse_query({}))[0],
+                        audit(store)])
+    for secret in ("XOXSECRET", "T000", "services", "OTHERTOKEN", "pw9q", "s1g"):
+        assert secret not in shown, secret
+    everything = b"".join(v for _, v in store.scan(""))
+    assert b"XOXSECRET" not in everything and b"OTHERTOKEN" not in everything
+    # a notification stored before (schema 1: the path was shown) is shown the new way, and
+    # rewritten so on start
+    legacy = {"id": "old1", "org": ORG, "kind": "webhook", "status": "sent", "created": "2024-01-01T00:00:00Z",
+              "url": "https://hooks.slack.com/services/T9/B9/LEGACYTOKEN", "results": []}
+    store.put(notification_key(ORG, "old1"), json.dumps(legacy).encode())
+    assert svc.get(P, "old1")["url"].startswith("https://hooks.slack.com/\u2026 (")
+    assert "LEGACYTOKEN" not in json.dumps(svc.list(P, parse_query({}))[0])
+    assert migrate_store(store, [NOTIFICATION]) == {"notification": 1}
+    assert b"LEGACYTOKEN" not in (store.get(notification_key(ORG, "old1")) or b"")
+
+
+async def test_a_failed_answer_is_reported_by_its_status_only(store: Store, tmp_path: Path) -> None:
+    hook = WebhookSink(status=500, body="internal: db password hunter2 at 10.0.0.7").start()
+    try:
+        svc = make(store, tmp_path, free_port(), notify_max_attempts=1)
+        async with running(svc):
+            n = await svc.webhook(ORG, hook.url, body={})
+            got = await until(lambda: (x := svc.get(P, n["id"]))["status"] == "failed" and x)
+    finally:
+        hook.stop()
+    assert got["last_error"] == "HTTP 500 Internal Server Error"
+    assert "hunter2" not in json.dumps([got, audit(store)])
+
+
+# ---- where webhooks may go ---------------------------------------------------------------
+PUBLIC = ("8.8.8.8", "2001:4860:4860::8888", "192.0.0.192")
+PRIVATE = ("10.1.2.3", "172.16.5.4", "192.168.0.10", "100.64.1.1", "fc00::5", "fd12:3456::1",
+           "198.18.0.1", "::ffff:10.0.0.1", "2002:a00:1::", "64:ff9b::a00:1", "224.0.0.1",
+           "240.0.0.1", "192.0.2.1")
+LOCAL = ("127.0.0.1", "127.5.5.5", "::1", "0.0.0.0", "::", "169.254.169.254", "169.254.1.1",
+         "fe80::1", "fd00:ec2::254", "100.100.100.200", "168.63.129.16", "169.254.170.2",
+         "::ffff:127.0.0.1", "2002:7f00:1::", "64:ff9b::a9fe:a9fe")
+
+
+@pytest.mark.parametrize("addr", PUBLIC + PRIVATE + LOCAL)
+def test_webhook_address_policy(addr: str) -> None:
+    a = ipaddress.ip_address(addr)
+    default, private_ok = refusal(a, False, False), refusal(a, True, False)
+    assert refusal(a, False, True) is None and refusal(a, True, True) is None  # allow_local_clouds
+    if addr in PUBLIC:
+        assert default is None and private_ok is None
+    elif addr in PRIVATE:
+        assert default is not None and "allow_private_webhooks" in default and private_ok is None
+    else:
+        assert default is not None and private_ok is not None and "allow_local_clouds" in private_ok
+
+
+async def test_dns_rebinding_is_caught_when_connecting(store: Store, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The name resolves to a public address when checked, to this host a moment later: the
+    connection checks what it connects to, so nothing reaches the receiver on loopback."""
+    hook = WebhookSink().start()
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def lookup(host: Any, port: Any, *args: Any, **kw: Any) -> Any:
+        if host not in ("rebind.test", "here.test"):
+            return real(host, port, *args, **kw)
+        asked.append(host)
+        public = host == "rebind.test" and asked.count(host) == 1  # only the early check sees it
+        addr = "93.184.215.14" if public else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (addr, int(port or 0)))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    try:
+        svc = make(store, tmp_path, free_port(), allow_local_clouds=False, notify_max_attempts=1)
+        async with running(svc):
+            n = await svc.webhook(ORG, f"http://rebind.test:{hook.port}/hook", body={})
+            got = await until(lambda: (x := svc.get(P, n["id"]))["status"] == "failed" and x)
+        assert asked.count("rebind.test") == 2 and hook.hits == []
+        assert "own host" in got["last_error"] and "allow_local_clouds" in got["last_error"]
+        assert got["attempts"] == 1  # refused for good
+        # the same lookup, allowed: it is the policy that refused, not the lookup
+        ok = make(store, tmp_path, free_port(), allow_local_clouds=True)
+        async with running(ok):
+            n = await ok.webhook(ORG, f"http://here.test:{hook.port}/hook", body={})
+            await until(lambda: ok.get(P, n["id"])["status"] == "sent")
+        assert len(hook.hits) == 1
+    finally:
+        hook.stop()
+
+
+# ---- a silent SMTP server holds only the mailer's own threads -----------------------------
+async def test_a_silent_smtp_server_stalls_nothing_else(store: Store, tmp_path: Path) -> None:
+    """8 e-mails to a server that accepts and never answers: at most SMTP_WORKERS are in
+    flight, in the mailer's own threads; the default executor (the rule evaluator's rounds,
+    datapoints queries, listings) stays free, so a rule evaluation runs at once."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(6))  # as on this project's 2-core machines
+    tarpit = SmtpTarpit().start()
+    try:
+        svc = build_services(Settings(data_dir=str(tmp_path / "ctl"), smtp_host="127.0.0.1",
+                                      smtp_port=tarpit.port, smtp_security="none", smtp_timeout=6,
+                                      allow_local_clouds=True), store)
+        async with running(svc.notify):
+            sent = [await svc.notify.email(ORG, ["ops@example.com"], f"m{i}", "t") for i in range(8)]
+            await until(lambda: tarpit.open >= SMTP_WORKERS, timeout=5)
+            # before the fix, the sends held every default thread for smtp_timeout (6 s) here
+            t0 = time.monotonic()
+            await asyncio.wait_for(asyncio.to_thread(svc.evaluator.cycle), 3)
+            assert time.monotonic() - t0 < 3
+            await asyncio.sleep(0.5)
+            assert tarpit.most <= SMTP_WORKERS and tarpit.accepted <= SMTP_WORKERS
+            # those sent fail at their step's timeout and wait for their next attempt
+            await until(lambda: sum(svc.notify.get(P, n["id"])["attempts"] >= 1 for n in sent)
+                        >= SMTP_WORKERS, timeout=15)
+            tried = [d for n in sent if (d := svc.notify.get(P, n["id"]))["attempts"]]
+        assert all(d["status"] == "pending" and "timed out" in d["last_error"] for d in tried)
+    finally:
+        tarpit.stop()
+
+
+async def test_a_whole_email_has_a_deadline(tmp_path: Path) -> None:
+    """A server that answers one byte at a time never lets a step time out: the deadline
+    (three times smtp_timeout) cuts the connection and frees the thread."""
+    tarpit = SmtpTarpit(trickle=0.2).start()
+    try:
+        settings = Settings(data_dir=str(tmp_path), smtp_host="127.0.0.1", smtp_port=tarpit.port,
+                            smtp_security="none", smtp_timeout=1)
+        mailer = SmtpMailer(config_from(settings, BOX))
+        t0 = time.monotonic()
+        with pytest.raises(DeliveryError, match="did not take the message within 3 s"):
+            await asyncio.wait_for(mailer.send(["ops@example.com"], "s", "t", None), 10)
+        assert 2.5 < time.monotonic() - t0 < 8
+        await until(lambda: mailer.in_flight == 0, timeout=3)  # the thread ended: its slot is free
+    finally:
+        tarpit.stop()

@@ -14,14 +14,17 @@ from typing import Any
 
 import pytest
 
-from controller.accounts.model import Principal
+from controller.accounts.model import MEMBER, USER, Principal
+from controller.accounts.model import ORG as ORG_KIND
 from controller.events.model import Actor
 from controller.events.writer import Change
 from controller.listing import parse_query
 from controller.machines.model import MACHINE
 from controller.machines.model import key as machine_key
+from controller.rules import feed
 from controller.rules.evaluator import Evaluator
 from controller.rules.incidents import Incidents
+from controller.rules.model import AGENT_RECONNECT_MAX
 from controller.services import Services, build_services
 from controller.settings import Settings
 from controller.store import open_store
@@ -181,6 +184,7 @@ def test_no_data(svc: Services) -> None:
     svc.rules.edit(P, P.actor(), "nodata", {"conditions": [{"data_type": "nodata",
                                                           "window": {"start": 30, "period": "seconds"}}]})
     ev = svc.evaluator
+    ev.started = T0 - 3600  # the controller has been up for an hour (no start-up grace)
     samples(svc, ORG, "m1", "system_uptime", T0, 1, 2, 3)
     samples(svc, ORG, "m2", "system_uptime", T0, 1, 2, 3)
     assert ev.cycle(now=T0 + 5, force=True) == []
@@ -286,3 +290,170 @@ def test_retention_prunes_resolved_incidents_audited(svc: Services) -> None:
     assert states(svc) == [("m2", "firing", True)]
     [entry] = [json.loads(v) for _, v in svc.store.scan("audit/") if b"incident.prune" in v]
     assert entry["org"] == ORG and entry["details"]["count"] == 1
+
+
+def test_no_data_grace_after_a_start_and_for_stopped_machines(svc: Services) -> None:
+    """After a start, agents may wait up to AGENT_RECONNECT_MAX before they connect again:
+    a machine not heard from since is not "no data" before its window and that much more
+    have passed; one that reports again is judged as usual. A machine stopped, suspended or
+    terminated is silent on purpose: left alone, its incident resolved, and the grace
+    applies again once it runs."""
+    svc.rules.ensure_nodata(ORG)
+    svc.rules.edit(P, P.actor(), "nodata", {"conditions": [{"data_type": "nodata",
+                                                          "window": {"start": 30, "period": "seconds"}}]})
+    machine(svc.store, "m3", ORG, {}, created=T0 - 86400)
+    for mid in ("m1", "m2", "m3"):  # the controller was down for 10 minutes
+        samples(svc, ORG, mid, "system_uptime", T0 - 600, 1, 2, 3)
+    ev = svc.evaluator
+    assert ev.cycle(now=T0, force=True) == []  # the evaluator starts: nothing fires at once
+    samples(svc, ORG, "m2", "system_uptime", T0 + 20, 4)  # m2's agent is back
+    assert ev.cycle(now=T0 + 30, force=True) == []
+    samples(svc, ORG, "m2", "system_uptime", T0 + 80, 5)
+    assert ev.cycle(now=T0 + 89, force=True) == []  # 30 s window + 60 s of reconnect waits
+    acts = ev.cycle(now=T0 + 91, force=True)
+    assert sorted((a.incident["machine"], a.event) for a in acts) == [("m1", "firing"), ("m3", "firing")]
+    # m1 is stopped on purpose: its incident resolves and none opens while it is stopped
+    stopped = json.loads(svc.store.get(machine_key(ORG, "m1")) or b"{}")
+    svc.store.put(machine_key(ORG, "m1"), dump(MACHINE, dict(stopped, state="stopped")))
+    ev.machines(ORG, T0 + 92).read_at = 0
+    samples(svc, ORG, "m2", "system_uptime", T0 + 95, 6)
+    acts = ev.cycle(now=T0 + 95, force=True)
+    assert [(a.incident["machine"], a.event, a.incident["reason"]) for a in acts] == [
+        ("m1", "resolved", "the machine is stopped")]
+    samples(svc, ORG, "m2", "system_uptime", T0 + 200, 7)
+    assert ev.cycle(now=T0 + 200, force=True) == []
+    # started again: its agent has the same grace to come back, from when it was last seen stopped
+    svc.store.put(machine_key(ORG, "m1"), dump(MACHINE, dict(stopped, state="running")))
+    ev.machines(ORG, T0 + 201).read_at = 0
+    samples(svc, ORG, "m2", "system_uptime", T0 + 280, 8)
+    assert ev.cycle(now=T0 + 280, force=True) == []
+    samples(svc, ORG, "m2", "system_uptime", T0 + 295, 9)
+    assert [a.incident["machine"] for a in ev.cycle(now=T0 + 295, force=True)] == ["m1"]
+
+
+def test_no_data_incident_open_before_a_restart_stays_open(svc: Services, store: Store) -> None:
+    svc.rules.ensure_nodata(ORG)
+    svc.rules.edit(P, P.actor(), "nodata", {"conditions": [{"data_type": "nodata",
+                                                          "window": {"start": 30, "period": "seconds"}}],
+                                            "selectors": [{"type": "machines", "ids": ["m1"]}]})
+    svc.evaluator.started = T0 - 3600
+    samples(svc, ORG, "m1", "system_uptime", T0, 1)
+    assert [a.event for a in svc.evaluator.cycle(now=T0 + 40, force=True)] == ["firing"]
+    fresh = Evaluator(store, svc.rules, Incidents(store, svc.writer))  # a restart
+    assert fresh.cycle(now=T0 + 50, force=True) == []  # neither resolved nor fired again
+    assert [d["state"] for d in svc.incidents.list(P, parse_query({}))[0]] == ["firing"]
+
+
+def test_the_reconnect_grace_matches_the_agent() -> None:
+    from agent.control import BACKOFF_MAX
+
+    assert AGENT_RECONNECT_MAX >= BACKOFF_MAX
+
+
+def test_a_flapping_condition_notifies_at_most_every_notify_min_interval(svc: Services,
+                                                                         store: Store) -> None:
+    """notify_every 0, a condition that comes and goes: one notification per
+    notify_min_interval (300 s by default), remembered across a restart, then forgotten."""
+    assert svc.settings.notify_min_interval == 300 and svc.incidents.min_interval == 300
+    cpu_rule(svc)
+    ev = svc.evaluator
+
+    def flip(e: Evaluator, t: float, high: bool) -> list[tuple[str, bool]]:
+        cpu(svc, "m1", t, *((99.0 if high else 1.0) for _ in range(3)))
+        return [(a.event, a.quiet) for a in e.cycle(now=t + 1, force=True)]
+
+    assert flip(ev, T0, True) == [("firing", False)]
+    assert flip(ev, T0 + 40, False) == [("resolved", False)]
+    assert flip(ev, T0 + 80, True) == [("firing", True)]  # 80 s after the last notification
+    assert flip(ev, T0 + 120, False) == [("resolved", True)]
+    # a restart remembers when m1 was last notified
+    assert store.count("incnotified/") == 1
+    fresh = Evaluator(store, svc.rules, Incidents(store, svc.writer, min_interval=300))
+    assert flip(fresh, T0 + 160, True) == [("firing", True)]
+    assert flip(fresh, T0 + 200, False) == [("resolved", True)]
+    assert flip(fresh, T0 + 320, True) == [("firing", False)]  # 320 s after: notified
+    # what can no longer throttle anything is forgotten (kept while the incident is open)
+    incidents = fresh.incidents
+    assert incidents.prune_notified(T0 + 2000, lambda org, rid: 300) == 0
+    assert flip(fresh, T0 + 360, False) == [("resolved", False)]
+    assert incidents.prune_notified(T0 + 400, lambda org, rid: 300) == 0  # 79 s ago: kept
+    assert incidents.prune_notified(T0 + 700, lambda org, rid: 300) == 1
+    assert store.count("incnotified/") == 0 and incidents._notified == {}
+
+
+def test_log_entries_are_kept_per_organisation(svc: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A noisy organisation's audit entries never push another's out of its window."""
+    monkeypatch.setattr(feed, "MAX_ENTRIES", 100)
+    monkeypatch.setattr(feed, "MAX_PER_ORG", 60, raising=False)
+    for p in (P, OTHER):
+        svc.rules.add(p, p.actor(), {"name": "keys", "conditions": [{
+            "data_type": "logs", "window": {"start": 10, "period": "minutes"},
+            "query": {"target": "action:key.add", "operator": "ge", "threshold": 3}}]})
+    ev = svc.evaluator
+    now = time.time()
+    assert ev.cycle(now=now, force=True) == []
+    for _ in range(3):
+        audit(svc, ORG, "key.add", "key", "k1")
+    for _ in range(150):  # the other organisation is busy
+        audit(svc, "o2", "key.add", "key", "x0")
+    acts = ev.cycle(now=now + 1, force=True)
+    assert sorted((a.incident["org"], a.incident["value"]) for a in acts) == [("o1", 3.0), ("o2", 60.0)]
+    assert ev.feed.size("o1") == 4 and ev.feed.size("o2") == 60  # o1's: its rule.add, 3 keys
+    # a restart reads each organisation's window back within the same limits
+    fresh = Evaluator(svc.store, svc.rules, Incidents(svc.store, svc.writer))
+    fresh.cycle(now=now + 2, force=True)
+    assert fresh.feed.size("o1") == 4 and fresh.feed.size("o2") == 60
+    # over MAX_ENTRIES in all, the organisations with the most give up their oldest first
+    monkeypatch.setattr(feed, "MAX_ENTRIES", 50)
+    for _ in range(5):
+        audit(svc, "o2", "key.add", "key", "x0")
+    fresh.cycle(now=now + 3, force=True)
+    assert fresh.feed.size("o1") == 4 and fresh.feed.size("o2") == 46 and fresh.feed.size() == 50
+
+
+async def test_actions_stop_when_the_owner_leaves_or_is_disabled(svc: Services, store: Store) -> None:
+    """A rule's actions run only while its owner can act in the organisation: otherwise
+    none runs, the incident says why, and the audit log has incident.skip. Whoever edits
+    the rule then takes it over."""
+    svc.incidents.min_interval = 0
+    for uid, email in (("u1", "a@example.com"), ("u3", "c@example.com")):
+        store.put(f"user/{uid}", dump(USER, {"id": uid, "email": email}))
+        store.put(f"useremail/{email}", uid.encode())
+        store.put(f"member/{ORG}/{uid}", dump(MEMBER, {"org": ORG, "user": uid, "role": "member"}))
+    store.put(f"org/{ORG}", dump(ORG_KIND, {"id": ORG, "name": "Acme"}))
+    cpu_rule(svc, actions=[{"action_type": "webhook", "url": "http://127.0.0.1:9/hook"},
+                           {"action_type": "stop"}])
+    ev = svc.evaluator
+    assert ev.dispatch is not None
+
+    async def flap(t: float) -> list[dict[str, Any]]:
+        cpu(svc, "m1", t, 1, 1, 1)
+        ev.cycle(now=t + 1, force=True)
+        cpu(svc, "m1", t + 40, 99, 99, 99)
+        [act] = ev.cycle(now=t + 41, force=True)
+        assert ev.dispatch is not None
+        await ev.dispatch(act)
+        doc = json.loads(store.get(f"incident/{ORG}/{act.incident['id']}") or b"{}")
+        return list(doc["actions"])
+
+    first = await flap(T0)
+    assert [a["action_type"] for a in first] == ["webhook", "stop"] and first[0]["status"] == "pending"
+    notes = store.count(f"notification/{ORG}/")
+    store.delete(f"member/{ORG}/u1")  # the owner leaves the organisation
+    skipped = await flap(T0 + 100)
+    assert {a["status"] for a in skipped} == {"skipped"}
+    assert "no longer a member of this organisation" in skipped[0]["error"]
+    assert store.count(f"notification/{ORG}/") == notes
+    [entry] = [json.loads(v) for _, v in store.scan("audit/") if b'"incident.skip"' in v]
+    assert entry["outcome"] == "failed" and entry["details"]["actions"] == ["webhook", "stop"]
+    store.put(f"member/{ORG}/u1", dump(MEMBER, {"org": ORG, "user": "u1", "role": "member"}))
+    store.put("user/u1", dump(USER, {"id": "u1", "email": "a@example.com", "disabled": True}))
+    disabled = await flap(T0 + 200)
+    assert {a["status"] for a in disabled} == {"skipped"} and "disabled" in disabled[0]["error"]
+    # another member edits the rule: it is theirs now, and its actions run again
+    c = Principal({"id": "u3", "email": "c@example.com"}, {"id": ORG, "name": "Acme"}, "member", "token", "t3")
+    edited = svc.rules.edit(c, c.actor(), "cpu", {"description": "mine now"})
+    assert edited["owned_by"] == "c@example.com"
+    ev.machines(ORG, T0 + 300).read_at = 0
+    again = await flap(T0 + 300)
+    assert again[0]["status"] == "pending" and store.count(f"notification/{ORG}/") == notes + 1
