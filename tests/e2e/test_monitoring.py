@@ -72,7 +72,13 @@ class World:
 
 
 def tree(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    """Every path under ``root``; a directory that goes while it is walked (an uninstall
+    running meanwhile) counts as not there yet: its entries are listed at the next look."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):  # os.walk skips what vanishes
+        base = Path(dirpath)
+        out += [str((base / n).relative_to(root)) for n in dirnames + filenames]
+    return sorted(out)
 
 
 def system_python_version() -> str:
