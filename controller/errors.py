@@ -10,7 +10,9 @@
     ├── TooLarge                   413  body over the size limit
     ├── RateLimited                429  too many attempts (``retry_after`` seconds)
     └── ProviderError              502  a cloud or agent failed (``retryable``)
-        ├── ProviderAuthError      502
+        ├── ProviderAuthError      502  a machine or agent refused a key
+        │   └── CredentialsRefused 422  a cloud refused its credentials (``details.field``
+        │                               names which, ``credentials.<name>``, when it is clear)
         └── ProviderUnavailable    503
 
 ``routes`` and ``servicer`` modules never build HTTP responses or gRPC statuses for errors:
@@ -112,6 +114,28 @@ class ProviderAuthError(ProviderError):
     """The provider refused the credentials."""
 
     code = "provider_auth"
+
+
+class CredentialsRefused(ProviderAuthError):
+    """The cloud refused the credentials.
+
+    A 4xx: the request's credentials are wrong, not the controller. 422, not 401: the user's
+    own session is fine (a 401 would make clients sign in again). ``credential`` is the
+    field of the cloud's credentials that was refused when the provider makes it clear; it
+    is named like the other credential errors, ``details.field = "credentials.<name>"``."""
+
+    status = 422
+    code = "provider_auth"
+
+    def __init__(self, message: str, credential: str | None = None, **details: Any) -> None:
+        if credential:
+            details["field"] = f"credentials.{credential}"
+        super().__init__(message, details)
+
+    @property
+    def credential(self) -> str:
+        """The refused field's name ("" when the provider did not make it clear)."""
+        return str(self.details.get("field", "")).removeprefix("credentials.")
 
 
 class ProviderUnavailable(ProviderError):

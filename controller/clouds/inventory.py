@@ -36,6 +36,9 @@ TRACKED = {
     "record": ("name", "type", "rdata", "ttl"),
 }
 _LAST_SEEN_EVERY = 300.0  # refresh an unchanged resource's last_seen at most this often
+# a machine linked to an agent keeps the agent's value of these when the provider has none
+# (``links.link_agents`` fills them so)
+AGENT_FILLS = ("hostname", "os_type", "cores")
 
 
 @dataclass
@@ -170,6 +173,13 @@ def _sync(store: Store, cloud: dict[str, Any], kind: str, docs: dict[str, dict[s
             fresh = dict(fresh, created=old.get("created", ""))
         doc = dict(old or {}, **fresh)
         doc.update(id=rid, org=org, cloud=cid, provider=cloud["provider"])
+        if kind == "machine" and old is not None and old.get("agent"):
+            # linked to an agent: what the provider leaves empty, the agent's facts fill (as
+            # linking did), not a change to audit and undo at every poll
+            facts = old.get("agent_facts") or {}
+            for f in AGENT_FILLS:
+                if not doc.get(f) and facts.get(f):
+                    doc[f] = facts[f]
         if old is not None and old.get("_user_name"):
             doc["provider_name"] = fresh.get("name", "")
             doc["name"] = old["_user_name"]  # named in Overcast (PUT): the label stays

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from controller.clouds.inventory import AGENT_FILLS
 from controller.clouds.model import agents_cloud_id, index_prefix
 from controller.events.writer import Change
 from controller.machines.model import key as machine_key
@@ -81,7 +82,7 @@ def link_agents(store: Store, org: str, cloud_id: str) -> list[Change]:
                       agent_last_seen=own.get("last_seen", ""),
                       tags={**own.get("tags", {}), **m.get("tags", {})},
                       _user_tags={**own.get("tags", {}), **m.get("_user_tags", {})})
-        for f in ("hostname", "os_type", "cores"):
+        for f in AGENT_FILLS:  # kept by later polls while the provider has none
             if not linked.get(f) and own.get(f):
                 linked[f] = own[f]
         c = Change("machine.link", org=org, target_kind="machine", target_id=m["id"],

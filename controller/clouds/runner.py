@@ -1,7 +1,8 @@
 """Where provider calls run: a bounded thread pool (libcloud blocks), a timeout per call, and
 one adapter per cloud and purpose, built lazily, rebuilt when the cloud's settings change and
 closed when the cloud goes. The poller and user actions use separate adapters so an action
-never waits for a long poll.
+never waits for a long poll. A refused credential always leaves as ``CredentialsRefused``
+naming the field (see :func:`refused`).
 
 Fairness. A thread cannot be stopped: a provider that trickles its answer keeps its thread
 past the timeout. So calls to one adapter wait their turn on the event loop (never in a
@@ -17,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from controller.clouds.providers.base import Adapter
-from controller.errors import ProviderUnavailable
+from controller.errors import CredentialsRefused, ProviderAuthError, ProviderUnavailable
 
 T = TypeVar("T")
 Factory = Callable[[], Adapter]
@@ -62,7 +63,11 @@ class CloudRunner:
                     slot.adapter = None
                 if slot.adapter is None:
                     slot.adapter, slot.rev = factory(), rev
-                return fn(slot.adapter)
+                adapter = slot.adapter
+                try:
+                    return fn(adapter)
+                except ProviderAuthError as exc:
+                    raise refused(exc, adapter) from None
 
             return await self._dispatch(org, run, timeout, what, slot)
 
@@ -74,6 +79,8 @@ class CloudRunner:
             adapter = factory()
             try:
                 return fn(adapter)
+            except ProviderAuthError as exc:
+                raise refused(exc, adapter) from None
             finally:
                 _close(adapter)
 
@@ -142,6 +149,16 @@ class CloudRunner:
                 _close(slot.adapter)
         self._slots.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def refused(exc: ProviderAuthError, adapter: Adapter) -> CredentialsRefused:
+    """Every refusal of a cloud's credentials leaves as :class:`CredentialsRefused` (a 4xx)
+    naming the refused field: the one the adapter found in the provider's answer, else the
+    one a refusal of that provider is about."""
+    if isinstance(exc, CredentialsRefused) and exc.credential:
+        return exc
+    details = {k: v for k, v in exc.details.items() if k != "field"}
+    return CredentialsRefused(exc.message, adapter.refused_credential() or None, **details)
 
 
 def _swallow(fut: Any) -> None:

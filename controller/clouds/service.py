@@ -243,9 +243,12 @@ class CloudService:
                                                           float(self.settings.cloud_call_timeout)),
                                    lambda a: a.check(), what="checking the credentials")
         except OvercastError as exc:
+            failed = dict(details, error=exc.message, code=exc.code)
+            if exc.details.get("field"):
+                failed["field"] = exc.details["field"]
             self.writer.commit(actor, Change("cloud.add", org=p.org_id, target_kind="cloud",
                                              target_id=cloud_id, outcome="failed",
-                                             details=dict(details, error=exc.message)))
+                                             details=failed))
             raise
         doc["_secrets"] = self._seal(p.org_id, cloud_id, secrets)
         change = Change("cloud.add", org=p.org_id, target_kind="cloud", target_id=cloud_id,
@@ -415,17 +418,23 @@ class CloudService:
                 self.writer.commit(POLLER, Change("cloud.poll_recovered", org=org, target_kind="cloud",
                                                   target_id=cloud_id, details={"name": doc["name"]}))
         except OvercastError as exc:
+            # error_field: the credential a refusal is about (credentials.<name>), when known
+            field = str(exc.details.get("field", ""))
             new = dict(status, state="error", failures=int(status.get("failures", 0)) + 1,
                        last_poll=iso(), last_error=exc.message, error_code=exc.code,
-                       duration_ms=round((time.monotonic() - started) * 1000))
+                       error_field=field, duration_ms=round((time.monotonic() - started) * 1000))
             if status.get("state") != "error":  # audit the change into failure, not every retry
+                details = {"name": doc["name"], "error": exc.message, "code": exc.code}
+                if field:
+                    details["field"] = field
                 self.writer.commit(POLLER, Change("cloud.poll_failed", org=org, target_kind="cloud",
                                                   target_id=cloud_id, outcome="failed",
-                                                  details={"name": doc["name"], "error": exc.message}))
+                                                  details=details))
         except Exception:
             log.exception("polling cloud %s failed", cloud_id)
             new = dict(status, state="error", failures=int(status.get("failures", 0)) + 1,
-                       last_poll=iso(), last_error="internal error (see the controller's log)")
+                       last_poll=iso(), last_error="internal error (see the controller's log)",
+                       error_code="internal", error_field="")
         b = Batch()
         b.put(status_key(org, cloud_id), json.dumps(new).encode())
         self.store.write(b)

@@ -310,8 +310,15 @@ def test_a_wrong_secret_is_refused_in_words(controller: Controller, moto: MotoSe
         r = h.post("/api/v2/clouds", {"name": "Wrong", "provider": "amazon", "credentials": {
             "apikey": key["AccessKeyId"], "apisecret": wrong, "region": "us-east-1",
             "endpoint": moto.url}})
-        assert r.status == 502 and r.body["error"]["code"] == "provider_auth", r.body
+        assert r.status == 422 and r.body["error"]["code"] == "provider_auth", r.body
+        assert r.body["error"]["details"]["field"] == "credentials.apisecret", r.body
+        assert "secret does not match" in r.body["error"]["message"]
         assert "refused" in r.body["error"]["message"] and wrong not in str(r.body)
+        r = h.post("/api/v2/clouds", {"name": "Unknown", "provider": "amazon", "credentials": {
+            "apikey": "AKIAUNKNOWNUNKNOWN00", "apisecret": wrong, "region": "us-east-1",
+            "endpoint": moto.url}})
+        assert r.status == 422 and r.body["error"]["details"]["field"] == "credentials.apikey"
+        assert "API key is not known" in r.body["error"]["message"], r.body
         r = h.post("/api/v2/clouds", {"name": "Right", "provider": "amazon", "credentials": {
             "apikey": key["AccessKeyId"], "apisecret": key["SecretAccessKey"],
             "region": "us-east-1", "endpoint": moto.url}})

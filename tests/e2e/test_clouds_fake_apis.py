@@ -62,7 +62,9 @@ def test_digitalocean(controller: Controller, do_api: FakeServer) -> None:
     h = controller.session()
     r = h.post("/api/v2/clouds", {"name": "DO", "provider": "digitalocean",
                                   "credentials": {"token": "wrong", "endpoint": do_api.url}})
-    assert r.status == 502 and r.body["error"]["code"] == "provider_auth", r.body
+    assert r.status == 422 and r.body["error"]["code"] == "provider_auth", r.body
+    assert r.body["error"]["details"]["field"] == "credentials.token", r.body
+    assert "refused the API token" in r.body["error"]["message"]
     assert "wrong" not in r.body["error"]["message"]
     r = h.post("/api/v2/clouds", {"name": "DO", "provider": "digitalocean",
                                   "credentials": {"token": do_api.token, "endpoint": do_api.url}})
@@ -95,7 +97,9 @@ def test_openstack(controller: Controller, os_api: Any) -> None:
              "tenant": os_api.tenant}
     r = h.post("/api/v2/clouds", {"name": "OS", "provider": "openstack",
                                   "credentials": dict(creds, password="nope")})
-    assert r.status == 502 and r.body["error"]["code"] == "provider_auth", r.body
+    assert r.status == 422 and r.body["error"]["code"] == "provider_auth", r.body
+    assert r.body["error"]["details"]["field"] == "credentials.password", r.body
+    assert "keystone" in r.body["error"]["message"] and "nope" not in str(r.body)
     r = h.post("/api/v2/clouds", {"name": "OS", "provider": "openstack", "credentials": creds})
     assert r.status == 201, r.body
     assert os_api.password not in str(r.body)
@@ -103,6 +107,36 @@ def test_openstack(controller: Controller, os_api: Any) -> None:
     poll(h, cid)
     image = h.get(f"/api/v2/images?cloud={cid}").body["data"][0]["external_id"]
     lifecycle(h, cid, {"size": "1", "image": image})
+
+
+def test_a_token_revoked_later_shows_on_the_cloud_naming_the_field(
+        controller: Controller, do_api: FakeServer) -> None:
+    h = controller.session()
+    r = h.post("/api/v2/clouds", {"name": "DO revoked", "provider": "digitalocean",
+                                  "credentials": {"token": do_api.token, "endpoint": do_api.url}})
+    assert r.status == 201, r.body
+    cid, token = r.body["data"]["id"], do_api.token
+    assert poll(h, cid)["state"] == "ok"
+    do_api.accept("a-new-token-the-cloud-does-not-have")
+    try:
+        failures = 0  # (the cloud's own poller may poll in between, after its creation)
+        for _ in range(2):
+            status = poll(h, cid)
+            assert status["state"] == "error" and status["failures"] > failures, status
+            failures = status["failures"]
+            assert status["error_code"] == "provider_auth", status
+            assert status["error_field"] == "credentials.token", status
+            assert "refused the API token" in status["last_error"], status
+        shown = h.get(f"/api/v2/clouds/{cid}").body["data"]["status"]
+        assert shown["error_field"] == "credentials.token"
+        [failed] = audit(h, "cloud.poll_failed", cid)  # the change into failure, once
+        assert failed["details"]["field"] == "credentials.token"
+        assert failed["details"]["code"] == "provider_auth"
+    finally:
+        do_api.accept(token)
+    status = poll(h, cid)
+    assert (status["state"], status["failures"], status.get("error_field", "")) == ("ok", 0, "")
+    assert len(audit(h, "cloud.poll_recovered", cid)) == 1
 
 
 def test_clouds_on_the_controllers_own_host_need_the_operators_consent(

@@ -96,7 +96,8 @@ def test_adding_a_cloud_with_bad_credentials_says_why_and_stores_nothing(
     before = h.get("/api/v2/clouds").body["meta"]["total"]
     stranger = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
     r = _add(h, "Refused", [{"host": world.sshd.host.address, "key": stranger}])
-    assert r.status == 502 and r.body["error"]["code"] == "provider_auth", r.body
+    assert r.status == 422 and r.body["error"]["code"] == "provider_auth", r.body
+    assert r.body["error"]["details"]["field"] == "credentials.hosts[0].key", r.body
     assert world.sshd.host.address in r.body["error"]["message"]
     assert "BEGIN" not in str(r.body)
     r = _add(h, "Garbage", [{"host": world.sshd.host.address, "key": "not a key"}])

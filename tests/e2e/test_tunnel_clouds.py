@@ -132,7 +132,8 @@ def test_an_openstack_cloud_behind_the_tunnel_is_managed_through_it(lab: Private
     creds = {"authUrl": lab.auth_url, "user": "demo", "password": "secret-pass", "tenant": "demo"}
     r = h.post("/api/v2/clouds", {"name": "Private OpenStack", "provider": "openstack",
                                   "credentials": dict(creds, password="nope")})
-    assert r.status == 502 and r.body["error"]["code"] == "provider_auth", r.body  # keystone said no
+    assert r.status == 422 and r.body["error"]["code"] == "provider_auth", r.body  # keystone said no
+    assert r.body["error"]["details"]["field"] == "credentials.password", r.body
     r = h.post("/api/v2/clouds", {"name": "Private OpenStack", "provider": "openstack",
                                   "credentials": creds})
     assert r.status == 201, r.body

@@ -499,11 +499,16 @@ class ThreadedApp:
 
 class FakeServer(ThreadedApp):
     """The fake, running: ``url`` is the endpoint to give the adapter, ``token`` the one
-    token it accepts, ``state`` what it holds."""
+    token it accepts, ``state`` what it holds. ``accept(token)`` changes the token it
+    accepts (revoking the old one, as a user does in DigitalOcean's console)."""
 
-    def __init__(self, app: web.Application, token: str, state: State) -> None:
-        super().__init__(app, "fake-digitalocean")
+    def __init__(self, api: Api, token: str, state: State) -> None:
+        super().__init__(api.app(), "fake-digitalocean")
         self.url, self.token, self.state = self.base_url, token, state
+        self._api = api
+
+    def accept(self, token: str) -> None:
+        self._api.token = self.token = token
 
 
 def start_fake_digitalocean(token: str = "do-fake-token-0123456789", page_cap: int = 200,
@@ -511,4 +516,4 @@ def start_fake_digitalocean(token: str = "do-fake-token-0123456789", page_cap: i
     """Serve the fake on 127.0.0.1 (a free port). ``page_cap`` is the largest page it returns
     (DigitalOcean's is 200); lower it to prove pagination."""
     state = state or State()
-    return FakeServer(Api(state, token, page_cap).app(), token, state)
+    return FakeServer(Api(state, token, page_cap), token, state)

@@ -9,13 +9,17 @@ records every request, so an adapter can be driven against it as against the clo
 
 Routes are matched newest first (method and a regular expression on the path, without
 the query); a request no route matches gets ``default_status`` with ``default_body``.
-Bodies are sent as JSON, except ``bytes``, sent as they are (give their Content-Type)."""
+Bodies are sent as JSON, except ``bytes``, sent as they are (give their Content-Type). A
+body may be a function of the recorded request, for APIs that answer by a query parameter
+(``?Action=...``) or whose answers depend on earlier calls; it returns the body, or a
+``(status, body)`` pair."""
 
 from __future__ import annotations
 
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -68,8 +72,12 @@ class FakeJsonApi:
     def port(self) -> int:
         return int(self._server.server_address[1])
 
-    def route(self, method: str, path: str, body: Any = None, status: int = 200,
-              headers: dict[str, str] | None = None) -> None:
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def route(self, method: str, path: str, body: Any | Callable[[Recorded], Any] = None,
+              status: int = 200, headers: dict[str, str] | None = None) -> None:
         """Answer ``method`` on paths fully matching the regular expression ``path``."""
         self.routes.insert(0, _Route(method.upper(), re.compile(path), status, body,
                                      headers or {}))
@@ -100,11 +108,18 @@ class FakeJsonApi:
         except ValueError:
             body = text
         with self._lock:
-            self.requests.append(Recorded(method, parts.path, parse_qs(parts.query), headers, body))
+            recorded = Recorded(method, parts.path, parse_qs(parts.query, keep_blank_values=True),
+                                headers, body)
+            self.requests.append(recorded)
             # newest route first, so a test can override a default set up earlier
             for r in self.routes:
                 if r.method == method and r.pattern.fullmatch(parts.path):
-                    return r.status, r.body, r.headers
+                    if not callable(r.body):
+                        return r.status, r.body, r.headers
+                    answer = r.body(recorded)
+                    if isinstance(answer, tuple):
+                        return int(answer[0]), answer[1], r.headers
+                    return r.status, answer, r.headers
         return self.default_status, self.default_body, {}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

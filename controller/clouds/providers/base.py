@@ -6,8 +6,10 @@ event loop. An adapter maps every provider failure to the domain's errors in one
 (``providers.errors.libcloud_errors``):
 
     Invalid / Unsupported (422)   the request cannot work (bad field, action not offered)
+    CredentialsRefused (422)      the credentials were refused: the message says which and
+                                  why, in words; ``details.field`` names the field
+                                  (``credentials.<name>``) when the provider makes it clear
     NotFound (404)                the resource is gone at the provider
-    ProviderAuthError (502)       the credentials were refused (message says which, in words)
     ProviderUnavailable (503)     the endpoint cannot be reached or timed out (retryable)
     ProviderError (502)           anything else the provider said (its message, no traceback)
 
@@ -204,11 +206,19 @@ class Adapter:
 
     provider = ""
     capabilities: frozenset[Capability] = frozenset()
+    # the credential field a refusal is about when the provider's answer does not say which
+    # (the API token of a one-token provider, the password of a user and password)
+    credential = ""
 
     def __init__(self, config: dict[str, JSON], secrets: dict[str, str], timeout: float = 30.0) -> None:
         self.config = config
         self.secrets = secrets
         self.timeout = timeout
+
+    def refused_credential(self) -> str:
+        """The field a refusal names when the provider does not say which (``credential``;
+        adapters whose answer depends on the cloud's fields override this)."""
+        return self.credential
 
     def _field(self, name: str, secret: bool = False) -> str:
         """A required text field of the cloud's config (or secrets), stripped; Invalid naming

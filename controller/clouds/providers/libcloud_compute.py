@@ -97,13 +97,13 @@ class LibcloudComputeAdapter(Adapter):
     @property
     def conn(self) -> Any:
         if self._driver is None:
-            with libcloud_errors(self.provider, "connecting"):
+            with libcloud_errors(self.provider, "connecting", self.refused_credential()):
                 self._driver = self.driver()
                 set_timeout(self._driver, self.timeout)
         return self._driver
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        with libcloud_errors(self.provider, what):
+        with libcloud_errors(self.provider, what, self.refused_credential()):
             return fn(*args, **kwargs)
 
     # -- translation ---------------------------------------------------------------------------

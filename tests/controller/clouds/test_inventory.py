@@ -181,3 +181,22 @@ def test_a_diff_is_refused_when_a_document_changed_under_it(store: Store) -> Non
     apply(store, Snapshot(machines=[vm("i-1", "stopped")]), now=1_000_060.0)
     m = machine(store, "i-1")
     assert m["state"] == "stopped" and m["tags"]["owner"] == "ops"
+
+
+def test_a_linked_machine_keeps_the_agents_facts_the_provider_lacks(store: Store) -> None:
+    from controller.store.base import Batch
+
+    apply(store, Snapshot(machines=[vm("i-1")]))
+    key = f"machine/o1/{resource_id('c1', 'machine', 'i-1')}"
+    facts = {"hostname": "web-host", "os_type": "linux", "cores": 4}
+    linked = dict(machine(store, "i-1"), agent="a1", agent_facts=facts, **facts)  # as linking does
+    store.write(Batch({key: json.dumps(linked).encode()}))
+    # the provider still says nothing of them: no change, nothing undone
+    out = apply(store, Snapshot(machines=[vm("i-1")]), now=1_000_010.0)
+    assert actions(out) == []
+    assert {f: machine(store, "i-1")[f] for f in facts} == facts
+    # what the provider does say wins, and is a change
+    out = apply(store, Snapshot(machines=[vm("i-1", hostname="ip-10-0-0-7")]), now=1_000_020.0)
+    assert actions(out) == ["machine.changed"]
+    assert out.changes[0].details["changes"]["hostname"] == {"from": "web-host", "to": "ip-10-0-0-7"}
+    assert machine(store, "i-1")["hostname"] == "ip-10-0-0-7"

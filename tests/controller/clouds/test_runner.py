@@ -11,7 +11,7 @@ import pytest
 
 from controller.clouds.providers.base import Adapter
 from controller.clouds.runner import CloudRunner
-from controller.errors import ProviderUnavailable
+from controller.errors import CredentialsRefused, ProviderAuthError, ProviderUnavailable
 
 
 class Recording(Adapter):
@@ -75,3 +75,34 @@ async def test_a_call_that_takes_too_long_is_unavailable_not_a_hang() -> None:
         await r.once("o1", Recording, lambda a: time.sleep(1), timeout=0.1)
     r.close()
     await asyncio.sleep(0)
+
+
+class Refusing(Adapter):
+    """Refuses as an adapter whose provider does not say which credential it refused."""
+
+    credential = "apikey"
+
+    def __init__(self) -> None:
+        super().__init__({}, {})
+
+
+async def test_every_refusal_leaves_as_a_4xx_naming_the_field() -> None:
+    r = CloudRunner(workers=1, timeout=5)
+
+    def plain(a: Adapter) -> None:  # a ProviderAuthError from code that knows no field
+        raise ProviderAuthError("the key was refused", {"provider": "x", "field": "stale"})
+
+    def named(a: Adapter) -> None:  # an adapter that read the field in the answer
+        raise CredentialsRefused("the secret does not match", "apisecret", provider="x")
+
+    for run in (lambda fn: r.call("o1", "c1", "poll", "", Refusing, fn),
+                lambda fn: r.once("o1", Refusing, fn)):
+        with pytest.raises(CredentialsRefused) as err:
+            await run(plain)
+        assert (err.value.status, err.value.code) == (422, "provider_auth")
+        assert err.value.details == {"provider": "x", "field": "credentials.apikey"}
+        assert err.value.message == "the key was refused"
+        with pytest.raises(CredentialsRefused) as err:
+            await run(named)
+        assert err.value.details["field"] == "credentials.apisecret"
+    r.close()

@@ -7,7 +7,7 @@ from typing import Any
 
 from controller.clouds.providers.alibaba import SPEC
 from controller.clouds.providers.base import LocationRecord, MachineRecord, SizeRecord
-from controller.clouds.providers.errors import libcloud_errors
+from controller.clouds.providers.errors import blame, libcloud_errors
 from controller.clouds.providers.libcloud_compute import LibcloudComputeAdapter, iso_time
 from controller.errors import Invalid
 
@@ -17,13 +17,17 @@ _REGION = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]+){1,4}")
 # (InvalidAccessKeyId.NotFound) and a wrong secret with 400 (SignatureDoesNotMatch)
 _CODE = re.compile(r"'code': '([^']*)'")
 _MESSAGE = re.compile(r"'message': '([^']*)'")
-_AUTH_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "IncompleteSignature",
-               "Forbidden.AccessKeyDisabled", "InvalidSecurityToken", "Forbidden.RAM")
+# refusals by their code, and the field each is about: a key unknown, disabled or without the
+# RAM permission is the AccessKey ID's; a signature that does not match is the secret's
+_AUTH_CODES = {"InvalidAccessKeyId": "apikey", "Forbidden.AccessKeyDisabled": "apikey",
+               "InvalidSecurityToken": "apikey", "Forbidden.RAM": "apikey",
+               "SignatureDoesNotMatch": "apisecret", "IncompleteSignature": "apisecret"}
 
 
 class AlibabaAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
+    credential = "apisecret"
 
     def region(self) -> str:
         region = self._field("region")
@@ -44,7 +48,7 @@ class AlibabaAdapter(LibcloudComputeAdapter):
         from libcloud.common.exceptions import BaseHTTPError
         from libcloud.common.types import InvalidCredsError
 
-        with libcloud_errors(self.provider, what):
+        with libcloud_errors(self.provider, what, self.refused_credential()):
             try:
                 return fn(*args, **kwargs)
             except BaseHTTPError as exc:
@@ -52,8 +56,10 @@ class AlibabaAdapter(LibcloudComputeAdapter):
                 code = _CODE.search(text)
                 message = _MESSAGE.search(text)
                 said = ": ".join(m.group(1) for m in (code, message) if m) or text
-                if code and code.group(1).startswith(_AUTH_CODES):
-                    raise InvalidCredsError(said) from None
+                refused = next((field for prefix, field in _AUTH_CODES.items()
+                                if code and code.group(1).startswith(prefix)), "")
+                if code and refused:
+                    raise blame(InvalidCredsError(said), refused, code.group(1)) from None
                 if code and code.group(1).startswith("InvalidRegionId"):
                     raise Invalid(f"alibaba: {said}", field="region") from None
                 raise BaseHTTPError(exc.code, said) from None

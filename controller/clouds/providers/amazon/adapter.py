@@ -25,7 +25,7 @@ from controller.clouds.providers.base import (
     ZoneRecord,
 )
 from controller.clouds.providers.libcloud_compute import LibcloudComputeAdapter, json_safe, price
-from controller.errors import Invalid, NotFound
+from controller.errors import CredentialsRefused, Invalid, NotFound
 
 # Public images worth offering beside the account's own: (owner, AMI name pattern). AWS lists
 # tens of thousands of public AMIs (moto ships ~1,300); one DescribeImages call asks for these
@@ -40,6 +40,8 @@ FEATURED_IMAGES = (
     ("amazon", "Windows_Server-2022-English-Full-Base-*"),
 )
 FEATURED_PER_FAMILY = 3
+# Route53's answers that tell a wrong key from a wrong secret (see ``which_refused``)
+TELLING = ("InvalidClientTokenId", "InvalidAccessKeyId", "SignatureDoesNotMatch")
 VOLUME_TYPES = ("gp3", "gp2", "io1", "io2", "st1", "sc1", "standard")
 
 
@@ -127,6 +129,36 @@ class AmazonAdapter(LibcloudComputeAdapter):
                             attached_to=[attached] if attached else [],
                             tags={str(k): str(val) for k, val in tags.items()},
                             extra={k: json_safe(val) for k, val in extra.items()})
+
+    # -- refusals ----------------------------------------------------------------------------------
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._call(what, fn, *args, **kwargs)
+        except CredentialsRefused as exc:
+            if exc.credential or exc.details.get("provider_code") != "AuthFailure":
+                raise
+            which, words = self.which_refused()
+            if not which:
+                raise
+            raise CredentialsRefused(f"amazon refused the credentials ({which}) while {what}: "
+                                     f"{words} (EC2 said AuthFailure, Route53 told which)",
+                                     which, **exc.details) from None
+
+    def which_refused(self) -> tuple[str, str]:
+        """(field, words) of the credential AWS refuses, by asking Route53: EC2 answers
+        AuthFailure to a wrong key and to a wrong secret alike; Route53 (global, and checking
+        the signature before any permission) tells them apart. ("", "") when it cannot."""
+        from controller.clouds.providers.amazon.aws import AUTH_WORDS
+
+        try:
+            self.dns.probe()
+        except CredentialsRefused as exc:
+            code = str(exc.details.get("provider_code", ""))
+            if code in TELLING:  # not AccessDenied: the key and secret may be fine for EC2
+                return exc.credential, AUTH_WORDS[code]
+        except Exception:  # Route53 unreachable (an EC2-only endpoint): leave it unsaid
+            pass
+        return "", ""
 
     # -- inventory -------------------------------------------------------------------------------
     def check(self) -> None:

@@ -13,6 +13,7 @@ from libcloud.common.aws import AWSRequestSignerAlgorithmV4
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError
 
+from controller.clouds.providers.errors import blame
 from controller.errors import Invalid
 
 # AWS error codes that mean "these credentials are not accepted" (wrong key, wrong secret,
@@ -25,7 +26,7 @@ AUTH_CODES = frozenset({
 THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException",
                             "PriorRequestNotComplete", "ServiceUnavailable", "Unavailable"})
 # the words a user reads for the commonest refusals (AWS's own are terse)
-_AUTH_WORDS = {
+AUTH_WORDS = {
     "AuthFailure": "the API key or the API secret was refused",
     "InvalidClientTokenId": "the API key is not known",
     "InvalidAccessKeyId": "the API key is not known",
@@ -33,6 +34,18 @@ _AUTH_WORDS = {
     "UnauthorizedOperation": "the API key is not allowed to do this",
     "AccessDenied": "the API key is not allowed to do this",
     "AccessDeniedException": "the API key is not allowed to do this",
+}
+
+
+# the credential field each refusal is about, where AWS's code makes it clear: an unknown,
+# expired or under-privileged key is the key's; a signature that does not match, the secret's.
+# EC2's AuthFailure says neither (AWS answers it to a wrong key and to a wrong secret alike):
+# the adapter asks Route53, which tells them apart (``AmazonAdapter.which_refused``).
+AUTH_FIELDS = {
+    "InvalidClientTokenId": "apikey", "InvalidAccessKeyId": "apikey", "ExpiredToken": "apikey",
+    "UnrecognizedClientException": "apikey", "UnauthorizedOperation": "apikey",
+    "AccessDenied": "apikey", "AccessDeniedException": "apikey", "OptInRequired": "apikey",
+    "SignatureDoesNotMatch": "apisecret", "IncompleteSignature": "apisecret",
 }
 
 
@@ -86,8 +99,8 @@ def raise_error(status: int, body: str, reason: str) -> str:
         code, message = "", ""
     text = f"{code}: {message}" if code else (reason or f"HTTP {status}")
     if code in AUTH_CODES or (not code and status in (401, 403)):
-        words = _AUTH_WORDS.get(code, "the credentials were refused")
-        raise InvalidCredsError(f"{words} ({text})")
+        words = AUTH_WORDS.get(code, "the credentials were refused")
+        raise blame(InvalidCredsError(f"{words} ({text})"), AUTH_FIELDS.get(code, ""), code)
     if code in THROTTLE_CODES:
         raise AWSError(429 if code != "Unavailable" else 503, code, text)
     if code.endswith("NotFound") or code.startswith("NoSuch"):

@@ -73,6 +73,14 @@ class AmazonDns:
         with libcloud_errors(self.provider, what):
             return fn(*args, **kwargs)
 
+    def probe(self) -> None:
+        """One cheap signed Route53 call (the first zone, if any): raises as any call does."""
+        from libcloud.dns.drivers.route53 import API_ROOT
+
+        self._call("asking Route53 which credential it refuses",
+                   lambda: self.conn.connection.request(API_ROOT + "hostedzone",
+                                                        params={"maxitems": "1"}))
+
     # -- zones -----------------------------------------------------------------------------------
     @staticmethod
     def to_zone(z: Any) -> ZoneRecord:

@@ -6,6 +6,7 @@ from typing import Any
 
 from controller.clouds.providers.azure import SPEC
 from controller.clouds.providers.base import JSON, Capability, MachineRecord
+from controller.clouds.providers.errors import blame
 from controller.clouds.providers.libcloud_compute import (
     STATE_MAP,
     LibcloudComputeAdapter,
@@ -19,9 +20,23 @@ _POLL_WAIT = 5
 _POLL_QTY = 20
 
 
+# Microsoft Entra sign-in errors (AADSTS codes) and the field each is about
+_SIGN_IN = (("AADSTS7000215", "secret"),   # invalid client secret
+            ("AADSTS7000222", "secret"),   # the client secret has expired
+            ("AADSTS700016", "key"),       # no such application in the directory
+            ("AADSTS90002", "tenantId"),   # no such tenant
+            ("AADSTS900023", "tenantId"))  # not a tenant name or id
+
+
+def sign_in_refusal(text: str) -> str:
+    """The field an Entra sign-in refusal is about (the secret when it does not say)."""
+    return next((field for code, field in _SIGN_IN if code in text), "secret")
+
+
 class AzureAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
+    credential = "secret"
 
     def driver(self) -> Any:
         from libcloud.common.exceptions import BaseHTTPError
@@ -37,7 +52,8 @@ class AzureAdapter(LibcloudComputeAdapter):
             # the sign-in answers 400 for an unknown tenant or application, 401 for a wrong
             # secret: all of them are refused credentials
             if exc.code in (400, 401, 403):
-                raise InvalidCredsError(str(exc.message)) from None
+                text = str(exc.message)
+                raise blame(InvalidCredsError(text), sign_in_refusal(text)) from None
             raise
 
     def to_machine(self, node: Any) -> MachineRecord:

@@ -16,6 +16,7 @@ _HIDDEN = ("vnc_password",)
 class CloudSigmaAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
+    credential = "password"
 
     def region(self) -> str:
         region = self._field("region")

@@ -93,6 +93,7 @@ def _int_or_str(value: Any) -> int | str:
 
 class DigitalOceanAdapter(LibcloudComputeAdapter):
     provider = "digitalocean"
+    credential = "token"
     capabilities = SPEC.capabilities
 
     def __init__(self, config: dict[str, JSON], secrets: dict[str, str], timeout: float = 30.0) -> None:

@@ -176,8 +176,16 @@ class DockerAdapter(Adapter):
             if user or password:
                 auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
             context = self._tls_context() if self.endpoint.tls else None
-            self._client = EngineClient(self.endpoint, self.timeout, context, auth)
+            self._client = EngineClient(self.endpoint, self.timeout, context, auth,
+                                        self.refused_credential(), self._tls12_context)
         return self._client
+
+    def refused_credential(self) -> str:
+        """A 401/403 is about the basic-auth password when one is sent (a proxy's), else
+        about the client certificate (an authorization plugin's refusal)."""
+        if self.config.get("username") or self.secrets.get("password"):
+            return "password"
+        return "tlsCert" if self.secrets.get("tlsCert") else ""
 
     def _tls_context(self) -> ssl.SSLContext:
         ca, cert, key = (self.secrets.get(k, "").strip()
@@ -197,6 +205,11 @@ class DockerAdapter(Adapter):
                               field="tlsCert") from None
             finally:
                 files.close()  # ssl holds them in memory now
+        return context
+
+    def _tls12_context(self) -> ssl.SSLContext:
+        context = self._tls_context()
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
         return context
 
     def check(self) -> None:

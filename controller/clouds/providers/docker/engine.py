@@ -18,7 +18,7 @@ import json
 import logging
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -27,10 +27,10 @@ from urllib.parse import quote, urlencode
 from controller.clouds.providers.errors import clean
 from controller.errors import (
     Conflict,
+    CredentialsRefused,
     Invalid,
     NotFound,
     OvercastError,
-    ProviderAuthError,
     ProviderError,
     ProviderUnavailable,
 )
@@ -41,6 +41,10 @@ PROVIDER = "docker"
 API_VERSION = (1, 41)
 MIN_API_VERSION = (1, 24)
 _MAX_BODY = 32 * 1024 * 1024
+# TLS alerts by which a daemon (``--tlsverify``) refuses the client certificate: none given,
+# or one its CA did not sign (DECRYPT_ERROR: a CA of the same name did not sign it)
+_CLIENT_CERT_REFUSED = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA",
+                        "CERTIFICATE_UNKNOWN", "ACCESS_DENIED", "DECRYPT_ERROR")
 
 
 @dataclass(frozen=True)
@@ -83,14 +87,20 @@ def _version(text: str) -> tuple[int, int]:
 
 class EngineClient:
     """Requests to one daemon. ``context`` is the TLS context (None for plain HTTP or a
-    socket); ``auth`` an ``Authorization`` header value (basic auth behind a proxy)."""
+    socket); ``auth`` an ``Authorization`` header value (basic auth behind a proxy);
+    ``credential`` the field a 401/403 is about (``password`` with basic auth, else
+    ``tlsCert``); ``tls12`` makes a TLS context like ``context`` but of TLS 1.2 at most, to
+    learn why a daemon dropped the connection (see :meth:`_dropped`)."""
 
     def __init__(self, endpoint: Endpoint, timeout: float, context: ssl.SSLContext | None = None,
-                 auth: str = "") -> None:
+                 auth: str = "", credential: str = "",
+                 tls12: Callable[[], ssl.SSLContext] | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self._context = context
         self._auth = auth
+        self._credential = credential
+        self._tls12 = tls12
         self._prefix = ""
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
@@ -138,12 +148,17 @@ class EngineClient:
                 conn.request(method, url, body=data, headers=headers)
                 resp = conn.getresponse()
                 raw = resp.read(_MAX_BODY)
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError,
+                    BrokenPipeError):
+                self._dropped(what)
+                raise
             finally:
                 conn.close()
             if resp.status == 304 and ok_not_modified:
                 return None
             if resp.status >= 300:
-                raise _by_status(resp.status, _message(raw), what, self.endpoint.label)
+                raise _by_status(resp.status, _message(raw), what, self.endpoint.label,
+                                 self._credential)
             if not raw:
                 return None
             try:
@@ -151,6 +166,35 @@ class EngineClient:
             except ValueError:
                 raise ProviderError(f"docker answered something unreadable while {what}",
                                     {"provider": PROVIDER}) from None
+
+
+    def _dropped(self, what: str) -> None:
+        """The daemon dropped a TLS connection: with TLS 1.3 that is how it refuses a client
+        certificate (it checks it after the handshake, then closes). Handshake once more with
+        TLS 1.2 at most, where the refusal is an alert during the handshake, and raise
+        :class:`CredentialsRefused` when it is one; return otherwise."""
+        if not self.endpoint.tls or self._tls12 is None:
+            return
+        try:
+            context = self._tls12()
+            with socket.create_connection((self.endpoint.host, self.endpoint.port),
+                                          self.timeout) as raw:
+                with context.wrap_socket(raw, server_hostname=self.endpoint.host):
+                    return
+        except ssl.SSLError as exc:
+            reason = str(exc.reason or "")
+        except (OSError, ValueError):
+            return
+        # the first handshake succeeded with these settings: a HANDSHAKE_FAILURE now is the
+        # TLS 1.2 server's answer to a missing client certificate, not a cipher mismatch
+        if any(alert in reason for alert in (*_CLIENT_CERT_REFUSED, "HANDSHAKE_FAILURE")):
+            raise _client_cert_refused(self.endpoint.label, f" while {what}", reason)
+
+
+def _client_cert_refused(where: str, doing: str, reason: str) -> CredentialsRefused:
+    return CredentialsRefused(f"docker at {where} refused the client certificate (tlsCert)"
+                              f"{doing}: none was given, or its CA did not sign it "
+                              f"({clean(reason)})", "tlsCert", provider=PROVIDER)
 
 
 def quote_id(value: str) -> str:
@@ -168,12 +212,14 @@ def _message(raw: bytes) -> str:
     return clean(body)
 
 
-def _by_status(status: int, message: str, what: str, where: str) -> OvercastError:
+def _by_status(status: int, message: str, what: str, where: str,
+               credential: str = "") -> OvercastError:
     doing = f" while {what}" if what else ""
     details: dict[str, Any] = {"provider": PROVIDER, "status": status}
     if status in (401, 403):
-        return ProviderAuthError(f"docker at {where} refused the credentials{doing}: {message}",
-                                 details)
+        which = f" ({credential})" if credential else ""
+        return CredentialsRefused(f"docker at {where} refused the credentials{which}{doing}: "
+                                  f"{message}", credential or None, **details)
     if status == 404:
         return NotFound(f"docker has no such resource{doing}: {message}", details)
     if status == 409 or (status == 500 and "already in use" in message):  # podman says 500
@@ -197,7 +243,15 @@ def engine_errors(what: str, where: str) -> Iterator[None]:
     except TimeoutError:
         raise ProviderUnavailable(f"docker at {where} did not answer in time{doing}",
                                   details) from None
+    except ssl.SSLCertVerificationError as exc:
+        raise CredentialsRefused(
+            f"TLS with docker at {where} failed{doing}: its certificate is not one tlsCaCert "
+            f"verifies ({clean(exc.verify_message or exc.reason or exc)})", "tlsCaCert",
+            **details) from None
     except ssl.SSLError as exc:
+        reason = str(exc.reason or "")
+        if any(alert in reason for alert in _CLIENT_CERT_REFUSED):
+            raise _client_cert_refused(where, doing, reason) from None
         raise ProviderUnavailable(f"TLS with docker at {where} failed{doing}: "
                                   f"{clean(exc.reason or exc)}", details) from None
     except OSError as exc:

@@ -18,6 +18,7 @@ from controller.errors import NotFound
 class EquinixAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
+    credential = "apikey"
 
     def driver(self) -> Any:
         from libcloud.compute.drivers.equinixmetal import EquinixMetalNodeDriver

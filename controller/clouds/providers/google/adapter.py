@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from controller.clouds.providers.base import JSON, MachineRecord, SizeRecord
+from controller.clouds.providers.errors import blame, libcloud_errors
 from controller.clouds.providers.google import SPEC
 from controller.clouds.providers.libcloud_compute import (
     STATE_MAP,
@@ -15,6 +16,15 @@ from controller.clouds.providers.libcloud_compute import (
     price,
 )
 from controller.errors import Invalid
+
+# 403 reasons that are about the project, not the service account
+_API_OFF = ("accessNotConfigured", "SERVICE_DISABLED")
+
+
+def token_refusal(description: str) -> str:
+    """The field Google's token endpoint refuses (its ``error_description``): an account it
+    does not know (or disabled, deleted) is the email's; a bad signature, the key's."""
+    return "email" if "account" in description.lower() else "privateKey"
 
 
 def private_key(text: str) -> str | dict[str, Any]:
@@ -39,6 +49,7 @@ def private_key(text: str) -> str | dict[str, Any]:
 class GoogleAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
+    credential = "privateKey"
 
     def __init__(self, config: dict[str, JSON], secrets: dict[str, str], timeout: float = 30.0) -> None:
         super().__init__(config, secrets, timeout)
@@ -64,11 +75,25 @@ class GoogleAdapter(LibcloudComputeAdapter):
             if "PEM" in str(exc.value):
                 raise Invalid("google: privateKey is not a readable private key",
                               field="privateKey") from None
-            raise InvalidCredsError(str(exc.value)) from None
+            raise blame(InvalidCredsError(str(exc.value)), "privateKey") from None
         except GoogleBaseError as exc:  # the token endpoint refusing the signed assertion
             if exc.http_code in (400, 401, 403):
-                raise InvalidCredsError(str(exc.value)) from None
+                raise blame(InvalidCredsError(str(exc.value)), token_refusal(str(exc.value)),
+                            str(exc.code or "")) from None
             raise
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from libcloud.common.google import GoogleBaseError
+
+        with libcloud_errors(self.provider, what, self.refused_credential()):
+            try:
+                return fn(*args, **kwargs)
+            except GoogleBaseError as exc:
+                if exc.http_code == 403:  # signed in, not allowed: the account lacks a role,
+                    # or the project has not enabled the Compute Engine API
+                    raise blame(exc, "projectId" if exc.code in _API_OFF else "email",
+                                str(exc.code or "")) from exc
+                raise
 
     def check(self) -> None:
         self._call("checking the credentials", self.conn.ex_get_project)

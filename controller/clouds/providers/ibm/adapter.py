@@ -19,6 +19,7 @@ IAM_USER = "apikey"
 class IbmAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
+    credential = "apikey"
 
     def driver(self) -> Any:
         from controller.clouds.providers.ibm.driver import SoftLayerNodeDriver

@@ -37,7 +37,14 @@ from controller.clouds.providers.docker.secretfiles import SecretFiles
 from controller.clouds.providers.kvm import domains, targets
 from controller.clouds.providers.kvm.errors import libvirt_errors, quiet_libvirt
 from controller.clouds.providers.kvm.targets import Target
-from controller.errors import Conflict, Invalid, NotFound, ProviderAuthError, ProviderUnavailable
+from controller.errors import (
+    Conflict,
+    CredentialsRefused,
+    Invalid,
+    NotFound,
+    ProviderAuthError,
+    ProviderUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,11 @@ class KvmAdapter(Adapter):
         self._host_keys: dict[str, tuple[str, str]] = {}  # target id -> (type, base64)
         self._files = SecretFiles()
 
+    def refused_credential(self) -> str:
+        if len(self.targets) == 1:
+            return _credential(self.targets[0])
+        return "hosts"
+
     # -- connections ------------------------------------------------------------------------
     def conn(self, t: Target) -> Any:
         """The ``libvirt.virConnect`` of one hypervisor, opened on first use."""
@@ -88,7 +100,7 @@ class KvmAdapter(Adapter):
                 raise Invalid(f"libvirt's test driver cannot load {t.uri}", field="uri",
                               provider="kvm") from None
         if t.entry is None:
-            with libvirt_errors("connecting", t.name):
+            with libvirt_errors("connecting", t.name, _credential(t)):
                 return LibvirtNodeDriver(t.uri)
         e = t.entry
         pinned = targets.pinned_line(e)
@@ -96,7 +108,7 @@ class KvmAdapter(Adapter):
         known = self._files.write(f"known_hosts-{e.index}", pinned)
         uri = targets.ssh_uri(t, keyfile, known, "normal" if pinned else "auto")
         try:
-            with libvirt_errors("connecting", t.name):
+            with libvirt_errors("connecting", t.name, _credential(t)):
                 driver = LibvirtNodeDriver(uri)
         finally:
             self._files.remove(keyfile)  # libssh has read it: keep no copy on disk
@@ -104,8 +116,9 @@ class KvmAdapter(Adapter):
             key = targets.learned_key(f.read(), e)
         if e.host_key and not pinned and (not key[1] or not targets.pin_matches(e.host_key, key[1])):
             self._close_driver(driver)
-            raise ProviderAuthError(f"the host key of {e.label} does not match the pinned "
-                                    f"host_key", {"provider": "kvm"})
+            raise CredentialsRefused(f"the host key of {e.label} does not match the pinned "
+                                     f"host_key (hosts[{e.index}].host_key)",
+                                     f"hosts[{e.index}].host_key", provider="kvm")
         if key[1]:
             self._host_keys[t.id] = key
         return driver
@@ -125,7 +138,7 @@ class KvmAdapter(Adapter):
     def check(self) -> None:
         for t in self.targets:
             conn = self.conn(t)
-            with libvirt_errors("checking the connection", t.name):
+            with libvirt_errors("checking the connection", t.name, _credential(t)):
                 conn.getHostname()
 
     # -- inventory -------------------------------------------------------------------------
@@ -149,7 +162,7 @@ class KvmAdapter(Adapter):
     def _list_target(self, t: Target) -> list[MachineRecord]:
         libvirt = _libvirt()
         conn = self.conn(t)
-        with libvirt_errors("listing machines", t.name):
+        with libvirt_errors("listing machines", t.name, _credential(t)):
             guests: list[MachineRecord] = []
             for dom in conn.listAllDomains(0):
                 try:
@@ -196,7 +209,7 @@ class KvmAdapter(Adapter):
         cpus, ram = 0, 0
         for t in self.targets:
             conn = self.conn(t)
-            with libvirt_errors("listing sizes", t.name):
+            with libvirt_errors("listing sizes", t.name, _credential(t)):
                 info = conn.getInfo()
             cpus, ram = max(cpus, int(info[2])), max(ram, int(info[1]))
         return domains.sizes_for(cpus, ram)
@@ -219,7 +232,7 @@ class KvmAdapter(Adapter):
         libvirt = _libvirt()
         for t in self.targets:
             conn = self.conn(t)
-            with libvirt_errors("finding the machine", t.name):
+            with libvirt_errors("finding the machine", t.name, _credential(t)):
                 try:
                     return t, conn.lookupByUUIDString(external_id)
                 except libvirt.libvirtError as exc:
@@ -235,7 +248,7 @@ class KvmAdapter(Adapter):
         if action not in self.capabilities or action in (Capability.RESIZE, Capability.RENAME):
             raise self._unsupported(str(action))
         t, dom = self.find(external_id)
-        with libvirt_errors(f"running {action}", t.name):
+        with libvirt_errors(f"running {action}", t.name, _credential(t)):
             state = int(dom.state()[0])
             if action == Capability.START:
                 if state == domains.PAUSED:
@@ -297,7 +310,7 @@ class KvmAdapter(Adapter):
         t = self._target_for(req.location)
         conn = self.conn(t)
         libvirt = _libvirt()
-        with libvirt_errors("creating the machine", t.name):
+        with libvirt_errors("creating the machine", t.name, _credential(t)):
             arch, memory_mb, cpus = conn.getInfo()[:3]
             if s.cpus > int(cpus) or s.ram_mb > int(memory_mb):
                 raise Invalid(f"{s.id} does not fit {t.name} ({cpus} CPUs, {memory_mb} MiB)",
@@ -346,3 +359,8 @@ class KvmAdapter(Adapter):
 
 def _version(v: int) -> str:
     return f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+
+
+def _credential(t: Target) -> str:
+    """The field a refusal by this hypervisor is about: its SSH key, or the local URI."""
+    return f"hosts[{t.entry.index}].key" if t.entry is not None else "uri"

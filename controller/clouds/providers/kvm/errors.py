@@ -12,10 +12,10 @@ from controller.clouds.providers.base import Unsupported
 from controller.clouds.providers.errors import clean
 from controller.errors import (
     Conflict,
+    CredentialsRefused,
     Invalid,
     NotFound,
     OvercastError,
-    ProviderAuthError,
     ProviderError,
     ProviderUnavailable,
 )
@@ -40,10 +40,11 @@ def quiet_libvirt(libvirt: Any) -> None:
 
 
 @contextmanager
-def libvirt_errors(what: str = "", target: str = "") -> Iterator[None]:
+def libvirt_errors(what: str = "", target: str = "", credential: str = "") -> Iterator[None]:
     """Run libvirt calls; raise the domain error that says what failed, in words.
 
-    ``what`` names the operation ("listing machines"), ``target`` the hypervisor."""
+    ``what`` names the operation ("listing machines"), ``target`` the hypervisor,
+    ``credential`` the field a refusal is about (``hosts[<i>].key``)."""
     import libvirt
 
     on = f" on {target}" if target else ""
@@ -60,8 +61,9 @@ def libvirt_errors(what: str = "", target: str = "") -> Iterator[None]:
         if code in _NOT_FOUND:
             raise NotFound(f"kvm has no such resource{doing}: {message}", details) from None
         if code in _AUTH:
-            raise ProviderAuthError(f"kvm refused the credentials{doing}: {message}",
-                                    details) from None
+            which = f" ({credential})" if credential else ""
+            raise CredentialsRefused(f"kvm refused the credentials{which}{doing}: {message}",
+                                     credential or None, **details) from None
         if code in _UNREACHABLE:
             raise ProviderUnavailable(f"cannot reach kvm{doing}: {message}", details) from None
         if code in _INVALID:

@@ -21,6 +21,7 @@ _STATUS = re.compile(r"\s*Status code: (\d+)\.?\s*$")
 class LinodeAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
+    credential = "apikey"
 
     def driver(self) -> Any:
         from libcloud.compute.drivers.linode import LinodeNodeDriverV4
@@ -40,7 +41,7 @@ class LinodeAdapter(LibcloudComputeAdapter):
         from libcloud.common.exceptions import BaseHTTPError
         from libcloud.common.types import InvalidCredsError, LibcloudError
 
-        with libcloud_errors(self.provider, what):
+        with libcloud_errors(self.provider, what, self.refused_credential()):
             try:
                 return fn(*args, **kwargs)
             except InvalidCredsError:

@@ -52,13 +52,13 @@ _SKIP_EXTRA = ("config", "expanded_config", "devices", "expanded_devices", "ips"
 
 
 @contextmanager
-def lxd_errors(what: str) -> Iterator[None]:
+def lxd_errors(what: str, credential: str = "") -> Iterator[None]:
     """LXD's errors (JSON bodies with ``error`` and ``error_code``) by their code, then
-    libcloud's mapping for the rest."""
+    libcloud's mapping for the rest; a refusal names ``credential``."""
     from libcloud.common.exceptions import BaseHTTPError
     from libcloud.container.drivers.lxd import LXDAPIException
 
-    with libcloud_errors(PROVIDER, what):
+    with libcloud_errors(PROVIDER, what, credential):
         try:
             yield
         except LXDAPIException as exc:
@@ -97,11 +97,18 @@ class LxdAdapter(Adapter):
         self._files = SecretFiles()
         self._wait = max(1, min(int(timeout), 120))  # how long LXD may take per operation
 
+    def refused_credential(self) -> str:
+        """A refusal is about the basic-auth password when one is sent (an authenticating
+        proxy's), else about the client certificate the server does not trust."""
+        if self.config.get("username") or self.secrets.get("password"):
+            return "password"
+        return "tlsCert"
+
     # -- connection ------------------------------------------------------------------------
     @property
     def conn(self) -> Any:
         if self._driver is None:
-            with lxd_errors("connecting"):
+            with lxd_errors("connecting", self.refused_credential()):
                 self._driver = self._build()
         return self._driver
 
@@ -127,7 +134,7 @@ class LxdAdapter(Adapter):
         return driver
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        with lxd_errors(what):
+        with lxd_errors(what, self.refused_credential()):
             return fn(*args, **kwargs)
 
     def check(self) -> None:
@@ -145,7 +152,7 @@ class LxdAdapter(Adapter):
         return [self._host_record(server, len(machines)), *machines]
 
     def _get(self, name: str) -> Any:
-        with lxd_errors("reading the machine"):
+        with lxd_errors("reading the machine", self.refused_credential()):
             try:
                 return self.conn.get_container(name)
             except KeyError:  # libcloud indexes network["eth0"]: read it without addresses

@@ -36,6 +36,7 @@ def endpoint(host: str) -> tuple[str, int, bool]:
 class OnAppAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
+    credential = "apikey"
 
     def driver(self) -> Any:
         from libcloud.compute.drivers.onapp import OnAppNodeDriver

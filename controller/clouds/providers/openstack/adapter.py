@@ -77,6 +77,7 @@ def key_fingerprint(public_key: str) -> str:
 
 class OpenStackAdapter(LibcloudComputeAdapter):
     provider = "openstack"
+    credential = "password"
     capabilities = SPEC.capabilities
 
     def __init__(self, config: dict[str, JSON], secrets: dict[str, str], timeout: float = 30.0) -> None:

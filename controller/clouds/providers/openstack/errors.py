@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from controller.clouds.providers.errors import libcloud_errors
-from controller.errors import ProviderAuthError
+from controller.errors import CredentialsRefused, ProviderAuthError
 
 PROVIDER = "openstack"
 
@@ -20,18 +20,20 @@ def token_refused(exc: ProviderAuthError) -> bool:
 @contextmanager
 def os_errors(what: str = "") -> Iterator[None]:
     """Run a libcloud call against OpenStack; raise the domain's errors. Keystone refusing
-    the password (libcloud's ``InvalidCredsError``) becomes :class:`ProviderAuthError` that
-    says so; the password never appears. A 409 (the resource is busy: wrong state,
+    the password (libcloud's ``InvalidCredsError``) becomes :class:`CredentialsRefused` that
+    says so and names ``password`` (keystone does not say whether the user or the password
+    was wrong; the password is the likelier); the password never appears. A 409 (the resource is busy: wrong state,
     in use) is :class:`Conflict`."""
     try:
         with libcloud_errors(PROVIDER, what):
             yield
     except ProviderAuthError as exc:
         doing = f" while {what}" if what else ""
+        details = {k: v for k, v in exc.details.items() if k != "field"}
         if token_refused(exc):
-            raise ProviderAuthError(
+            raise CredentialsRefused(
                 f"an OpenStack service refused the token keystone issued{doing} (revoked, or "
-                f"the user has no role on the project there)", exc.details) from None
-        raise ProviderAuthError(
+                f"the user has no role on the project there)", "user", **details) from None
+        raise CredentialsRefused(
             f"OpenStack's identity service (keystone) refused the user, password, domain or "
-            f"project{doing}", exc.details) from None
+            f"project{doing}", "password", **details) from None

@@ -23,6 +23,7 @@ from controller.clouds.providers.errors import clean
 from controller.clouds.providers.other import facts
 from controller.clouds.providers.other.hosts import HostEntry, parse_hosts
 from controller.errors import (
+    CredentialsRefused,
     Invalid,
     NotFound,
     OvercastError,
@@ -122,6 +123,7 @@ def _ip_lists(entry: HostEntry, f: facts.Facts) -> tuple[list[str], list[str]]:
 
 class OtherAdapter(Adapter):
     provider = "other"
+    credential = "hosts"
     capabilities = frozenset({Capability.MACHINES, Capability.REBOOT})
     # What REBOOT runs (``sudo -n`` prepended for a user other than root). Tests replace it
     # on the instance; it is deliberately not a cloud field, so no API user can set it.
@@ -258,6 +260,8 @@ class OtherAdapter(Adapter):
             message += f" ({failing - 1} more host(s) failing)"
         details: dict[str, Any] = {"provider": self.provider,
                                    "hosts": [o.entry.external_id for o in outcomes]}
+        if kind is ProviderAuthError:  # the first refused host's key names the field
+            return CredentialsRefused(message, f"hosts[{first.entry.index}].key", **details)
         return kind(message, details)
 
     def _record(self, o: _Outcome) -> MachineRecord:

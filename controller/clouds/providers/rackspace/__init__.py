@@ -2,7 +2,8 @@
 driver, one region per cloud, signed in with the account's API key.
 
 Mist v2 ``RackspaceCredentials``: ``username``, ``apikey`` and ``region`` (one of
-``REGIONS``). Rackspace offers no stop or start for cloud servers: only reboot and delete."""
+``REGIONS``). Rackspace offers no stop or start for cloud servers: only reboot (soft;
+``params.hard`` for a hard one) and delete."""
 
 from __future__ import annotations
 

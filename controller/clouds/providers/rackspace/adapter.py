@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.clouds.providers.base import LocationRecord, MachineRecord
+from controller.clouds.providers.base import JSON, Capability, LocationRecord, MachineRecord
 from controller.clouds.providers.libcloud_compute import LibcloudComputeAdapter
 from controller.clouds.providers.rackspace import REGIONS, SPEC
 from controller.errors import Invalid
@@ -20,6 +20,7 @@ _HIDDEN = ("password",)
 class RackspaceAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
+    credential = "apikey"
 
     def region(self) -> str:
         region = self._field("region").lower()
@@ -48,6 +49,15 @@ class RackspaceAdapter(LibcloudComputeAdapter):
         for drop in ("addresses", "uri", "flavor_details", "service_name"):
             record.extra.pop(drop, None)
         return record
+
+    def machine_action(self, action: Capability, external_id: str, params: dict[str, JSON]) -> None:
+        # a soft reboot (the guest restarts itself), as for OpenStack; ``params.hard`` power-
+        # cycles it (libcloud's reboot_node alone would always be HARD)
+        if action is Capability.REBOOT and not params.get("hard"):
+            node = self.node(external_id)
+            self._call("running reboot", self.conn.ex_soft_reboot_node, node)
+            return
+        super().machine_action(action, external_id, params)
 
     def list_locations(self) -> list[LocationRecord]:
         # one region per cloud; the OpenStack driver answers a single nameless location

@@ -55,6 +55,7 @@ def driver_class() -> Any:
 
 class VsphereAdapter(LibcloudComputeAdapter):
     provider = "vsphere"
+    credential = "password"
     capabilities = frozenset({Capability.MACHINES, Capability.START, Capability.STOP,
                               Capability.REBOOT, Capability.DESTROY, Capability.IMAGES,
                               Capability.LOCATIONS})

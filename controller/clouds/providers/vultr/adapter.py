@@ -17,6 +17,7 @@ HOURS_PER_BILLED_MONTH = 672
 class VultrAdapter(LibcloudComputeAdapter):
     provider = SPEC.name
     capabilities = SPEC.capabilities
+    credential = "apikey"
 
     def driver(self) -> Any:
         from libcloud.compute.drivers.vultr import VultrNodeDriverV2
@@ -28,7 +29,7 @@ class VultrAdapter(LibcloudComputeAdapter):
         from libcloud.common.exceptions import BaseHTTPError
         from libcloud.common.vultr import VultrException
 
-        with libcloud_errors(self.provider, what):
+        with libcloud_errors(self.provider, what, self.refused_credential()):
             try:
                 return fn(*args, **kwargs)
             except VultrException as exc:

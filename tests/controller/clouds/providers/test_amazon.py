@@ -26,7 +26,7 @@ from controller.clouds.providers.amazon.adapter import (
     AmazonAdapter,
 )
 from controller.clouds.providers.base import Capability, CreateMachine, Unsupported
-from controller.errors import Invalid, NotFound, ProviderAuthError, ProviderUnavailable
+from controller.errors import CredentialsRefused, Invalid, NotFound, ProviderUnavailable
 from tests.support.moto import ACCESS_KEY, SECRET_KEY, MotoServer, moto_fixture
 
 moto = moto_fixture("module")
@@ -329,18 +329,37 @@ def test_refused_credentials_say_so(moto: MotoServer) -> None:
 
         wrong_secret = "wrong-secret-do-not-show"
         bad = adapter_for(moto, key["AccessKeyId"], wrong_secret, region="eu-west-1")
-        with pytest.raises(ProviderAuthError, match="refused") as exc:
+        # EC2 answers AuthFailure to a wrong key and a wrong secret alike: Route53 tells which
+        with pytest.raises(CredentialsRefused, match="refused") as exc:
             bad.check()
-        assert "API key or the API secret was refused" in exc.value.message
-        with pytest.raises(ProviderAuthError, match="secret does not match") as exc:
+        assert "secret does not match" in exc.value.message
+        assert exc.value.details["field"] == "credentials.apisecret"
+        assert exc.value.details["provider_code"] == "AuthFailure" and exc.value.status == 422
+        with pytest.raises(CredentialsRefused, match="secret does not match") as exc:
             bad.list_zones()
         assert wrong_secret not in exc.value.message
+        assert exc.value.details["field"] == "credentials.apisecret"
 
         unknown = adapter_for(moto, "AKIAUNKNOWNUNKNOWN00", "x", region="eu-west-1")
-        with pytest.raises(ProviderAuthError):
+        with pytest.raises(CredentialsRefused) as exc:
             unknown.list_machines()
-        with pytest.raises(ProviderAuthError, match="API key is not known"):
+        assert exc.value.details["field"] == "credentials.apikey"
+        assert "API key is not known" in exc.value.message
+        with pytest.raises(CredentialsRefused, match="API key is not known") as exc:
             unknown.create_zone("example.net", "master", 0)
+        assert exc.value.details["field"] == "credentials.apikey"
+
+        # when Route53 cannot be asked, the refusal says both and names no field
+        mute = adapter_for(moto, key["AccessKeyId"], wrong_secret, region="eu-west-1")
+
+        def unreachable() -> None:
+            raise ProviderUnavailable("cannot reach amazon")
+
+        mute.dns.probe = unreachable  # type: ignore[method-assign]
+        with pytest.raises(CredentialsRefused) as exc:
+            mute.check()
+        assert "API key or the API secret was refused" in exc.value.message
+        assert "field" not in exc.value.details
     finally:
         moto.reset()
 

@@ -18,9 +18,9 @@ from controller.clouds.providers.digitalocean.adapter import DigitalOceanAdapter
 from controller.clouds.providers.digitalocean.driver import parse_endpoint
 from controller.errors import (
     Conflict,
+    CredentialsRefused,
     Invalid,
     NotFound,
-    ProviderAuthError,
     ProviderUnavailable,
 )
 from tests.support.fake_digitalocean import FakeServer, fingerprint, start_fake_digitalocean
@@ -87,9 +87,10 @@ def test_endpoint_parsing() -> None:
 def test_a_wrong_token_is_refused_in_words_and_never_quoted(fake: FakeServer) -> None:
     bad = adapter(fake, token="dop_v1_wrong-token-value")
     for call in (bad.check, bad.list_machines, bad.list_zones):
-        with pytest.raises(ProviderAuthError) as err:
+        with pytest.raises(CredentialsRefused) as err:
             call()
         assert "refused the API token" in err.value.message
+        assert err.value.details["field"] == "credentials.token" and err.value.status == 422
         assert "wrong-token-value" not in str(err.value.to_dict())
     with pytest.raises(Invalid) as missing:
         adapter(fake, token="").check()

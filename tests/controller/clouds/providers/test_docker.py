@@ -25,7 +25,13 @@ from controller import pki
 from controller.clouds.providers import registry
 from controller.clouds.providers.base import Capability, CreateMachine, Unsupported
 from controller.clouds.providers.docker.adapter import DockerAdapter, endpoint
-from controller.errors import Conflict, Invalid, NotFound, ProviderAuthError, ProviderUnavailable
+from controller.errors import (
+    Conflict,
+    CredentialsRefused,
+    Invalid,
+    NotFound,
+    ProviderUnavailable,
+)
 from tests.support import docker_host
 from tests.support.docker_host import IMAGE, SERVE, DockerHost
 
@@ -259,16 +265,32 @@ def test_tls_refuses_a_server_from_another_ca(tls_engine: tuple[int, pki.Pki],
     other = pki.ensure_pki(str(tmp_path / "other"), ["127.0.0.1"])
     cert, key = _client_cert(ca)
     secrets = {"tlsCaCert": other.ca_pem.decode(), "tlsCert": cert, "tlsKey": key}
-    with pytest.raises(ProviderUnavailable) as err:
+    with pytest.raises(CredentialsRefused) as err:
         DockerAdapter({"host": "127.0.0.1", "port": port}, secrets, timeout=5).check()
     assert "TLS" in err.value.message and "BEGIN" not in err.value.message
+    assert "tlsCaCert" in err.value.message
+    assert err.value.details["field"] == "credentials.tlsCaCert" and err.value.status == 422
 
 
 def test_tls_without_a_client_certificate_is_refused(tls_engine: tuple[int, pki.Pki]) -> None:
     port, ca = tls_engine
-    with pytest.raises(ProviderUnavailable):
+    with pytest.raises(CredentialsRefused) as err:
         DockerAdapter({"host": "127.0.0.1", "port": port}, {"tlsCaCert": ca.ca_pem.decode()},
                       timeout=5).check()
+    assert "client certificate" in err.value.message
+    assert err.value.details["field"] == "credentials.tlsCert"
+
+
+def test_tls_with_a_client_certificate_of_another_ca_is_refused(
+        tls_engine: tuple[int, pki.Pki], tmp_path: Path) -> None:
+    port, ca = tls_engine
+    other = pki.ensure_pki(str(tmp_path / "other"), ["127.0.0.1"])
+    cert, key = _client_cert(other)
+    secrets = {"tlsCaCert": ca.ca_pem.decode(), "tlsCert": cert, "tlsKey": key}
+    with pytest.raises(CredentialsRefused) as err:
+        DockerAdapter({"host": "127.0.0.1", "port": port}, secrets, timeout=5).check()
+    assert err.value.details["field"] == "credentials.tlsCert"
+    assert "BEGIN" not in err.value.message
 
 
 def test_bad_pem_is_invalid_and_not_quoted(tls_engine: tuple[int, pki.Pki]) -> None:
@@ -287,6 +309,7 @@ def test_basic_auth_is_sent_and_refusal_is_an_auth_error(tls_engine: tuple[int, 
     _Engine.want_auth = "Basic b3BzOnMzY3JldA=="  # ops:s3cret
     DockerAdapter({"host": "127.0.0.1", "port": port, "username": "ops"}, secrets).check()
     secrets["password"] = "wrong"
-    with pytest.raises(ProviderAuthError) as err:
+    with pytest.raises(CredentialsRefused) as err:
         DockerAdapter({"host": "127.0.0.1", "port": port, "username": "ops"}, secrets).check()
     assert "wrong" not in err.value.message
+    assert err.value.details["field"] == "credentials.password"

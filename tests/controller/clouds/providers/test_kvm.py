@@ -13,7 +13,7 @@ import pytest
 from controller.clouds.providers import registry
 from controller.clouds.providers.base import Capability, CreateMachine, Unsupported
 from controller.clouds.providers.kvm import domains, split_credentials, targets
-from controller.errors import Conflict, Invalid, NotFound, ProviderUnavailable
+from controller.errors import Conflict, CredentialsRefused, Invalid, NotFound, ProviderUnavailable
 
 pytest.importorskip("libvirt", reason="libvirt-python is not installed (pip install '.[kvm]')")
 
@@ -147,6 +147,24 @@ def test_errors_are_the_domains(kvm: KvmAdapter) -> None:
         kvm.machine_action(Capability.RESIZE, WEB, {"size": "1cpu-1gb"})
     with pytest.raises(Invalid):  # libvirt: the guest is not running
         kvm.machine_action(Capability.SUSPEND, DB, {})
+
+
+def test_a_refusal_names_the_hosts_key_or_the_uri(fleet: Path) -> None:
+    import libvirt
+
+    from controller.clouds.providers.kvm.errors import libvirt_errors
+
+    denied = libvirt.libvirtError("authentication failed")
+    denied.err = (45, 0, "authentication failed: access denied", 2, "", None, None, 0, 0)
+    with pytest.raises(CredentialsRefused) as err:
+        with libvirt_errors("connecting", "kvm1 (192.0.2.7:22)", "hosts[1].key"):
+            raise denied
+    assert err.value.details["field"] == "credentials.hosts[1].key"
+    assert err.value.status == 422 and "(hosts[1].key)" in err.value.message
+    assert "access denied" in err.value.message
+    ssh = KvmAdapter({"hosts": [{"host": "192.0.2.7"}]}, {"hosts.0.key": "KEY"})
+    local = KvmAdapter({"uri": f"test://{fleet}"}, {})
+    assert (ssh.refused_credential(), local.refused_credential()) == ("hosts[0].key", "uri")
 
 
 def test_fleets_are_independent_per_file(fleet: Path, tmp_path: Path) -> None:

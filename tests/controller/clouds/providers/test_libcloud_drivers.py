@@ -1,10 +1,14 @@
 """The ten providers wired through libcloud drivers (azure, google, cloudsigma, alibaba,
 equinix, ibm, linode, rackspace, vultr, onapp): their specs against Mist's credential schemas,
-the drivers their fields build, and, for the plain JSON APIs, the HTTP requests their
-adapters send and the answers they translate, against a recording server on loopback.
+the drivers their fields build, and the HTTP requests their adapters send (method, path,
+query and body of listing and each action) and the answers they translate, against a
+recording server on loopback answering like each provider's documented API: JSON APIs,
+Rackspace's identity sign-in and service catalog, Google's operations, Alibaba's signed RPC
+calls with XML answers (the signature checked as Alibaba documents it).
 
 No test leaves this machine: drivers that sign in while they are built (Azure, Google) get
-their token call replaced; every other request goes to ``FakeJsonApi`` on 127.0.0.1."""
+a token handed out (Google's token request itself is driven against the fake once, for its
+refusals); every other request goes to ``FakeJsonApi`` on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import pytest
 from controller.clouds.providers import registry
 from controller.clouds.providers.base import Adapter, Capability, MachineRecord
 from controller.clouds.providers.libcloud_compute import LibcloudComputeAdapter
-from controller.errors import Invalid, NotFound, ProviderAuthError
+from controller.errors import CredentialsRefused, Invalid, NotFound, OvercastError
 from tests.support.fake_json_api import FakeJsonApi, Recorded, redirect
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -594,6 +598,360 @@ def test_azure_lists_machines_and_restarts(api: FakeJsonApi) -> None:
     assert _last(api, "POST").path == VM_ID + "/restart"
 
 
+# ---- Rackspace (identity v2.0 with an API key, then Cloud Servers' nova API) -----------------
+RACK_TENANT = "123456"
+RACK_SERVER = {
+    "id": "ef08aa7a-b5e4-4bb8-86df-5ac56230f841", "name": "api-1", "status": "ACTIVE",
+    "tenant_id": RACK_TENANT, "user_id": "284275", "hostId": "e7b8ae3e0ee4ff8f",
+    "created": "2024-01-02T03:04:05Z", "updated": "2024-01-02T03:10:00Z",
+    "accessIPv4": "198.51.100.7", "accessIPv6": "2001:db8::7", "progress": 100,
+    "flavor": {"id": "general1-1", "links": []}, "image": {"id": "img-1", "links": []},
+    "addresses": {"public": [{"addr": "198.51.100.7", "version": 4},
+                             {"addr": "2001:db8::7", "version": 6}],
+                  "private": [{"addr": "10.176.1.7", "version": 4}]},
+    "metadata": {"env": "prod"}, "key_name": None, "adminPass": "root-pass",
+    "OS-DCF:diskConfig": "AUTO", "OS-EXT-STS:power_state": 1,
+    "OS-EXT-STS:task_state": None, "OS-EXT-STS:vm_state": "active", "links": [
+        {"rel": "self", "href": "https://lon.servers.api.rackspacecloud.com/v2/123456/servers/"
+                                "ef08aa7a-b5e4-4bb8-86df-5ac56230f841"},
+        {"rel": "bookmark", "href": "https://lon.servers.api.rackspacecloud.com/123456/servers/"
+                                    "ef08aa7a-b5e4-4bb8-86df-5ac56230f841"}],
+}
+RACK_FLAVOR = {"id": "general1-1", "name": "1 GB General Purpose v1", "ram": 1024, "disk": 20,
+               "vcpus": 1, "swap": "", "rxtx_factor": 200.0, "links": [],
+               "OS-FLV-EXT-DATA:ephemeral": 0}
+
+
+def rackspace(api: FakeJsonApi) -> Any:
+    """The adapter, signing in at the fake identity service, whose catalog sends Cloud
+    Servers' calls (region LON) to the fake too."""
+    api.route("POST", "/v2.0/tokens", {"access": {
+        "token": {"id": "rax-token-1", "expires": "2099-01-01T00:00:00.000Z",
+                  "tenant": {"id": RACK_TENANT, "name": RACK_TENANT}},
+        "serviceCatalog": [
+            {"name": "cloudServersOpenStack", "type": "compute", "endpoints": [
+                {"region": "DFW", "tenantId": RACK_TENANT,
+                 "publicURL": "https://dfw.servers.api.rackspacecloud.com/v2/" + RACK_TENANT},
+                {"region": "LON", "tenantId": RACK_TENANT,
+                 "publicURL": f"{api.url}/v2/{RACK_TENANT}"}]},
+            {"name": "cloudFilesCDN", "type": "rax:object-cdn", "endpoints": [
+                {"region": "LON", "tenantId": "MossoCloudFS_1",
+                 "publicURL": "https://cdn.example/v1/MossoCloudFS_1"}]}],
+        "user": {"id": "284275", "name": "rackuser", "roles": []}}})
+    api.route("GET", f"/v2/{RACK_TENANT}/servers/detail", {"servers": [RACK_SERVER]})
+    api.route("GET", f"/v2/{RACK_TENANT}/flavors/detail", {"flavors": [RACK_FLAVOR]})
+    api.route("POST", f"/v2/{RACK_TENANT}/servers/[^/]+/action", None, status=202)
+    api.route("DELETE", f"/v2/{RACK_TENANT}/servers/[^/]+", None, status=204)
+    adapter = build("rackspace")
+    adapter.conn.connection._ex_force_auth_url = api.url  # instead of identity.api.rackspacecloud.com
+    return adapter
+
+
+def test_rackspace_signs_in_with_the_api_key_lists_reboots_and_deletes(api: FakeJsonApi) -> None:
+    adapter = rackspace(api)
+    [m] = adapter.list_machines()
+    sign_in, listing = api.requests[0], api.requests[1]
+    assert (sign_in.method, sign_in.path) == ("POST", "/v2.0/tokens")
+    assert sign_in.body == {"auth": {"RAX-KSKEY:apiKeyCredentials": {
+        "username": "rackuser", "apiKey": "rack-key"}}}
+    assert (listing.method, listing.path) == ("GET", f"/v2/{RACK_TENANT}/servers/detail")
+    assert listing.headers["X-Auth-Token"] == "rax-token-1"
+    assert (m.external_id, m.name, m.state, m.location) == (RACK_SERVER["id"], "api-1",
+                                                            "running", "lon")
+    assert "198.51.100.7" in m.public_ips and m.private_ips == ["10.176.1.7"]
+    assert (m.size, m.image, m.tags) == ("general1-1", "img-1", {"env": "prod"})
+    assert "root-pass" not in json.dumps(m.extra)
+
+    api.requests.clear()
+    adapter.machine_action(Capability.REBOOT, RACK_SERVER["id"], {})
+    reboot = _last(api, "POST")
+    assert reboot.path == f"/v2/{RACK_TENANT}/servers/{RACK_SERVER['id']}/action"
+    assert reboot.body == {"reboot": {"type": "SOFT"}}
+    assert [r.path for r in api.only("POST")] == [reboot.path]  # the token is reused
+    adapter.machine_action(Capability.REBOOT, RACK_SERVER["id"], {"hard": True})
+    assert _last(api, "POST").body == {"reboot": {"type": "HARD"}}
+
+    adapter.machine_action(Capability.DESTROY, RACK_SERVER["id"], {})
+    delete = _last(api, "DELETE")
+    assert (delete.path, delete.body) == (f"/v2/{RACK_TENANT}/servers/{RACK_SERVER['id']}", "")
+
+    sent = len(api.requests)
+    for action in (Capability.START, Capability.STOP):  # Rackspace has neither
+        with pytest.raises(Invalid, match="does not support"):
+            adapter.machine_action(action, RACK_SERVER["id"], {})
+    assert len(api.requests) == sent  # refused before any call
+
+
+def test_rackspace_a_refused_api_key_names_it(api: FakeJsonApi) -> None:
+    adapter = rackspace(api)
+    api.route("POST", "/v2.0/tokens", {"unauthorized": {
+        "code": 401, "message": "Username or api key is invalid."}}, status=401)
+    with pytest.raises(CredentialsRefused) as err:
+        adapter.list_machines()
+    assert err.value.details["field"] == "credentials.apikey" and "rack-key" not in str(
+        err.value.to_dict())
+
+
+# ---- CloudSigma (API 2.0) --------------------------------------------------------------------
+SIGMA_SERVER = {
+    "uuid": "4a1d3e8f-0a6f-4d2c-9cbb-2f3b6e1c7d10", "name": "db-1", "status": "running",
+    "cpu": 4000, "mem": 4294967296, "vnc_password": "vnc-secret", "meta": {"env": "prod"},
+    "runtime": {"active_since": "2024-01-01T10:00:00+00:00"},
+    "drives": [{"boot_order": 1, "dev_channel": "0:0", "device": "virtio",
+                "drive": {"uuid": "d7d3b0c1-1111-4222-8333-944455566677",
+                          "resource_uri": "/api/2.0/drives/d7d3b0c1-1111-4222-8333-944455566677/"}}],
+    "nics": [{"mac": "22:aa:bb:cc:dd:ee", "model": "virtio", "vlan": None,
+              "ip_v4_conf": {"conf": "dhcp", "ip": None}, "ip_v6_conf": None,
+              "runtime": {"interface_type": "public", "ip_v4": {"uuid": "185.12.6.7"},
+                          "ip_v6": None}}],
+}
+SIGMA_DRIVE = {"uuid": "d7d3b0c1-1111-4222-8333-944455566677", "name": "db-1 disk",
+               "size": 21474836480, "media": "disk", "status": "mounted",
+               "storage_type": "dssd", "mounted_on": [{"uuid": SIGMA_SERVER["uuid"]}],
+               "meta": {"distribution": "Ubuntu", "version": "22.04", "arch": "64"}}
+
+
+def test_cloudsigma_lists_starts_stops_reboots_and_deletes(api: FakeJsonApi) -> None:
+    sid = SIGMA_SERVER["uuid"]
+    api.route("GET", "/api/2.0/servers/detail/", {"meta": {"total_count": 1, "limit": 0},
+                                                  "objects": [SIGMA_SERVER]})
+    api.route("GET", f"/api/2.0/drives/{SIGMA_DRIVE['uuid']}/", SIGMA_DRIVE)
+    api.route("POST", f"/api/2.0/servers/{sid}/action/",
+              lambda r: {"action": r.param("do"), "result": "success", "uuid": sid}, status=202)
+    api.route("DELETE", f"/api/2.0/servers/{sid}/", None, status=204)
+    adapter = against("cloudsigma", api)
+
+    [m] = adapter.list_machines()
+    listing = api.requests[0]
+    assert (listing.method, listing.path, listing.param("limit")) == (
+        "GET", "/api/2.0/servers/detail/", "0")
+    # Basic me@example.com:cs-pass
+    assert listing.headers["Authorization"] == "Basic bWVAZXhhbXBsZS5jb206Y3MtcGFzcw=="
+    assert (m.external_id, m.name, m.state, m.cores) == (sid, "db-1", "running", 2)
+    assert (m.public_ips, m.macs, m.location) == (["185.12.6.7"], ["22:aa:bb:cc:dd:ee"], "fra")
+    assert m.extra["image_name"] == "Ubuntu 22.04" and "vnc-secret" not in json.dumps(m.extra)
+
+    def sent(capability: Capability) -> list[tuple[str, str, str]]:
+        api.requests.clear()
+        adapter.machine_action(capability, sid, {})
+        return [(r.method, r.path, r.param("do")) for r in api.requests
+                if r.method != "GET"]
+
+    action = f"/api/2.0/servers/{sid}/action/"
+    assert sent(Capability.STOP) == [("POST", action, "stop")]
+    assert sent(Capability.START) == [("POST", action, "start")]
+    # CloudSigma has no reboot call: a running server is stopped, then started
+    assert sent(Capability.REBOOT) == [("POST", action, "stop"), ("POST", action, "start")]
+    assert sent(Capability.DESTROY) == [("DELETE", f"/api/2.0/servers/{sid}/", "")]
+    assert all(r.body in ("", None) for r in api.requests)
+
+
+def test_cloudsigma_a_refused_password_names_it(api: FakeJsonApi) -> None:
+    api.route("GET", "/api/2.0/servers/detail/", [{"error_type": "permission",
+                                                   "error_message": "Invalid credentials",
+                                                   "error_point": None}], status=401)
+    with pytest.raises(CredentialsRefused) as err:
+        against("cloudsigma", api).list_machines()
+    assert err.value.details["field"] == "credentials.password"
+    assert "cs-pass" not in str(err.value.to_dict())
+
+
+# ---- Google Compute Engine (its REST API, with a token handed out: see ``offline``) ----------
+GCE = "/compute/v1/projects/proj-1"
+GCE_URL = "https://www.googleapis.com" + GCE
+GCE_ZONE = {"id": "2231", "name": "europe-west1-b", "status": "UP",
+            "region": GCE_URL + "/regions/europe-west1", "selfLink": GCE_URL + "/zones/europe-west1-b"}
+GCE_INSTANCE = {
+    "id": "8123456789012345678", "name": "web-1", "status": "RUNNING",
+    "zone": GCE_URL + "/zones/europe-west1-b",
+    "machineType": GCE_URL + "/zones/europe-west1-b/machineTypes/e2-small",
+    "creationTimestamp": "2024-01-10T01:02:03.000-08:00", "cpuPlatform": "AMD Rome",
+    "tags": {"items": ["http-server"], "fingerprint": "42WmSpB8rSM="},
+    "labels": {"team": "web"}, "labelFingerprint": "abc=",
+    "metadata": {"items": [{"key": "startup-script", "value": "TOKEN=hunter2"}]},
+    "networkInterfaces": [{"networkIP": "10.132.0.5", "accessConfigs": [
+        {"type": "ONE_TO_ONE_NAT", "name": "External NAT", "natIP": "34.76.1.2"}]}],
+    "disks": [{"boot": True, "type": "PERSISTENT", "deviceName": "web-1",
+               "source": GCE_URL + "/zones/europe-west1-b/disks/web-1"}],
+    "scheduling": {"preemptible": False}, "selfLink": GCE_URL + "/zones/europe-west1-b/instances/web-1",
+}
+GCE_DISK = {"id": "77", "name": "web-1", "sizeGb": "10", "status": "READY",
+            "zone": GCE_URL + "/zones/europe-west1-b",
+            "sourceImage": GCE_URL.replace("proj-1", "debian-cloud") + "/global/images/debian-12",
+            "type": GCE_URL + "/zones/europe-west1-b/diskTypes/pd-balanced"}
+
+
+def test_google_lists_and_acts_through_operations(api: FakeJsonApi) -> None:
+    zone = f"{GCE}/zones/europe-west1-b"
+    api.route("GET", f"{GCE}/aggregated/instances",
+              {"items": {"zones/europe-west1-b": {"instances": [GCE_INSTANCE]}}})
+    api.route("GET", f"{GCE}/aggregated/disks",
+              {"items": {"zones/europe-west1-b": {"disks": [GCE_DISK]}}})
+    api.route("GET", f"{GCE}/zones", {"items": [GCE_ZONE]})
+    api.route("GET", f"{zone}/machineTypes", {"items": [{
+        "id": "334002", "name": "e2-small", "guestCpus": 2, "memoryMb": 2048,
+        "zone": "europe-west1-b", "selfLink": GCE_URL + "/zones/europe-west1-b/machineTypes/e2-small"}]})
+
+    def operation(r: Recorded) -> dict[str, Any]:  # each action answers a running operation
+        name = f"operation-{len(api.requests)}"
+        return {"kind": "compute#operation", "name": name, "status": "RUNNING",
+                "operationType": r.path.rsplit("/", 1)[-1], "targetLink": GCE_URL,
+                "selfLink": f"{GCE_URL}/zones/europe-west1-b/operations/{name}"}
+
+    for method, path in (("POST", f"{zone}/instances/web-1/(start|stop|reset)"),
+                         ("DELETE", f"{zone}/instances/web-1")):
+        api.route(method, path, operation)
+    api.route("GET", f"{zone}/operations/.+", lambda r: {
+        "kind": "compute#operation", "name": r.path.rsplit("/", 1)[-1], "status": "DONE",
+        "selfLink": GCE_URL + r.path.removeprefix(GCE)})
+    adapter = against("google", api)
+
+    [m] = adapter.list_machines()
+    assert (api.requests[0].method, api.requests[0].path) == ("GET", f"{GCE}/aggregated/instances")
+    assert api.requests[0].headers["Authorization"] == "Bearer google-token"
+    assert (m.external_id, m.name, m.state, m.location) == ("8123456789012345678", "web-1",
+                                                            "running", "europe-west1-b")
+    assert (m.public_ips, m.private_ips, m.size, m.cores) == (["34.76.1.2"], ["10.132.0.5"],
+                                                              "e2-small", 2)
+    assert m.tags == {"team": "web"} and "hunter2" not in json.dumps(m.extra)
+
+    def sent(capability: Capability) -> list[tuple[str, str]]:
+        api.requests.clear()
+        adapter.machine_action(capability, "8123456789012345678", {})
+        return [(r.method, r.path) for r in api.requests
+                if not r.path.endswith(("/aggregated/instances", "/aggregated/disks"))]
+
+    for capability, verb in ((Capability.STOP, "stop"), (Capability.START, "start"),
+                             (Capability.REBOOT, "reset")):
+        calls = sent(capability)
+        assert calls[0] == ("POST", f"{zone}/instances/web-1/{verb}"), calls
+        # then the operation it answered is polled until it is DONE
+        assert calls[1:] == [("GET", f"{zone}/operations/operation-{calls_index(api, verb)}")]
+    calls = sent(Capability.DESTROY)
+    assert calls[0] == ("DELETE", f"{zone}/instances/web-1")
+    assert calls[1][0] == "GET" and calls[1][1].startswith(f"{zone}/operations/")
+
+
+def calls_index(api: FakeJsonApi, verb: str) -> int:
+    """The number the fake gave the operation of the last ``verb`` call."""
+    for i, r in enumerate(api.requests):
+        if r.path.endswith("/" + verb):
+            return i + 1
+    raise AssertionError(f"no {verb} call")
+
+
+# ---- Alibaba Cloud ECS (RPC API: ``?Action=...``, signed, XML answers) -----------------------
+def _percent(text: str) -> str:
+    """Alibaba's percent-encoding for signatures (RFC 3986 unreserved characters kept)."""
+    from urllib.parse import quote
+
+    return quote(text, safe="-_.~")
+
+
+def alibaba_signature(query: dict[str, list[str]], secret: str, method: str = "GET") -> str:
+    """The request's signature as Alibaba documents it (signature version 1.0, HMAC-SHA1):
+    the sorted, percent-encoded parameters but ``Signature``, signed with ``secret&``."""
+    import base64
+    import hashlib
+    import hmac
+
+    pairs = sorted((k, v[0]) for k, v in query.items() if k != "Signature")
+    canonical = "&".join(f"{_percent(k)}={_percent(v)}" for k, v in pairs)
+    to_sign = f"{method}&{_percent('/')}&{_percent(canonical)}"
+    digest = hmac.new(f"{secret}&".encode(), to_sign.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _ecs_instance(status: str) -> str:
+    return f"""<Instance>
+  <InstanceId>i-gw8abc123</InstanceId><InstanceName>web-1</InstanceName>
+  <Status>{status}</Status><RegionId>eu-central-1</RegionId><ZoneId>eu-central-1a</ZoneId>
+  <InstanceType>ecs.g6.large</InstanceType><ImageId>ubuntu_22_04_x64_20G_alibase.vhd</ImageId>
+  <HostName>web-1</HostName><CreationTime>2024-01-01T10:00Z</CreationTime>
+  <Cpu>2</Cpu><Memory>8192</Memory><InstanceChargeType>PostPaid</InstanceChargeType>
+  <PublicIpAddress><IpAddress>47.91.1.2</IpAddress></PublicIpAddress>
+  <InnerIpAddress></InnerIpAddress>
+  <VpcAttributes><VpcId>vpc-1</VpcId><VSwitchId>vsw-1</VSwitchId>
+    <PrivateIpAddress><IpAddress>172.16.0.5</IpAddress></PrivateIpAddress>
+    <NatIpAddress></NatIpAddress></VpcAttributes>
+  <EipAddress><AllocationId></AllocationId><IpAddress></IpAddress>
+    <InternetChargeType></InternetChargeType><Bandwidth>0</Bandwidth></EipAddress>
+  <OperationLocks></OperationLocks>
+</Instance>"""
+
+
+class FakeEcs:
+    """ECS as documented for the calls the adapter makes: DescribeInstances (paged),
+    Start/Stop/Reboot/DeleteInstance, each checked for its signature; the instance's status
+    follows the actions, as ECS's does once an action completes."""
+
+    def __init__(self) -> None:
+        self.status = "Running"
+        self.bad_signatures = 0
+
+    def __call__(self, r: Recorded) -> Any:
+        if r.param("Signature") != alibaba_signature(r.query, "ali-secret"):
+            self.bad_signatures += 1
+            return 400, b"<Error><Code>SignatureDoesNotMatch</Code></Error>"
+        action, request_id = r.param("Action"), "<RequestId>5E0D3C8A</RequestId>"
+        if action == "DescribeInstances":
+            instances = "" if self.status == "Deleted" else _ecs_instance(self.status)
+            total = 0 if self.status == "Deleted" else 1
+            return (f"<DescribeInstancesResponse>{request_id}<TotalCount>{total}</TotalCount>"
+                    f"<PageNumber>1</PageNumber><PageSize>10</PageSize>"
+                    f"<Instances>{instances}</Instances></DescribeInstancesResponse>").encode()
+        self.status = {"StartInstance": "Running", "StopInstance": "Stopped",
+                       "RebootInstance": "Running", "DeleteInstance": "Deleted"}[action]
+        return f"<{action}Response>{request_id}</{action}Response>".encode()
+
+
+def test_alibaba_lists_and_acts_with_signed_requests(api: FakeJsonApi) -> None:
+    ecs = FakeEcs()
+    api.route("GET", "/", ecs, headers={"Content-Type": "text/xml"})
+    adapter = against("alibaba", api)
+
+    [m] = adapter.list_machines()
+    listing = api.requests[0]
+    assert (listing.method, listing.path, listing.param("Action")) == ("GET", "/",
+                                                                       "DescribeInstances")
+    assert (listing.param("RegionId"), listing.param("AccessKeyId")) == ("eu-central-1", "LTAI-id")
+    assert (listing.param("Format"), listing.param("Version")) == ("XML", "2014-05-26")
+    assert listing.param("SignatureMethod") == "HMAC-SHA1" and ecs.bad_signatures == 0
+    assert "ali-secret" not in json.dumps(listing.query)
+    assert (m.external_id, m.name, m.state, m.location) == ("i-gw8abc123", "web-1", "running",
+                                                            "eu-central-1a")
+    assert (m.public_ips, m.private_ips, m.size) == (["47.91.1.2"], ["172.16.0.5"],
+                                                     "ecs.g6.large")
+
+    def sent(capability: Capability) -> list[tuple[str, str]]:
+        api.requests.clear()
+        adapter.machine_action(capability, "i-gw8abc123", {})
+        return [(r.param("Action"), r.param("InstanceId") or r.param("InstanceIds"))
+                for r in api.requests]
+
+    described = ("DescribeInstances", "")
+    waited = ("DescribeInstances", '["i-gw8abc123"]')  # the driver waits for the new status
+    assert sent(Capability.STOP) == [described, ("StopInstance", "i-gw8abc123"), waited]
+    assert api.requests[1].param("ForceStop") == "false"
+    assert sent(Capability.START) == [described, ("StartInstance", "i-gw8abc123"), waited]
+    assert sent(Capability.REBOOT) == [described, ("RebootInstance", "i-gw8abc123"), waited]
+    # a running instance is stopped (and waited for) before it is deleted
+    assert sent(Capability.DESTROY) == [described, waited, ("StopInstance", "i-gw8abc123"),
+                                        waited, waited, ("DeleteInstance", "i-gw8abc123")]
+    assert ecs.status == "Deleted" and ecs.bad_signatures == 0
+
+
+def test_alibaba_a_wrong_secret_is_refused_naming_it(api: FakeJsonApi) -> None:
+    api.route("GET", "/", lambda r: (400, (
+        b"<Error><RequestId>1</RequestId><HostId>ecs.aliyuncs.com</HostId>"
+        b"<Code>SignatureDoesNotMatch</Code><Message>Specified signature is not matched with "
+        b"our calculation.</Message></Error>")), headers={"Content-Type": "text/xml"})
+    with pytest.raises(CredentialsRefused) as err:
+        against("alibaba", api).list_machines()
+    assert err.value.details["field"] == "credentials.apisecret"
+    assert "SignatureDoesNotMatch" in err.value.message
+
+
 # ---- a refused key ---------------------------------------------------------------------------
 REFUSALS = {  # each API's documented answer to a bad token
     "linode": {"errors": [{"reason": "Invalid Token"}]},
@@ -606,15 +964,79 @@ REFUSALS = {  # each API's documented answer to a bad token
 }
 
 
+# the credential field each one's refusal names (the token, or the secret of a pair)
+REFUSED_FIELD = {"linode": "apikey", "vultr": "apikey", "equinix": "apikey", "ibm": "apikey",
+                 "onapp": "apikey", "azure": "secret"}
+
+
 @pytest.mark.parametrize("name", sorted(REFUSALS))
 def test_a_refused_key_is_an_auth_error(name: str) -> None:
     with FakeJsonApi(default_status=401, default_body=REFUSALS[name]) as api:
         adapter = against(name, api)
-        with pytest.raises(ProviderAuthError) as err:
+        with pytest.raises(CredentialsRefused) as err:
             adapter.list_machines()
     assert name in err.value.message and err.value.details["provider"] == name
+    assert err.value.status == 422 and err.value.code == "provider_auth"
+    assert err.value.details["field"] == f"credentials.{REFUSED_FIELD[name]}"
+    assert f"({REFUSED_FIELD[name]})" in err.value.message  # which, in the words too
     for secret in FIELDS[name][1].values():
         assert secret not in err.value.message
+
+
+@pytest.mark.parametrize(("answer", "field"), [
+    ("AADSTS7000215: Invalid client secret provided.", "secret"),
+    ("AADSTS7000222: The provided client secret keys for app 'x' are expired.", "secret"),
+    ("AADSTS700016: Application with identifier 'app-1' was not found in the directory.", "key"),
+    ("AADSTS90002: Tenant 'tenant-1' not found.", "tenantId"),
+    ("something else entirely", "secret"),
+])
+def test_azure_sign_in_refusals_name_their_field(answer: str, field: str) -> None:
+    from libcloud.common.azure_arm import AzureResourceManagementConnection
+    from libcloud.common.exceptions import BaseHTTPError
+
+    def refuse(self: Any) -> None:
+        raise BaseHTTPError(400 if "AADSTS9" in answer else 401, answer)
+
+    original = AzureResourceManagementConnection.get_token_from_credentials
+    AzureResourceManagementConnection.get_token_from_credentials = refuse  # type: ignore[method-assign]
+    try:
+        with pytest.raises(CredentialsRefused) as err:
+            build("azure").check()
+    finally:
+        AzureResourceManagementConnection.get_token_from_credentials = original  # type: ignore[method-assign]
+    assert err.value.details["field"] == f"credentials.{field}"
+    assert "az-secret" not in err.value.message
+
+
+@pytest.mark.parametrize(("status", "body", "field"), [
+    (400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."},
+     "privateKey"),
+    (400, {"error": "invalid_grant", "error_description": "Invalid grant: account not found"},
+     "email"),
+])
+def test_google_token_refusals_name_their_field(monkeypatch: pytest.MonkeyPatch, status: int,
+                                                body: dict[str, str], field: str) -> None:
+    """The real signed-assertion token request, answered by a fake of Google's token endpoint
+    as documented for a service account."""
+    from libcloud.common.google import GoogleBaseAuthConnection
+
+    monkeypatch.undo()  # no handed-out token here: the driver asks for one
+    with FakeJsonApi(default_status=status, default_body=body) as api:
+        real = GoogleBaseAuthConnection._token_request
+
+        def to_fake(self: Any, request_body: dict[str, str]) -> Any:
+            redirect(self, api)
+            return real(self, request_body)
+
+        monkeypatch.setattr(GoogleBaseAuthConnection, "_token_request", to_fake)
+        adapter = registry.build("google", dict(FIELDS["google"][0]), dict(FIELDS["google"][1]),
+                                 5.0)
+        with pytest.raises(CredentialsRefused) as err:
+            adapter.check()
+        [token] = api.requests
+    assert (token.method, token.path) == ("POST", "/o/oauth2/token")
+    assert "grant_type" in str(token.body) and "assertion" in str(token.body)
+    assert err.value.details["field"] == f"credentials.{field}"
 
 
 # ---- translations of drivers without a JSON fake ---------------------------------------------
@@ -666,18 +1088,21 @@ def test_google_reads_zone_labels_and_zone_prices_but_not_metadata() -> None:
     assert "hunter2" not in json.dumps(m.extra)
 
 
-@pytest.mark.parametrize(("status", "body", "raised"), [
+@pytest.mark.parametrize(("status", "body", "raised", "field"), [
     (404, {"code": "InvalidAccessKeyId.NotFound", "message": "Specified access key is not found."},
-     ProviderAuthError),
+     CredentialsRefused, "credentials.apikey"),
     (400, {"code": "SignatureDoesNotMatch", "message": "Specified signature is not matched."},
-     ProviderAuthError),
+     CredentialsRefused, "credentials.apisecret"),
+    (403, {"code": "Forbidden.RAM", "message": "User not authorized to operate on the resource."},
+     CredentialsRefused, "credentials.apikey"),
     (404, {"code": "InvalidRegionId.NotFound", "message": "The specified RegionId does not exist."},
-     Invalid),
+     Invalid, "region"),
     (404, {"code": "InvalidInstanceId.NotFound", "message": "The instance does not exist."},
-     NotFound),
+     NotFound, None),
 ])
 def test_alibaba_reads_the_error_code_not_only_the_status(status: int, body: dict[str, str],
-                                                          raised: type[Exception]) -> None:
+                                                          raised: type[Exception],
+                                                          field: str | None) -> None:
     from libcloud.common.exceptions import BaseHTTPError
 
     adapter = build("alibaba")
@@ -688,6 +1113,7 @@ def test_alibaba_reads_the_error_code_not_only_the_status(status: int, body: dic
     with pytest.raises(raised) as err:
         adapter._call("listing machines", fail)
     assert body["code"] in str(err.value)
+    assert isinstance(err.value, OvercastError) and err.value.details.get("field") == field
 
 
 def test_alibaba_sizes_are_in_mib_and_locations_are_zones() -> None:

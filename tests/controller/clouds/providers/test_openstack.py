@@ -17,7 +17,7 @@ from controller.clouds.providers.base import Capability, CreateMachine, Unsuppor
 from controller.clouds.providers.openstack import SPEC
 from controller.clouds.providers.openstack.adapter import OpenStackAdapter
 from controller.clouds.providers.openstack.driver import auth_base
-from controller.errors import Conflict, Invalid, NotFound, ProviderAuthError, ProviderError
+from controller.errors import Conflict, CredentialsRefused, Invalid, NotFound, ProviderError
 from tests.support.fake_openstack import FakeServer, fingerprint, start_fake_openstack
 
 C = "/compute/v2.1"
@@ -86,9 +86,10 @@ def test_auth_url_with_or_without_version() -> None:
 
 def test_a_wrong_password_is_refused_by_keystone_in_words(fake: FakeServer) -> None:
     for a in (adapter(fake, password="Wr0ng-Pa55word"), adapter(fake, tenant="other-project")):
-        with pytest.raises(ProviderAuthError) as err:
+        with pytest.raises(CredentialsRefused) as err:
             a.list_machines()
         assert "keystone" in err.value.message
+        assert err.value.details["field"] == "credentials.password" and err.value.status == 422
         assert "Wr0ng-Pa55word" not in str(err.value.to_dict())
     assert fake.state.auth_count == 0
     with pytest.raises(Invalid) as no_tenant:

@@ -19,6 +19,7 @@ from controller.clouds.providers.base import Capability
 from controller.clouds.providers.other import SPEC, facts, split_credentials
 from controller.clouds.providers.other.adapter import OtherAdapter, reboot_command
 from controller.errors import (
+    CredentialsRefused,
     Invalid,
     NotFound,
     ProviderAuthError,
@@ -205,9 +206,10 @@ def test_a_silent_address_times_out_within_the_timeout(world: World) -> None:
 def test_a_refused_key_is_an_auth_error_naming_the_host(world: World) -> None:
     entry = {"host": world.web.host.address, "alias": "web", "key": private(world.stranger)}
     adapter = world.adapter(entry)
-    with pytest.raises(ProviderAuthError) as err:
+    with pytest.raises(CredentialsRefused) as err:
         adapter.check()
     assert err.value.message == f"web ({world.web.host.address}:22) refused the key for user root"
+    assert err.value.details["field"] == "credentials.hosts[0].key" and err.value.status == 422
     (m,) = adapter.list_machines()
     assert (m.state, m.extra["error"]) == ("unreachable", "key refused")
 
