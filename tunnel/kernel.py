@@ -3,7 +3,11 @@
 
 Commands rather than python-wireguard: its C code calls ``exit(1)`` on any error, which would
 end the agent or the controller, and a child process per call to contain it is what running
-``wg`` already is. The kernel keeps the configuration while the interface exists (nothing to
+``wg`` already is. Nor can its API (0.2.2: ``create_server(name, port, key, local_ip)``,
+``server_add_peer(device, public_key, local_ip)``, ``client_add_peer(device, public_key,
+address, port)``) say what a hub and a gateway need: a peer's list of allowed CIDRs, a
+persistent keepalive, removing one peer, a new key for a running interface; and it adds
+addresses through ``os.system`` with the name in the command line. The kernel keeps the configuration while the interface exists (nothing to
 supervise); it is also kept here, to apply at ``up()``. Every method blocks for one or a few
 short commands (milliseconds); call it through ``asyncio.to_thread`` from async code. Raises
 ValueError on bad arguments, TunnelError when a command fails (its stderr in the message).
