@@ -10,13 +10,14 @@ all of it is in the audit log."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
+from tests.support.agents import wait_for as wait
 from tests.support.clouds import audit, poll, wait_job
 from tests.support.controller import ADMIN_EMAIL, ADMIN_PASSWORD, Controller, Http
 from tests.support.fake_digitalocean import FakeServer, start_fake_digitalocean
@@ -26,17 +27,6 @@ FAST = {"OVERCAST_NOTIFY_RETRY_BASE": "1", "OVERCAST_NOTIFY_RETRY_MAX": "2",
         "OVERCAST_SMTP_HOST": "127.0.0.1", "OVERCAST_SMTP_SECURITY": "none",
         "OVERCAST_SMTP_FROM": "overcast@example.com"}
 EVERY_SECOND = {"schedule_type": "interval", "every": 1, "period": "seconds"}
-
-
-def wait(fn: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def logs_rule(name: str, target: str, actions: list[dict[str, Any]], **more: Any) -> dict[str, Any]:

@@ -12,9 +12,8 @@ import random
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -22,6 +21,7 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.support.agents import AgentProc, join_token
+from tests.support.agents import wait_for as wait
 from tests.support.controller import ADMIN_EMAIL, ADMIN_PASSWORD, Controller, Http, free_port
 from tests.support.netns import Host, Lab, available
 from tests.support.notify import SmtpSink, WebhookSink
@@ -29,17 +29,6 @@ from tests.support.notify import SmtpSink, WebhookSink
 why = available()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(why is not None, reason=why or "")]
 EVERY_SECOND = {"schedule_type": "interval", "every": 1, "period": "seconds"}
-
-
-def wait(fn: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 class World:
