@@ -322,7 +322,14 @@ class AgentService:
                 n += 1
         return n
 
+    def _fresh(self, agent: dict[str, Any]) -> dict[str, Any]:
+        """The agent's stored document: a stream keeps only its id and organisation (a
+        controller holds thousands), and a link to a cloud machine may have come meanwhile."""
+        raw = self.store.get(agent_key(agent["org"], agent["id"]))
+        return load(AGENT, raw) if raw is not None else agent
+
     def update_inventory(self, agent: dict[str, Any], inventory: dict[str, Any]) -> None:
+        agent = self._fresh(agent)
         key, raw, m = self._machine(agent)
         self._report(m, agent, machine_facts(inventory), "running", time.time())
         change = Change("machine.inventory", org=agent["org"], target_kind="machine",
@@ -337,7 +344,7 @@ class AgentService:
         if now - self._touched.get(agent["id"], 0.0) < _TOUCH_EVERY:
             return
         self._touched[agent["id"]] = now
-        key, raw, m = self._machine(agent)
+        key, raw, m = self._machine(self._fresh(agent))
         if raw is not None:
             field = "last_seen" if m.get("id") == agent["id"] else "agent_last_seen"
             self.store.put(key, dump(MACHINE, dict(m, **{field: iso(now)})))

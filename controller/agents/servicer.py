@@ -166,23 +166,27 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         self.services.registry.add(session)
         svc.connected(agent, ip, inventory_dict(hello.inventory), hello.agent_version,
                       hello.protocol_version)
-        # a stream lives for days and a controller holds thousands: keep none of this
-        del auth, pems, cns, first, hello
-        settings = self.services.settings
         tags = metric_labels(agent.get("tags") or {})
+        sources = metric_sources(self.services.source_push.welcome(agent))
+        # a stream lives for days and a controller holds thousands: keep none of this, and of
+        # the agent's document only its id and organisation (the service reads the rest)
+        del auth, pems, cns, first, hello
+        agent = {"id": agent_id, "org": agent["org"]}
+        settings = self.services.settings
         refused: _Refused | None = None
         reason = "stream closed"
         try:
             await session.write(pb.ControllerMessage(welcome=pb.Welcome(
                 agent_id=agent_id, protocol_version=PROTOCOL_VERSION,
                 config=pb.Config(metric_interval_s=settings.metric_interval, labels=tags,
-                                 metric_sources=metric_sources(
-                                     self.services.source_push.welcome(agent))),
+                                 metric_sources=sources),
                 acked_seq=session.acked, compact_metrics=True)))
             # the machine's tags (as labels) and its id on every sample, set here, not
             # trusted from the agent: also on spooled batches collected before the
             # configuration came down
-            await self._read(agent, session, request_iterator, {**tags, "machine_id": agent["id"]})
+            labels = {**tags, "machine_id": agent_id}
+            del sources, tags
+            await self._read(agent, session, request_iterator, labels)
             reason = "the agent closed the stream"
         except asyncio.CancelledError:
             if not session.ended:

@@ -159,6 +159,33 @@ def test_selectors_resolved_at_each_evaluation(svc: Services) -> None:
         ("m1", "resolved", "the machine is no longer selected")]
 
 
+def test_machines_cache_keeps_what_rules_read(svc: Services) -> None:
+    """The evaluator holds every machine of the organisation between rounds: it keeps the
+    fields selectors and incidents read, not the agent's facts, and sees every change."""
+    facts = {"filesystems": [{"path": f"/d{i}", "total_bytes": i} for i in range(50)],
+             "interfaces": {"eth0": {"addresses": ["10.0.0.1"]}}}
+    svc.store.put(machine_key(ORG, "m1"), dump(MACHINE, {
+        "id": "m1", "name": "web-1", "agent": "m1", "tags": {"env": "prod"}, "size": "big",
+        "private_ips": ["10.0.0.1"], "agent_facts": facts, "extra": {"k": "v"},
+        "key_associations": [{"key": "k1"}], "created": iso(T0 - 86400)}))
+    cpu_rule(svc, selectors=[{"type": "field", "field": "size", "operator": "eq", "value": "big"},
+                             {"type": "tags", "include": ["env=prod"]}])
+    cpu(svc, "m1", T0, 99, 99, 99)
+    ev = svc.evaluator
+    assert [a.incident["machine_name"] for a in ev.cycle(now=T0 + 1, force=True)] == ["web-1"]
+    doc = ev.machines(ORG, T0 + 1).docs["m1"]
+    assert doc["tags"] == {"env": "prod"} and doc["private_ips"] == ["10.0.0.1"]
+    assert not {"agent_facts", "extra", "key_associations"} & set(doc)
+    # a change anywhere in the stored document is seen at the next round
+    svc.store.put(machine_key(ORG, "m1"), dump(MACHINE, {
+        "id": "m1", "name": "web-1", "agent": "m1", "tags": {"env": "prod"}, "size": "small",
+        "agent_facts": facts, "created": iso(T0 - 86400)}))
+    cpu(svc, "m1", T0 + 10, 99)
+    acts = ev.cycle(now=T0 + 11, force=True)
+    assert [(a.event, a.incident["reason"]) for a in acts] == [
+        ("resolved", "the machine is no longer selected")]
+
+
 def test_notifications_repeat_at_most_every_notify_every(svc: Services) -> None:
     cpu_rule(svc, notify_every={"offset": 60, "period": "seconds"})
     ev = svc.evaluator
