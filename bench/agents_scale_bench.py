@@ -15,7 +15,9 @@
    the BatchAck of the batches that ask for it at once, one in ``--probe-every``: stored by
    a synced group commit) and the acknowledgement lag of all batches (the controller
    acknowledges every few batches: see controller/agents/servicer.py);
-4. the simulators and the controller stopped and the directory removed, even on error.
+4. the simulators and the controller stopped and the directory removed, even on error;
+5. for comparison, the floor (bench/grpc_floor.py): a bare grpc.aio server holding as many
+   idle streams as the top level, with mutual TLS and without, and its RSS per stream.
 
 Simulators and controller share the machine (2 cores on the test machine): their CPU is
 reported too. Writes ``bench/results/agents_scale.json``. Traffic goes to 127.0.0.1 only.
@@ -44,6 +46,7 @@ from common import (  # noqa: E402
     smaps_breakdown,
     split,
 )
+from grpc_floor import floor  # noqa: E402
 
 from tests.support.controller import Controller  # noqa: E402
 
@@ -206,8 +209,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out["levels"][str(level)] = res
             if c.proc is not None and c.proc.poll() is not None:
                 break
-        out["total_s"] = round(time.monotonic() - started, 1)
-        out["targets"] = targets(out)
+    if not args.no_floor and time.monotonic() < deadline - 60:
+        progress(f"the floor: a bare grpc.aio server with {top:,} idle streams, mTLS and plain")
+        out["grpc_floor"] = floor(top)
+    out["total_s"] = round(time.monotonic() - started, 1)
+    out["targets"] = targets(out)
     out["controller_exit_code"] = fleet.stopped.get("exit_code")
     out["controller_stop_s"] = fleet.stopped.get("stop_s")
     return out
@@ -255,6 +261,12 @@ def summary(r: dict[str, Any]) -> list[str]:
         if "broke" in lv:
             line += f"  BROKE: {lv['broke']}"
         lines.append(line)
+    fl = r.get("grpc_floor")
+    if fl:
+        m, p = fl["mtls"], fl["insecure"]
+        lines.append(f"floor, a bare grpc.aio server with {m['streams']:,} idle streams: mTLS "
+                     f"{m['server_rss_mib']} MiB ({m['kib_per_stream']} KiB/stream), plain "
+                     f"{p['server_rss_mib']} MiB ({p['kib_per_stream']} KiB/stream)")
     return lines
 
 
@@ -273,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet-log", action="store_true", help="controller log level warning")
     ap.add_argument("--controller-env", action="append", default=[], metavar="K=V",
                     help="an extra environment variable of the controller (experiments)")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="skip the bare grpc.aio comparison (bench/grpc_floor.py)")
     ap.add_argument("--v1-batches", action="store_true",
                     help="send every sample with its metric and labels (agents before the "
                          "compact form) instead of the compact form")
