@@ -154,15 +154,14 @@ def roll_series(tsdb: TSDB, batch: Batch, sid: int, a: int, b: int) -> int:
     into its chunks, and the 1-hour buckets of the hours that are complete at ``b``; returns
     the samples read. The same range rolled again puts the same bytes."""
     store = tsdb.store
-    minutes, _ = bucketize(tsdb.read(sid, a, b - 1), sample_before(tsdb, sid, a), MINUTE)
+    times, values = tsdb.read_columns(sid, a, b - 1)
+    minutes, _ = bucketize(zip(times, values, strict=True), sample_before(tsdb, sid, a), MINUTE)
     first_hour = floor(a, HOUR)
-    existing: dict[int, bytes] = {}
-    prefix = chunk_prefix(MINUTE, sid)
-    end_key = chunk_key(MINUTE, sid, b)
-    for key, raw in store.scan(prefix, start=chunk_key(MINUTE, sid, first_hour)):
-        if key >= end_key:
-            break
-        existing[int(key[-12:], 16)] = raw
+    # the hours' chunks this run changes (one, or two when it crosses an hour): point reads
+    hours_in = range(first_hour, b, HOUR)
+    existing = {hour: raw for hour, raw in zip(
+        hours_in, store.get_many([chunk_key(MINUTE, sid, h) for h in hours_in]), strict=True)
+        if raw is not None}
     by_hour: dict[int, dict[int, Agg]] = {}
     for start, bucket in minutes.items():
         by_hour.setdefault(floor(start, HOUR), {})[(start % HOUR) // MINUTE] = _as_agg(bucket)

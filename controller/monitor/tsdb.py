@@ -240,15 +240,10 @@ class TSDB:
                      limit: int | None = None) -> tuple[list[int], list[float]]:
         """:meth:`read` as two lists (times, values): what queries read, made faster; at most
         ``limit`` samples (a query's budget)."""
-        end_key = sample_key(sid, end_ms)
-        keys: list[str] = []
-        raws: list[bytes] = []
-        for key, value in self.store.scan(series_prefix(sid), start=sample_key(sid, max(start_ms, 0)),
-                                          limit=limit):
-            if key > end_key:
-                break
-            keys.append(key)
-            raws.append(value)
+        if end_ms < start_ms:
+            return [], []
+        keys, raws = self.store.scan_range(series_prefix(sid), sample_key(sid, max(start_ms, 0)),
+                                           sample_key(sid, end_ms), limit)
         return ([int(k[-12:], 16) for k in keys],
                 list(struct.unpack(f">{len(raws)}d", b"".join(raws))))
 

@@ -76,6 +76,12 @@ class Store(Protocol):
         with ``reverse``, the last key, inclusive). ``keys_only`` yields empty values."""
         ...
 
+    def scan_range(self, prefix: str, start: str, stop: str,
+                   limit: int | None = None) -> tuple[list[bytes], list[bytes]]:
+        """Keys (stored bytes) and values with ``prefix``, ``start`` <= key <= ``stop``, in
+        key order, at most ``limit``, as two lists."""
+        ...
+
     def count(self, prefix: str) -> int: ...
 
     def checkpoint(self, target_dir: str) -> None:

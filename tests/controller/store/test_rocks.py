@@ -38,6 +38,18 @@ def test_scan_stays_inside_prefix_in_both_directions(store) -> None:  # type: ig
     assert list(store.scan("zzz/")) == []
 
 
+def test_scan_range_is_the_scan_between_two_keys(store) -> None:  # type: ignore[no-untyped-def]
+    for k in ("a", "a/1", "a/2", "a/3", "a/4", "a0", "b/1"):
+        store.put(k, k.encode())
+    assert store.scan_range("a/", "a/2", "a/3") == ([b"a/2", b"a/3"], [b"a/2", b"a/3"])
+    assert store.scan_range("a/", "a", "a/9")[0] == [b"a/1", b"a/2", b"a/3", b"a/4"]  # not "a"
+    assert store.scan_range("a/", "a/2", "b")[0] == [b"a/2", b"a/3", b"a/4"]  # not "a0"
+    assert store.scan_range("a/", "a/1", "a/4", limit=2)[0] == [b"a/1", b"a/2"]
+    assert store.scan_range("a/", "a/1", "a/4", limit=0) == ([], [])
+    assert store.scan_range("a/", "a/3", "a/2") == ([], [])
+    assert store.scan_range("zzz/", "zzz/", "zzz/~") == ([], [])
+
+
 def test_batch_is_atomic_and_cas_refuses_whole_batch(store) -> None:  # type: ignore[no-untyped-def]
     store.put("x/1", b"old")
     b = Batch()
