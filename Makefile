@@ -3,6 +3,9 @@
 .PHONY: run test lint typecheck unit bench proto clean
 
 PY := .venv/bin/python
+# test processes (pytest-xdist): tests that change the machine (network namespaces, sshd,
+# routes) run one after another in one of them; `make test TEST_WORKERS=1` runs them all in one
+TEST_WORKERS ?= 2
 
 run:
 	@sh packaging/dev/bootstrap.sh run
@@ -13,7 +16,7 @@ test:
 	$(PY) proto/generate.py --check
 	$(PY) -m ruff check controller agent tunnel tests bench proto/generate.py
 	$(PY) -m mypy controller tunnel tests/support tests/tunnel
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 bench:
 	@sh packaging/dev/bootstrap.sh bench

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 # as the agent does before gRPC loads (agent.proc): tests that run the agent's shells and
@@ -12,6 +13,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,3 +39,41 @@ def fresh_controller(tmp_path: Path) -> Iterator[Controller]:
     yield c
     if c.proc is not None and c.proc.poll() is None:
         c.stop()
+
+
+# `make test` runs the tests in two processes (pytest-xdist, ``--dist loadscope``), a test
+# module at a time (its tests in order, sharing its module-scoped fixtures, as in one
+# process). The modules whose tests change the machine itself are one unit of work, so they
+# run one after another in one process: network namespaces on fixed subnets
+# (tests/support/netns.py), sshd on the host, system users, routes, WireGuard interfaces, the
+# agent installer's paths, a container engine. A module is one of them when it is marked
+# ``root`` or uses one of the helpers below. (xdist's own ``loadgroup`` does not group with
+# pytest 9: it renames test ids in a way pytest 9 no longer reads.)
+MACHINE_SIGNS = ("tests.support.netns", "tests.support import netns", "tests.support.sshd",
+                 "tests.support import sshd", "tests.support.docker_host",
+                 "tests.support import docker_host", "pytest.mark.root")
+
+
+@functools.cache
+def changes_the_machine(path: Path) -> bool:
+    try:
+        text = path.read_text()
+    except OSError:
+        return False
+    return any(sign in text for sign in MACHINE_SIGNS)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: ignored without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadscope":
+        return None  # xdist's own
+    from xdist.scheduler import LoadScopeScheduling
+
+    root = config.rootpath
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "machine" if changes_the_machine(root / module) else module
+
+    return ByModule(config, log)

@@ -24,6 +24,7 @@ import socket
 import struct
 import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -95,9 +96,13 @@ class DockerHost:
     base: Path
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(init=False)
+    runroot: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.log = self.base / "service.log"
+        # podman refuses a run root longer than 50 characters (pytest's temporary paths are,
+        # in a pytest-xdist worker): a short directory of its own under /tmp
+        self.runroot = Path(tempfile.mkdtemp(prefix="ocpod-", dir="/tmp"))
 
     @property
     def socket(self) -> Path:
@@ -136,7 +141,7 @@ class DockerHost:
         raise RuntimeError("podman system service did not answer within 20 s")
 
     def podman_argv(self, *args: str) -> list[str]:
-        return ["podman", "--root", str(self.base / "root"), "--runroot", str(self.base / "run"),
+        return ["podman", "--root", str(self.base / "root"), "--runroot", str(self.runroot),
                 "--tmpdir", str(self.base / "tmp"), "--storage-driver", "vfs",
                 "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", "runc",
                 *args]
@@ -166,6 +171,7 @@ class DockerHost:
         self.podman("rm", "--all", "--force", "--time", "0", check=False)
         self.podman("system", "reset", "--force", check=False)
         shutil.rmtree(self.base, ignore_errors=True)
+        shutil.rmtree(self.runroot, ignore_errors=True)
 
 
 def running_daemon(base: Path) -> Iterator[DockerHost]:
