@@ -167,15 +167,16 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         svc.connected(agent, ip, inventory_dict(hello.inventory), hello.agent_version,
                       hello.protocol_version)
         tags = metric_labels(agent.get("tags") or {})
-        sources = metric_sources(self.services.source_push.welcome(agent))
         # a stream lives for days and a controller holds thousands: keep none of this, and of
         # the agent's document only its id and organisation (the service reads the rest)
         del auth, pems, cns, first, hello
-        agent = {"id": agent_id, "org": agent["org"]}
+        doc, agent = agent, {"id": agent_id, "org": agent["org"]}
         settings = self.services.settings
         refused: _Refused | None = None
         reason = "stream closed"
         try:
+            sources = metric_sources(self.services.source_push.welcome(doc))
+            del doc
             await session.write(pb.ControllerMessage(welcome=pb.Welcome(
                 agent_id=agent_id, protocol_version=PROTOCOL_VERSION,
                 config=pb.Config(metric_interval_s=settings.metric_interval, labels=tags,
