@@ -315,7 +315,6 @@ def test_dns_refuses_bad_records(aws: AmazonAdapter) -> None:
 # -- credentials and reachability ------------------------------------------------------------------
 def test_refused_credentials_say_so(moto: MotoServer) -> None:
     moto.reset()
-    moto.enforce_auth(free_requests=3)  # the three IAM calls below; then moto checks like AWS
     try:
         iam = boto(moto, "iam")
         iam.create_user(UserName="overcast")
@@ -323,6 +322,7 @@ def test_refused_credentials_say_so(moto: MotoServer) -> None:
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
         key = iam.create_access_key(UserName="overcast")["AccessKey"]
+        moto.enforce_auth()  # from now on moto checks signatures and permissions like AWS
         good = adapter_for(moto, key["AccessKeyId"], key["SecretAccessKey"], region="eu-west-1")
         good.check()
         assert good.list_zones() == []
