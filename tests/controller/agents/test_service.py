@@ -5,29 +5,14 @@ stored document says now: to the cloud machine it was linked to after it connect
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from controller.agents.model import AGENT, agent_key
 from controller.machines.model import MACHINE
 from controller.machines.model import key as machine_key
-from controller.services import Services, build_services
-from controller.settings import Settings
-from controller.store import open_store
+from controller.services import Services
 from controller.store.docs import dump
 
 ORG = "org1"
-
-
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[Services]:
-    store = open_store(tmp_path / "store")
-    try:
-        yield build_services(Settings(data_dir=str(tmp_path)), store)
-    finally:
-        store.close()
 
 
 def doc(s: Services, key: str) -> dict[str, object]:

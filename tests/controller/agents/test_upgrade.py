@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,9 +22,7 @@ from controller.events.model import Actor
 from controller.install.package import Package
 from controller.machines.model import MACHINE
 from controller.machines.model import key as machine_key
-from controller.services import Services, build_services
-from controller.settings import Settings
-from controller.store import open_store
+from controller.services import Services
 from controller.store.docs import dump
 from overcast.agent.v1 import agent_pb2 as pb
 
@@ -34,15 +30,6 @@ ORG = "org1"
 PKG = Package("overcast_agent-0.2.0-py3-none-any.whl", "0.2.0", b"wheel", "cd" * 32)
 OWNER = Principal({"id": "u1", "email": "o@example.com"}, {"id": ORG}, "owner", "token", "t1")
 ACTOR = Actor(kind="user", id="u1", via="rest", org=ORG)
-
-
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[Services]:
-    store = open_store(tmp_path / "store")
-    try:
-        yield build_services(Settings(data_dir=str(tmp_path)), store)
-    finally:
-        store.close()
 
 
 def add_agent(s: Services, aid: str, name: str, version: str, tags: dict[str, str]) -> None:
