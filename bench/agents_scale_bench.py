@@ -10,7 +10,9 @@
    Welcome, then a ~100-sample MetricBatch every 10 s at a random phase in the compact form
    the real agent sends (``--v1-batches``: every sample with its metric and labels, as agents
    before it), the real agent's keepalive options), wait a warm-up (every new agent's first
-   batch creates its series), then measure for a window: the controller's RSS (per agent
+   batch creates its series), then measure for a window (the top level's a whole TSDB
+   rollup period, 330 s: its CPU includes a rollup run, whose share comes from the
+   controller's /metrics): the controller's RSS (per agent
    too), its CPU (% of one core, and milliseconds per batch), the store lag (sample time to
    the BatchAck of the batches that ask for it at once, one in ``--probe-every``: stored by
    a synced group commit) and the acknowledgement lag of all batches (the controller
@@ -22,7 +24,7 @@
 Simulators and controller share the machine (2 cores on the test machine): their CPU is
 reported too. Writes ``bench/results/agents_scale.json``. Traffic goes to 127.0.0.1 only.
 
-    .venv/bin/python bench/agents_scale_bench.py [--levels 1000,5000,10000] [--window 60]
+    .venv/bin/python bench/agents_scale_bench.py [--levels 1000,5000,10000] [--window 60] [--top-window 330]
 """
 
 from __future__ import annotations
@@ -66,6 +68,24 @@ def controller_log_problems(c: Controller) -> dict[str, Any]:
             "log_lines": len(lines)}
 
 
+ROLLUP_METRICS = {"overcast_tsdb_rollup_cpu_seconds_total": "cpu_s",
+                  "overcast_tsdb_rollup_runs_total": "runs",
+                  "overcast_tsdb_rollup_samples_total": "samples"}
+
+
+def rollup_figures(http: Any) -> dict[str, float]:
+    """The controller's TSDB rollup counters (its ``/metrics``): CPU seconds, runs, samples."""
+    r = http.get("/metrics")
+    out: dict[str, float] = {}
+    if r.status != 200:
+        return out
+    for line in r.raw.decode(errors="replace").splitlines():
+        name, _, value = line.partition(" ")
+        if name in ROLLUP_METRICS:
+            out[ROLLUP_METRICS[name]] = float(value)
+    return out
+
+
 def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
                   base_rss: float, deadline: float) -> dict[str, Any]:
     c, pool = fleet.controller, fleet.pool
@@ -104,7 +124,12 @@ def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
     pool.ask("stats", {"reset": True, "record": True})
     cpu.reset()
     sims = [CpuMeter(p) for p in pool.pids()]
-    window = max(10.0, min(args.window, deadline - time.monotonic() - 20))
+    # the top level is measured over a whole TSDB rollup period (a run every ROLL_EVERY s,
+    # the first FIRST_DELAY s after the start): its CPU is the steady state, rollups included
+    asked = args.top_window if level == max(int(x) for x in args.levels.split(",")) else args.window
+    window = max(10.0, min(asked, deadline - time.monotonic() - 20))
+    metrics = fleet.controller.session()
+    rolled_before = rollup_figures(metrics)
     progress(f"level {level:,}: measuring for {window:.0f} s")
     rss_samples: list[float] = []
     end = time.monotonic() + window
@@ -115,6 +140,11 @@ def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
             break
         rss_samples.append(f["rss_mib"])
     ctl_cpu = cpu.read()
+    rolled = rollup_figures(metrics)
+    rollups = {k: round(rolled[k] - rolled_before.get(k, 0.0), 3) for k in rolled}
+    if ctl_cpu.get("wall_s"):
+        rollups["cpu_pct_of_one_core"] = round(
+            100 * rollups.get("cpu_s", 0.0) / ctl_cpu["wall_s"], 1)
     replies = pool.ask("stats", {"reset": True, "record": False})
     fig = proc_figures(pid, uss=True)
     fig["smaps_mib"] = smaps_breakdown(pid)
@@ -130,6 +160,7 @@ def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
                        "rss_per_agent_kib": round((fig.get("rss_mib", 0) - base_rss) * 1024 / level, 1),
                        "cpu": ctl_cpu,
                        "cpu_ms_per_batch": round(1000 * ctl_cpu["cpu_s"] / sent, 3) if sent else None},
+        "tsdb_rollups": rollups,
         "ack_latency": lat,
         "store_latency": store_lat,
         "batches": {"sent": sent, "acked": acked, "expected": round(expected),
@@ -152,7 +183,8 @@ def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
     progress(f"level {level:,}: controller RSS {fig.get('rss_mib')} MiB "
              f"({out['controller']['rss_per_agent_kib']} KiB/agent), CPU "
              f"{ctl_cpu['cpu_pct_of_one_core']} % of a core "
-             f"({out['controller']['cpu_ms_per_batch']} ms/batch); store lag p50 "
+             f"({out['controller']['cpu_ms_per_batch']} ms/batch; TSDB rollups "
+             f"{rollups.get('cpu_pct_of_one_core')} % in {rollups.get('runs', 0):g} runs); store lag p50 "
              f"{store_lat.get('p50_ms')} ms p99 {store_lat.get('p99_ms')} ms; "
              f"{out['batches']['samples_stored_per_s']:,} samples/s; "
              f"simulators {out['simulators']['cpu_pct_of_one_core']} %")
@@ -172,7 +204,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fleet = AgentFleet("overcast-agents-bench-", args.workers, sim_cfg, env)
     out: dict[str, Any] = {"params": {"levels": levels, "workers": args.workers,
                                       "interval_s": args.interval, "samples": args.samples,
-                                      "window_s": args.window, "warmup_s": args.warmup,
+                                      "window_s": args.window, "top_window_s": args.top_window,
+                                      "warmup_s": args.warmup,
                                       "ramp_concurrency": args.ramp_concurrency,
                                       "batch_form": "samples" if args.v1_batches else "compact",
                                       "probe_every": args.probe_every,
@@ -254,7 +287,9 @@ def summary(r: dict[str, Any]) -> list[str]:
             store = lv.get("store_latency") or {}
             line += (f"; controller RSS {ctl['rss_mib']} MiB ({ctl['rss_per_agent_kib']} KiB/agent)"
                      f", CPU {ctl['cpu']['cpu_pct_of_one_core']} % "
-                     f"({ctl.get('cpu_ms_per_batch')} ms/batch); store lag p50 "
+                     f"({ctl.get('cpu_ms_per_batch')} ms/batch; TSDB rollups "
+                     f"{(lv.get('tsdb_rollups') or {}).get('cpu_pct_of_one_core')} % of it); "
+                     f"store lag p50 "
                      f"{store.get('p50_ms')} ms p99 {store.get('p99_ms')} ms (acked after p50 "
                      f"{lat.get('p50_ms')} ms); {lv['batches']['samples_stored_per_s']:,.0f}"
                      f" samples/s")
@@ -277,11 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=10.0, help="seconds between batches")
     ap.add_argument("--samples", type=int, default=100, help="samples per batch")
     ap.add_argument("--window", type=float, default=60.0, help="measured seconds per level")
+    ap.add_argument("--top-window", type=float, default=330.0,
+                    help="measured seconds at the top level (a whole TSDB rollup period: its "
+                         "CPU figure includes a run)")
     ap.add_argument("--warmup", type=float, default=15.0, help="seconds after connecting")
     ap.add_argument("--ramp-concurrency", type=int, default=64,
                     help="handshakes in flight per simulator while connecting")
     ap.add_argument("--connect-timeout", type=float, default=240.0)
-    ap.add_argument("--max-minutes", type=float, default=15.0, help="time budget of the run")
+    ap.add_argument("--max-minutes", type=float, default=20.0, help="time budget of the run")
     ap.add_argument("--quiet-log", action="store_true", help="controller log level warning")
     ap.add_argument("--controller-env", action="append", default=[], metavar="K=V",
                     help="an extra environment variable of the controller (experiments)")

@@ -146,13 +146,13 @@ class Ingestor:
 
 
 def _add_compact(batch: Batch, c: Compact) -> int:
-    """Put compact samples into ``batch`` (the keys and values of ``TSDB.add``:
-    ``tsdb.sample_key(sid, t_ms)`` -> big-endian double, made inline here: a tenth of the
-    cost per sample)."""
-    put = batch.puts.__setitem__
+    """Put compact samples into ``batch.samples`` (the keys and values of ``TSDB.add``:
+    ``tsdb.sample_key(sid, t_ms)`` -> big-endian double, made inline here as bytes: this
+    loop runs for every sample an agent sends)."""
+    append = batch.samples.append
     pack = _DOUBLE.pack
     sids = c.sids
-    tail = f"/{c.t_ms:012x}"
+    tail = b"/%012x" % c.t_ms
     for ref, value in zip(c.refs, c.values, strict=True):
-        put(f"ts/{sids[ref]:08x}{tail}", pack(value))
+        append((b"ts/%08x%b" % (sids[ref], tail), pack(value)))
     return len(c.refs)

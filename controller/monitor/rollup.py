@@ -22,6 +22,7 @@ import struct
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from controller.monitor.tsdb import LATE_PREFIX, TSDB
 from controller.store.base import Batch
@@ -149,35 +150,82 @@ def sample_before(tsdb: TSDB, sid: int, t_ms: int) -> float | None:
     return None if hit is None else hit[1]
 
 
+def _increase(prev: float | None, values: Sequence[float]) -> float:
+    """The counter increase over ``values`` from ``prev`` (a reset counts from zero)."""
+    if not values:
+        return 0.0
+    if prev is None:
+        prev, values = values[0], values[1:]
+    return sum(v - p if v >= p else v
+               for p, v in zip((prev, *values[:-1]), values, strict=True))
+
+
+def minute_columns(times: Sequence[int], values: Sequence[float], prev: float | None,
+                   a: int, b: int) -> tuple[list[int], list[int], list[float], list[float],
+                                            list[float], list[float]]:
+    """Raw samples in time order, all in [a, b) -> the 1-minute buckets they fill, as columns
+    (bucket start, count, min, max, sum, increase); ``prev`` is the value before the first
+    sample. What :func:`bucketize` gives at 1 minute, by slices with builtins: this is the
+    rollups' inner loop (every series every run)."""
+    out: tuple[list[int], list[int], list[float], list[float], list[float], list[float]] = (
+        [], [], [], [], [], [])
+    starts, count, mn, mx, sm, inc = out
+    i, n = 0, len(times)
+    while i < n:
+        start = times[i] - times[i] % MINUTE
+        j = bisect_left(times, start + MINUTE, i)
+        vs = values[i:j]
+        starts.append(start)
+        count.append(j - i)
+        mn.append(min(vs))
+        mx.append(max(vs))
+        sm.append(sum(vs, 0.0))
+        inc.append(_increase(prev, vs))
+        prev = vs[-1]
+        i = j
+    return out
+
+
 def roll_series(tsdb: TSDB, batch: Batch, sid: int, a: int, b: int) -> int:
     """Put into ``batch`` the 1-minute buckets of ``sid`` in [a, b) (whole minutes), merged
     into its chunks, and the 1-hour buckets of the hours that are complete at ``b``; returns
-    the samples read. The same range rolled again puts the same bytes."""
+    the samples read. The same range rolled again puts the same bytes.
+
+    The usual run (every few minutes, the minutes after those its hour's chunk holds) appends
+    to the chunk's columns; a range that overlaps stored minutes (late samples rolled up
+    again) replaces them, record by record."""
     store = tsdb.store
-    times, values = tsdb.read_columns(sid, a, b - 1)
-    minutes, _ = bucketize(zip(times, values, strict=True), sample_before(tsdb, sid, a), MINUTE)
+    prev, times, values = tsdb.read_after(sid, a, b - 1)
+    starts, count, mn, mx, sm, inc = minute_columns(times, values, prev, a, b)
     first_hour = floor(a, HOUR)
     # the hours' chunks this run changes (one, or two when it crosses an hour): point reads
     hours_in = range(first_hour, b, HOUR)
-    existing = {hour: raw for hour, raw in zip(
-        hours_in, store.get_many([chunk_key(MINUTE, sid, h) for h in hours_in]), strict=True)
-        if raw is not None}
-    by_hour: dict[int, dict[int, Agg]] = {}
-    for start, bucket in minutes.items():
-        by_hour.setdefault(floor(start, HOUR), {})[(start % HOUR) // MINUTE] = _as_agg(bucket)
     hours: dict[int, Agg | None] = {}
-    for hour in sorted(set(existing) | set(by_hour)):
-        old = decode(existing[hour]) if hour in existing else {}
-        # minutes of this run: replaced by what the samples say now
-        records = {i: r for i, r in old.items() if not a <= hour + i * MINUTE < b}
-        records.update(by_hour.get(hour, {}))
+    k = 0  # the first new minute of the hour at hand
+    for hour, raw in zip(hours_in, store.get_many([chunk_key(MINUTE, sid, h) for h in hours_in]),
+                         strict=True):
+        k_end = bisect_left(starts, hour + HOUR, k)
+        new: Sequence[Sequence[Any]] = (
+            [(s - hour) // MINUTE for s in starts[k:k_end]], count[k:k_end], mn[k:k_end],
+            mx[k:k_end], sm[k:k_end], inc[k:k_end])
+        k = k_end
+        if raw is None and not new[0]:
+            continue  # nothing stored, nothing new (its hourly bucket, if any, stays)
+        cols: Sequence[Sequence[Any]] = new
+        if raw is not None:
+            old: Sequence[Sequence[Any]] = columns(raw)
+            if old[0] and hour + old[0][-1] * MINUTE >= a:  # stored minutes in [a, b)
+                cols = _replace_minutes(old, hour, a, b, new)
+            else:  # the usual run: every stored minute is before a
+                cols = [(*was, *add) for was, add in zip(old, new, strict=True)]
         key = chunk_key(MINUTE, sid, hour)
-        if records:
-            batch.put(key, encode(records))
-        elif hour in existing:
+        if cols[0]:
+            batch.put(key, _encode_columns(cols))
+        elif raw is not None:
             batch.delete(key)
         if a < hour + HOUR <= b:  # complete now, and changed
-            hours[hour] = combine(records.values())
+            hours[hour] = (sum(cols[1]), min(cols[2]), max(cols[3]), sum(cols[4], 0.0),
+                           sum(cols[5], 0.0)) if cols[0] else None
     by_day: dict[int, dict[int, Agg | None]] = {}
     for hour, agg in hours.items():
         by_day.setdefault(floor(hour, DAY), {})[(hour % DAY) // HOUR] = agg
@@ -194,7 +242,23 @@ def roll_series(tsdb: TSDB, batch: Batch, sid: int, a: int, b: int) -> int:
             batch.put(key, encode(day_records))
         elif stored is not None:
             batch.delete(key)
-    return sum(int(m[0]) for m in minutes.values())
+    return len(times)
+
+
+def _replace_minutes(cols: Sequence[Sequence[Any]], hour: int, a: int, b: int,
+                     new: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
+    """A chunk's columns with its minutes in [a, b) replaced by ``new``'s."""
+    records = {i: r for i, *r in zip(*cols, strict=True) if not a <= hour + i * MINUTE < b}
+    records.update({i: r for i, *r in zip(*new, strict=True)})
+    idx = sorted(records)
+    return (idx, *(list(col) for col in zip(*(records[i] for i in idx), strict=True))) \
+        if idx else ([], [], [], [], [], [])
+
+
+def _encode_columns(cols: Sequence[Sequence[Any]]) -> bytes:
+    n = len(cols[0])
+    return bytes([n]) + _layout(n).pack(*cols[0], *cols[1], *cols[2], *cols[3], *cols[4],
+                                        *cols[5])
 
 
 def read_columns(tsdb: TSDB, sid: int, res: int, start: int, end: int) -> Columns:

@@ -185,11 +185,11 @@ class TSDB:
     def add(self, batch: Batch, org: str, samples: Iterable[tuple[str, Mapping[str, str], float, int]]) -> int:
         """Put ``(metric, labels, value, time_ms)`` samples into ``batch``; returns how many."""
         n = 0
-        put = batch.puts.__setitem__
+        append = batch.samples.append
         pack = _DOUBLE.pack
         get = self._lookup
         last_t: int | None = None
-        tail = ""
+        tail = b""
         late = late_before()
         marks: set[tuple[int, int]] = set()
         for metric, labels, value, t_ms in samples:
@@ -198,8 +198,8 @@ class TSDB:
             if sid is None:
                 sid = self._create(batch, key, org, metric, labels)
             if t_ms != last_t:  # a batch's samples mostly share one time
-                last_t, tail = t_ms, f"{t_ms:012x}"
-            put(f"ts/{sid:08x}/{tail}", pack(value))
+                last_t, tail = t_ms, b"%012x" % t_ms
+            append((b"ts/%08x/%b" % (sid, tail), pack(value)))
             if t_ms < late:
                 marks.add((sid, t_ms - t_ms % _HOUR_MS))
             n += 1
@@ -245,6 +245,16 @@ class TSDB:
         keys, raws = self.store.scan_range(series_prefix(sid), sample_key(sid, max(start_ms, 0)),
                                            sample_key(sid, end_ms), limit)
         return ([int(k[-12:], 16) for k in keys],
+                list(struct.unpack(f">{len(raws)}d", b"".join(raws))))
+
+    def read_after(self, sid: int, start_ms: int,
+                   end_ms: int) -> tuple[float | None, list[int], list[float]]:
+        """:meth:`read_columns` of ``[start_ms, end_ms]`` and first the value of the last
+        sample before ``start_ms`` however old (None without one): what a rollup reads."""
+        before, keys, raws = self.store.scan_range_after(
+            series_prefix(sid), sample_key(sid, max(start_ms, 0)), sample_key(sid, end_ms))
+        return (None if before is None else _DOUBLE.unpack(before)[0],
+                [int(k[-12:], 16) for k in keys],
                 list(struct.unpack(f">{len(raws)}d", b"".join(raws))))
 
     def last_before(self, sid: int, t_ms: int, lookback_ms: int) -> tuple[int, float] | None:

@@ -20,7 +20,7 @@ from rocksdict import (
 )
 
 from controller.errors import Conflict
-from controller.store.base import Batch, StoreLocked
+from controller.store.base import SAMPLES_PREFIX, Batch, StoreLocked
 
 
 def _options() -> Options:
@@ -161,10 +161,40 @@ class RocksStore:
             n -= 1
         return keys, values
 
+    def scan_range_after(self, prefix: str, start: str,
+                         stop: str) -> tuple[bytes | None, list[bytes], list[bytes]]:
+        p = prefix.encode()
+        first = start.encode()
+        last = stop.encode()
+        it = self._db.iter()
+        it.seek_for_prev(first)  # the last key <= start
+        if it.valid() and it.key() == first:
+            it.prev()
+        before: bytes | None = None
+        if it.valid() and it.key().startswith(p):
+            before = it.value()
+            it.next()
+        else:
+            it.seek(first if first > p else p)
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        valid, key, value, step = it.valid, it.key, it.value, it.next
+        inside = first.startswith(p) and last.startswith(p)
+        while valid():
+            k = key()
+            if k > last or not (inside or k.startswith(p)):
+                break
+            keys.append(k)
+            values.append(value())
+            step()
+        return before, keys, values
+
     def count(self, prefix: str) -> int:
         # Counting 100,000 keys takes ~35 ms; list endpoints need the total on every page, so
         # a prefix's count is scanned once and then kept exact by every write (a writer-only
         # cache: a read-only open rescans each time because another process writes).
+        if prefix.startswith(SAMPLES_PREFIX):
+            raise ValueError(f"{prefix!r}: time-series samples are not counted (Batch.samples)")
         with self._lock:
             cached = self._counts.get(prefix)
             if cached is not None:
@@ -215,6 +245,9 @@ class RocksStore:
             wb.put(k.encode(), v)
         for k in batch.deletes:
             wb.delete(k.encode())
+        put = wb.put
+        for k_raw, v in batch.samples:
+            put(k_raw, v)
         with self._lock:
             for k, expected in batch.expect.items():
                 if self.get(k) != expected:

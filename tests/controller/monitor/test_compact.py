@@ -114,6 +114,33 @@ def test_buckets_are_exactly_what_the_samples_say(db: TSDB, clock: Clock) -> Non
     assert len(stored(db)) == 3 * (2 + 1)
 
 
+def test_runs_every_five_minutes_store_what_one_run_does(db: TSDB, clock: Clock,
+                                                        tmp_path: Path) -> None:
+    """The usual run appends its minutes to the hour's chunk (and sums the hour up from the
+    chunk's columns when it completes): the same bytes as one run over the whole span, and
+    buckets that match the samples, a counter reset included."""
+    steps = Clock(T0 + compact.ROLL_DELAY)
+    c = compactor(db, steps)
+    c.state.to = T0
+    runs = 0
+    while steps.t_ms < clock.t_ms:
+        steps.t_ms += 5 * MINUTE
+        asyncio.run(run_once(c, pause=0))
+        runs += 1
+    assert runs > 30 and c.state.to >= T0 + 2 * HOUR
+    whole = TSDB(open_store(tmp_path / "whole"))
+    fill(whole)
+    one = compactor(whole, Clock(steps.t_ms))
+    one.state.to = T0
+    asyncio.run(run_once(one, pause=0))
+    assert one.state.to == c.state.to
+    assert stored(db) == stored(whole) and len(stored(db)) == 3 * (2 + 1)
+    samples = [(T0 + i * 10_000, counter(i)) for i in range(N)]
+    for res in (MINUTE, HOUR):
+        got = dict(rollup.read_buckets(db, sid(db, "c"), res, T0 - DAY, T0 + DAY))
+        assert got == oracle(samples, res), res
+
+
 def test_queries_read_rollups_by_step_and_agree_with_the_buckets(db: TSDB, clock: Clock) -> None:
     asyncio.run(run_once(compactor(db, clock), pause=0))
     start_s = (T0 + HOUR) / 1000

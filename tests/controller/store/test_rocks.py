@@ -50,6 +50,30 @@ def test_scan_range_is_the_scan_between_two_keys(store) -> None:  # type: ignore
     assert store.scan_range("zzz/", "zzz/", "zzz/~") == ([], [])
 
 
+def test_scan_range_after_gives_the_value_before_the_range_too(store) -> None:  # type: ignore[no-untyped-def]
+    for k in ("a", "a/1", "a/2", "a/4", "a0", "b/1"):
+        store.put(k, k.encode())
+    assert store.scan_range_after("a/", "a/2", "a/9") == (b"a/1", [b"a/2", b"a/4"], [b"a/2", b"a/4"])
+    assert store.scan_range_after("a/", "a/3", "a/3") == (b"a/2", [], [])  # a gap: still a/2
+    assert store.scan_range_after("a/", "a/1", "a/2") == (None, [b"a/1", b"a/2"], [b"a/1", b"a/2"])
+    assert store.scan_range_after("a/", "a/0", "a/1") == (None, [b"a/1"], [b"a/1"])  # not "a"
+    assert store.scan_range_after("b/", "b/5", "b/9") == (b"b/1", [], [])
+    assert store.scan_range_after("c/", "c/1", "c/9") == (None, [], [])  # after every key
+
+
+def test_batch_samples_are_written_as_given_and_never_counted(store) -> None:  # type: ignore[no-untyped-def]
+    b = Batch()
+    b.put("x/1", b"doc")
+    b.samples += [(b"ts/00000001/000000000001", b"one"), (b"ts/00000001/000000000001", b"two")]
+    assert b
+    store.write(b)
+    assert store.get("ts/00000001/000000000001") == b"two"  # the later pair wins
+    assert store.get("x/1") == b"doc"
+    with pytest.raises(ValueError, match="not counted"):
+        store.count("ts/00000001/")
+    assert not Batch()
+
+
 def test_batch_is_atomic_and_cas_refuses_whole_batch(store) -> None:  # type: ignore[no-untyped-def]
     store.put("x/1", b"old")
     b = Batch()
