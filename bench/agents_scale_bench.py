@@ -302,6 +302,11 @@ def summary(r: dict[str, Any]) -> list[str]:
         lines.append(f"floor, a bare grpc.aio server with {m['streams']:,} idle streams: mTLS "
                      f"{m['server_rss_mib']} MiB ({m['kib_per_stream']} KiB/stream), plain "
                      f"{p['server_rss_mib']} MiB ({p['kib_per_stream']} KiB/stream)")
+        a = fl.get("mtls_sending")
+        if a:
+            lines.append(f"floor with every mTLS stream sending a batch every "
+                         f"{a['batch_every_s']:g} s: {a['server_rss_mib']} MiB "
+                         f"({a['kib_per_stream']} KiB/stream)")
     return lines
 
 

@@ -4,6 +4,8 @@ opens ``n`` channels, each one ``Connect`` stream that sends a Hello and then id
 do between batches. Measured twice: with mutual TLS (EC P-256 certificates from one CA, the
 controller's server options) and without TLS. The difference per stream is what grpcio's TLS
 costs (BoringSSL's buffers, the secure endpoint's); the rest is HTTP/2 and the aio call.
+A third run has the mutual-TLS streams send an agent-sized batch every 10 s (the server
+reads each and acknowledges every sixth, as the controller does): what streams in use hold.
 
 Used by bench/agents_scale_bench.py (``grpc_floor`` in its result) so the controller's figure
 per agent can be read against what grpcio alone needs. Standalone:
@@ -77,14 +79,20 @@ def make_certs(d: Path) -> None:
 async def serve(d: Path, tls: bool) -> None:
     import grpc
 
+    from overcast.agent.v1 import agent_pb2 as pb
     from overcast.agent.v1 import agent_pb2_grpc as pb_grpc
 
     class Servicer(pb_grpc.AgentServiceServicer):
         async def Connect(self, request_iterator: Any, context: Any) -> Any:  # noqa: N802
-            async for _ in request_iterator:
-                pass
-            return
-            yield
+            # as the controller reads (context.read) and acknowledges (every 6th batch)
+            n = 0
+            while (msg := await context.read()) is not grpc.aio.EOF:
+                if msg.WhichOneof("body") == "metrics":
+                    n += 1
+                    if n % 6 == 0:
+                        await context.write(pb.ControllerMessage(
+                            batch_ack=pb.BatchAck(seq=msg.metrics.seq)))
+                del msg
 
     server = grpc.aio.server(options=SERVER_OPTIONS)
     pb_grpc.add_AgentServiceServicer_to_server(Servicer(), server)
@@ -100,7 +108,18 @@ async def serve(d: Path, tls: bool) -> None:
     await server.wait_for_termination()
 
 
-async def clients(d: Path, tls: bool, port: int, n: int) -> None:
+def _batch(seq: int, pb: Any) -> Any:
+    """A metric batch the size of an agent's (compact: 100 references and values)."""
+    return pb.AgentMessage(metrics=pb.MetricBatch(
+        seq=seq, time_ms=int(time.time() * 1000), refs=list(range(100)),
+        values=[i * 1.5e6 + 0.1 for i in range(100)]))
+
+
+async def clients(d: Path, tls: bool, port: int, n: int, every: float = 0.0) -> None:
+    """``n`` streams; with ``every`` > 0 each sends a batch that often (from a random phase)
+    and reads what comes back, as agents do."""
+    import random
+
     import grpc
 
     from overcast.agent.v1 import agent_pb2 as pb
@@ -112,12 +131,14 @@ async def clients(d: Path, tls: bool, port: int, n: int) -> None:
     creds = grpc.ssl_channel_credentials((d / "ca.crt").read_bytes(), (d / "client.key").read_bytes(),
                                          (d / "client.crt").read_bytes()) if tls else None
     calls: list[Any] = []
+    readers: list[asyncio.Future[None]] = []  # referenced: the loop keeps weak ones only
 
     errors: list[str] = []
 
     async def one(i: int) -> None:
         nonlocal up
         opts = [("grpc.use_local_subchannel_pool", 1), ("grpc.ssl_target_name_override", "localhost")]
+        mine: Any = None
         target = f"127.0.0.1:{port}"
         for _ in range(5):
             async with gate:
@@ -131,12 +152,28 @@ async def clients(d: Path, tls: bool, port: int, n: int) -> None:
                     await ch.close()
                     continue
                 calls.append((ch, call))
+                mine = call
                 up += 1
                 if up == n:
                     print(json.dumps({"up": up, "retries": len(errors), "errors": errors[:3]}),
                           flush=True)
                 break
-        await hold.wait()
+        if every <= 0 or mine is None:
+            await hold.wait()
+            return
+        call = mine
+
+        async def drain() -> None:
+            async for _ in call:
+                pass
+
+        readers.append(asyncio.ensure_future(drain()))
+        await asyncio.sleep(random.uniform(0, every))
+        seq = 0
+        while True:  # until the process is killed
+            seq += 1
+            await call.write(_batch(seq, pb))
+            await asyncio.sleep(every)
 
     await asyncio.gather(*(one(i) for i in range(n)))
 
@@ -148,8 +185,9 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
-def measure(streams: int, tls: bool, settle: float = 10.0) -> dict[str, Any]:
-    """Server RSS before and after ``streams`` idle streams, per stream in KiB."""
+def measure(streams: int, tls: bool, settle: float = 10.0, every: float = 0.0) -> dict[str, Any]:
+    """Server RSS before and after ``streams`` streams, per stream in KiB: idle, or (``every``
+    > 0) each sending an agent-sized batch that often, measured after three rounds."""
     from common import raise_nofile, smaps_breakdown
 
     raise_nofile()
@@ -168,16 +206,18 @@ def measure(streams: int, tls: bool, settle: float = 10.0) -> dict[str, Any]:
             time.sleep(1.0)
             before = _rss_mib(srv.pid)
             t0 = time.perf_counter()
-            cli = subprocess.Popen([py, __file__, "connect", mode, str(d), str(port), str(streams)],
+            cli = subprocess.Popen([py, __file__, "connect", mode, str(d), str(port), str(streams),
+                                    str(every)],
                                    stdout=subprocess.PIPE, text=True, env=env)
             assert cli.stdout is not None
             line = cli.stdout.readline()
             if not line:
                 raise RuntimeError(f"the {mode} client ended before its streams were up")
             connect_s = time.perf_counter() - t0
-            time.sleep(settle)
+            time.sleep(max(settle, 3 * every))
             after = _rss_mib(srv.pid)
             return {"streams": streams, "connect_s": round(connect_s, 2),
+                    "batch_every_s": every or None,
                     "server_rss_before_mib": round(before, 1), "server_rss_mib": round(after, 1),
                     "kib_per_stream": round((after - before) * 1024 / streams, 1),
                     "smaps_mib": smaps_breakdown(srv.pid)}
@@ -188,11 +228,13 @@ def measure(streams: int, tls: bool, settle: float = 10.0) -> dict[str, Any]:
                     p.wait()
 
 
-def floor(streams: int) -> dict[str, Any]:
+def floor(streams: int, every: float = 10.0) -> dict[str, Any]:
     tls = measure(streams, True)
     plain = measure(streams, False)
     out = {"mtls": tls, "insecure": plain,
            "tls_kib_per_stream": round(tls["kib_per_stream"] - plain["kib_per_stream"], 1)}
+    if every > 0:  # the same mTLS streams carrying a batch every ``every`` s, as agents do
+        out["mtls_sending"] = measure(streams, True, every=every)
     out["mtls_streams_mib_at_10000"] = round(tls["kib_per_stream"] * 10_000 / 1024, 1)
     return out
 
@@ -204,12 +246,15 @@ def main() -> int:
         if sys.argv[1] == "serve":
             asyncio.run(serve(d, tls))
         else:
-            asyncio.run(clients(d, tls, int(sys.argv[4]), int(sys.argv[5])))
+            asyncio.run(clients(d, tls, int(sys.argv[4]), int(sys.argv[5]),
+                                float(sys.argv[6]) if len(sys.argv) > 6 else 0.0))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", type=int, default=2000)
+    ap.add_argument("--every", type=float, default=10.0,
+                    help="seconds between batches in the sending run (0: skip it)")
     args = ap.parse_args()
-    print(json.dumps(floor(args.streams), indent=2))
+    print(json.dumps(floor(args.streams, args.every), indent=2))
     return 0
 
 

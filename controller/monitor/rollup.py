@@ -197,20 +197,29 @@ def roll_series(tsdb: TSDB, batch: Batch, sid: int, a: int, b: int) -> int:
     store = tsdb.store
     prev, times, values = tsdb.read_after(sid, a, b - 1)
     starts, count, mn, mx, sm, inc = minute_columns(times, values, prev, a, b)
-    first_hour = floor(a, HOUR)
-    # the hours' chunks this run changes (one, or two when it crosses an hour): point reads
-    hours_in = range(first_hour, b, HOUR)
+    # the hours' chunks in the range (one, or two when a run crosses an hour; a catch-up
+    # after a long stop, or the first run over what retention keeps, spans days: only the
+    # chunks there are read, and only hours with minutes stored or new are gone through)
+    first_hour, last_hour = floor(a, HOUR), floor(b - 1, HOUR)
+    if last_hour - first_hour <= HOUR:  # the usual run: point reads
+        in_range = (first_hour, last_hour) if last_hour > first_hour else (first_hour,)
+        existing = {hour: raw for hour, raw in zip(
+            in_range, store.get_many([chunk_key(MINUTE, sid, h) for h in in_range]), strict=True)
+            if raw is not None}
+    else:
+        keys, raws = store.scan_range(chunk_prefix(MINUTE, sid),
+                                      chunk_key(MINUTE, sid, first_hour),
+                                      chunk_key(MINUTE, sid, last_hour))
+        existing = {int(key[-12:], 16): raw for key, raw in zip(keys, raws, strict=True)}
+    new_hours = {start - start % HOUR for start in starts}
     hours: dict[int, Agg | None] = {}
-    k = 0  # the first new minute of the hour at hand
-    for hour, raw in zip(hours_in, store.get_many([chunk_key(MINUTE, sid, h) for h in hours_in]),
-                         strict=True):
+    for hour in sorted(existing.keys() | new_hours):
+        raw = existing.get(hour)
+        k = bisect_left(starts, hour)
         k_end = bisect_left(starts, hour + HOUR, k)
         new: Sequence[Sequence[Any]] = (
             [(s - hour) // MINUTE for s in starts[k:k_end]], count[k:k_end], mn[k:k_end],
             mx[k:k_end], sm[k:k_end], inc[k:k_end])
-        k = k_end
-        if raw is None and not new[0]:
-            continue  # nothing stored, nothing new (its hourly bucket, if any, stays)
         cols: Sequence[Sequence[Any]] = new
         if raw is not None:
             old: Sequence[Sequence[Any]] = columns(raw)
