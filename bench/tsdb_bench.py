@@ -36,7 +36,7 @@ import orjson  # noqa: E402
 from common import finish, percentiles, progress  # noqa: E402
 
 from controller.agents.server import GC_THRESHOLDS  # noqa: E402
-from controller.monitor import rollup  # noqa: E402
+from controller.monitor import compact, rollup  # noqa: E402
 from controller.monitor.compact import ROLL_DELAY, Compactor  # noqa: E402
 from controller.monitor.query import evaluate, resolution  # noqa: E402
 from controller.monitor.rollup import HOUR, MINUTE  # noqa: E402
@@ -252,9 +252,9 @@ def week_query(tmp: Path, rng: random.Random, n_series: int, runs: int) -> dict[
             for i in range(n_series)]
     store.write(b)
     db.settle(True)
-    # rolled up to 7 minutes ago: the most the compaction task lags (a run every 5 minutes of
-    # the minutes that ended 2 minutes before)
-    to = rollup.floor(now_ms - ROLL_DELAY - 5 * MINUTE, MINUTE)
+    # rolled up to ROLL_EVERY + ROLL_DELAY ago: the most the compaction task lags (a run
+    # every ROLL_EVERY of the minutes that ended ROLL_DELAY before)
+    to = rollup.floor(now_ms - ROLL_DELAY - int(compact.ROLL_EVERY * 1000), MINUTE)
     progress(f"a week for {n_series:,} series: every 5 minutes, then every 10 s for the last "
              f"{(now_ms - to) / 60_000:.0f} minutes (not rolled up yet)")
     walks = [Walk("percent", rng) for _ in sids]

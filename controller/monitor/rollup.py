@@ -152,10 +152,12 @@ def sample_before(tsdb: TSDB, sid: int, t_ms: int) -> float | None:
 
 def _increase(prev: float | None, values: Sequence[float]) -> float:
     """The counter increase over ``values`` from ``prev`` (a reset counts from zero)."""
-    if not values:
-        return 0.0
     if prev is None:
+        if len(values) < 2:
+            return 0.0
         prev, values = values[0], values[1:]
+    elif not values:
+        return 0.0
     return sum(v - p if v >= p else v
                for p, v in zip((prev, *values[:-1]), values, strict=True))
 

@@ -141,6 +141,25 @@ def test_runs_every_five_minutes_store_what_one_run_does(db: TSDB, clock: Clock,
         assert got == oracle(samples, res), res
 
 
+def test_sparse_samples_one_a_minute_or_fewer_roll_up(tmp_path: Path) -> None:
+    """A series sampled every 5 minutes: every minute bucket holds one sample, the first
+    with no sample before it (no increase)."""
+    db = TSDB(open_store(tmp_path / "sparse"))
+    b = Batch()
+    values = [3.0, 5.0, 1.0, 4.0]  # a reset between the 2nd and the 3rd
+    db.add(b, "o1", [("c", {"machine_id": "m1"}, v, T0 + i * 5 * MINUTE)
+                     for i, v in enumerate(values)])
+    db.store.write(b)
+    c = compactor(db, Clock(T0 + HOUR + 3 * MINUTE))
+    asyncio.run(run_once(c, pause=0))
+    minutes = rollup.read_buckets(db, sid(db, "c"), MINUTE, T0, T0 + HOUR)
+    assert minutes == [(T0, (1, 3.0, 3.0, 3.0, 0.0)), (T0 + 5 * MINUTE, (1, 5.0, 5.0, 5.0, 2.0)),
+                       (T0 + 10 * MINUTE, (1, 1.0, 1.0, 1.0, 1.0)),
+                       (T0 + 15 * MINUTE, (1, 4.0, 4.0, 4.0, 3.0))]
+    assert rollup.read_buckets(db, sid(db, "c"), HOUR, T0, T0 + HOUR) == [
+        (T0, (4, 1.0, 5.0, 13.0, 6.0))]
+
+
 def test_queries_read_rollups_by_step_and_agree_with_the_buckets(db: TSDB, clock: Clock) -> None:
     asyncio.run(run_once(compactor(db, clock), pause=0))
     start_s = (T0 + HOUR) / 1000
