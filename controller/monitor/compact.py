@@ -45,7 +45,8 @@ EXPIRE_EVERY = 3600.0
 FIRST_DELAY = 300.0
 SLICE_SERIES = 2_000  # series per worker-thread call at most ...
 SLICE_SAMPLES = 200_000  # ... and about this many samples read
-PAUSE = 0.05  # seconds between slices
+PAUSE = 0.05  # seconds between slices at least (see _roll) ...
+MAX_PAUSE = 1.0  # ... and at most
 LATE_BATCH = 5_000  # late marks handled per call
 PROGRESS_EVERY = 30.0  # seconds between progress lines of a long run
 
@@ -263,11 +264,16 @@ async def _roll(c: Compactor, pause: float, resumed: bool) -> None:
     if loud:
         log.info("rolling up %.1f h of samples (%s to %s UTC)%s", span_h, _utc(a), _utc(b),
                  f", resuming at series {s.next_sid}" if resumed and s.next_sid else "")
+    t0 = time.monotonic()
     while await _in_thread(c.roll_slice):
-        if loud and time.monotonic() - last > PROGRESS_EVERY:
-            last = time.monotonic()
+        now = time.monotonic()
+        if loud and now - last > PROGRESS_EVERY:
+            last = now
             log.info("rolling up: at series %d of %d", s.next_sid, c.tsdb.last_sid())
-        await asyncio.sleep(pause)
+        # as long a pause as the slice took (at least ``pause``): a run holds the GIL for
+        # at most half the time, so the event loop (ten thousand agents' streams) keeps up
+        await asyncio.sleep(max(pause, min(now - t0, MAX_PAUSE)) if pause else 0)
+        t0 = time.monotonic()
     (log.info if loud else log.debug)("rolled up to %s UTC in %.1f s", _utc(b),
                                       time.monotonic() - started)
 
