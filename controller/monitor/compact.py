@@ -21,7 +21,7 @@ from controller.errors import Conflict
 from controller.monitor import rollup
 from controller.monitor.rollup import DAY, HOUR, MINUTE
 from controller.monitor.selfmetrics import SelfMetrics
-from controller.monitor.tsdb import LATE_PREFIX, TSDB
+from controller.monitor.tsdb import LATE_PREFIX, TSDB, delete_before
 from controller.store.base import Batch
 
 log = logging.getLogger(__name__)
@@ -202,9 +202,8 @@ class Compactor:
         for sid in sids:
             self.tsdb.expire(raw_cut, (sid,))
             for res, span, cut in ((MINUTE, HOUR, minute_cut), (HOUR, DAY, rollup_cut)):
-                self.tsdb.store.delete_range(
-                    rollup.chunk_prefix(res, sid),
-                    rollup.chunk_key(res, sid, rollup.floor(cut, span)))
+                delete_before(self.tsdb.store, rollup.chunk_prefix(res, sid),
+                              rollup.chunk_key(res, sid, rollup.floor(cut, span)))
         self._cpu.inc(time.thread_time() - t0)
 
     def _record(self, raw_cut: int, minute_cut: int, rollup_cut: int) -> None:

@@ -282,9 +282,22 @@ class TSDB:
         retention task goes through them in slices); returns series touched."""
         n = 0
         for sid in self.sids() if sids is None else sids:
-            self.store.delete_range(series_prefix(sid), sample_key(sid, cutoff_ms))
-            n += 1
+            if delete_before(self.store, series_prefix(sid), sample_key(sid, cutoff_ms)):
+                n += 1
         return n
+
+
+def delete_before(store: Store, prefix: str, end: str) -> bool:
+    """Delete the keys with ``prefix`` before ``end``, if there is one (a look first: a
+    range deletion is a tombstone RocksDB keeps in memory and checks on every read until a
+    compaction drops it, and retention goes through every series every hour: with 10,000
+    agents, three million tombstones an hour, nearly all over nothing, raised the
+    controller's RSS by ~500 MiB). True if it deleted."""
+    keys, _ = store.scan_range(prefix, prefix, end, limit=1)
+    if not keys or keys[0] >= end.encode():
+        return False
+    store.delete_range(prefix, end)
+    return True
 
 
 def _key_of(key: tuple[str, ...]) -> str:

@@ -4,6 +4,7 @@ instant vectors and range matrices."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,6 +77,17 @@ def test_retention_drops_old_samples_only(tsdb: TSDB) -> None:
     (s,) = [s for s in tsdb.select("o1", "system_load1") if s.labels["machine_id"] == "m1"]
     points = list(tsdb.read(s.sid, 0, T0 + 10**9))
     assert len(points) == 30 and points[0][0] == T0 + 300_000
+
+
+def test_retention_leaves_no_tombstone_where_nothing_is_old(tsdb: TSDB) -> None:
+    """A range deletion is a tombstone RocksDB holds in memory: retention over series with
+    nothing before the cutoff writes nothing at all."""
+    db: Any = tsdb.store._db  # noqa: SLF001 - RocksDB's own count of memtable entries
+    entries = db.property_int_value("rocksdb.num-entries-active-mem-table")
+    assert tsdb.expire(T0) == 0  # every sample is at T0 or later
+    assert db.property_int_value("rocksdb.num-entries-active-mem-table") == entries
+    assert tsdb.expire(T0 + 300_000) > 0
+    assert db.property_int_value("rocksdb.num-entries-active-mem-table") > entries
 
 
 @pytest.mark.parametrize("query", ["", "1abc", "cpu{", 'cpu{a="b"', 'cpu{a=b}', 'cpu{a=~"("}',
