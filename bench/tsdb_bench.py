@@ -156,7 +156,12 @@ def one_agent_day(tmp: Path, rng: random.Random, days: float = 1.0) -> dict[str,
     _, n = write_day(db, series, day0, days, rng)
     write_s = time.perf_counter() - t
     raw = sst_bytes(store)
-    progress(f"  {n:,} samples, {raw / n:.2f} bytes each after compaction")
+    db_any: Any = store._db  # noqa: SLF001 - RocksDB's own figure
+    # what RocksDB holds in memory per file beside the block cache (indexes), per raw byte:
+    # see BLOCK_CACHE_BYTES in controller/store/rocks.py
+    readers = int(db_any.property_int_value("rocksdb.estimate-table-readers-mem"))
+    progress(f"  {n:,} samples, {raw / n:.2f} bytes each after compaction; "
+             f"{readers / raw * 100:.2f} % of that held in memory outside the block cache")
     # the compaction task's work over that day: a run every 5 minutes
     clock_ms = [day0 + ROLL_DELAY]
 
@@ -193,6 +198,8 @@ def one_agent_day(tmp: Path, rng: random.Random, days: float = 1.0) -> dict[str,
              f"{cpu:.2f} s of CPU in {runs} runs ({catchup_cpu:.2f} s as one run)")
     return {"series": len(series), "samples": n, "days": days, "write_seconds": round(write_s, 2),
             "raw_sst_bytes_per_day": raw, "raw_bytes_per_sample": round(raw / n_day, 2),
+            "table_readers_mem_bytes": readers,
+            "table_readers_mem_pct_of_sst": round(readers / (raw * days) * 100, 3),
             "rollup_sst_bytes_per_day": rolled, "rollup_keys": {"1m": keys_1m, "1h": keys_1h},
             "rollup_bytes_per_series_day": round(rolled / len(series), 1),
             "disk_mib_per_day": round(per_day_mib, 2),
