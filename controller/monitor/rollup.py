@@ -140,10 +140,6 @@ def bucketize(samples: Iterable[tuple[int, float]], prev: float | None,
     return out, last_t
 
 
-def _as_agg(b: list[float]) -> Agg:
-    return int(b[0]), b[1], b[2], b[3], b[4]
-
-
 def sample_before(tsdb: TSDB, sid: int, t_ms: int) -> float | None:
     """The value of the last raw sample before ``t_ms``, however old."""
     hit = tsdb.last_before(sid, t_ms - 1, t_ms)
@@ -163,9 +159,9 @@ def _increase(prev: float | None, values: Sequence[float]) -> float:
 
 
 def minute_columns(times: Sequence[int], values: Sequence[float], prev: float | None,
-                   a: int, b: int) -> tuple[list[int], list[int], list[float], list[float],
-                                            list[float], list[float]]:
-    """Raw samples in time order, all in [a, b) -> the 1-minute buckets they fill, as columns
+                   ) -> tuple[list[int], list[int], list[float], list[float], list[float],
+                              list[float]]:
+    """Raw samples in time order -> the 1-minute buckets they fill, as columns
     (bucket start, count, min, max, sum, increase); ``prev`` is the value before the first
     sample. What :func:`bucketize` gives at 1 minute, by slices with builtins: this is the
     rollups' inner loop (every series every run)."""
@@ -198,7 +194,7 @@ def roll_series(tsdb: TSDB, batch: Batch, sid: int, a: int, b: int) -> int:
     again) replaces them, record by record."""
     store = tsdb.store
     prev, times, values = tsdb.read_after(sid, a, b - 1)
-    starts, count, mn, mx, sm, inc = minute_columns(times, values, prev, a, b)
+    starts, count, mn, mx, sm, inc = minute_columns(times, values, prev)
     # the hours' chunks in the range (one, or two when a run crosses an hour; a catch-up
     # after a long stop, or the first run over what retention keeps, spans days: only the
     # chunks there are read, and only hours with minutes stored or new are gone through)
