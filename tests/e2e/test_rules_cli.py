@@ -42,7 +42,7 @@ def test_rules_through_the_cli(cli: Run, tmp_path: Path) -> None:
                              "--op", "gt", "--threshold", "90", "--window", "2m", "--every", "30s",
                              "--after", "1m", "--tag", "env=prod", "--email", "ops@example.com",
                              "--webhook", "https://hooks.example.com/x", "--secret-header",
-                             "Authorization=Bearer abc", "--action", "reboot", "--on-resolve", "--json")))
+                             "Authorization=Bearer s3cret-tok", "--action", "reboot", "--on-resolve", "--json")))
     c = made["conditions"][0]
     assert c["query"] == {"target": 'cpu_usage_active{cpu="cpu-total"}', "operator": "gt",
                           "threshold": 90.0, "aggregation": "avg"}
@@ -54,7 +54,7 @@ def test_rules_through_the_cli(cli: Run, tmp_path: Path) -> None:
     assert made["actions"][1]["headers"] == {"Authorization": "***"} and made["actions"][1]["on_resolve"]
     table = ok(cli("rules"))
     assert "cpu" in table and "avg(cpu_usage_active" in table and "notify,webhook,reboot" in table
-    assert "abc" not in ok(cli("rules", "show", "cpu"))
+    assert "s3cret-tok" not in ok(cli("rules", "show", "cpu"))  # not hex: ids cannot hold it
     edited = json.loads(ok(cli("rules", "edit", "cpu", "--threshold", "75", "--json")))
     assert edited["conditions"][0]["query"]["threshold"] == 75.0
     assert edited["conditions"][0]["window"]["start"] == 2 and len(edited["actions"]) == 3
