@@ -18,6 +18,7 @@ from rocksdict import (
     DBCompressionType,
     Options,
     Rdict,
+    RdictIter,
     WriteBatch,
     WriteOptions,
 )
@@ -73,6 +74,25 @@ def _upper_bound(prefix: bytes) -> bytes | None:
             return bytes(b)
         b.pop()
     return None
+
+
+def _collect(it: RdictIter, p: bytes, first: bytes, last: bytes,
+             n: int) -> tuple[list[bytes], list[bytes]]:
+    """From where ``it`` stands, the items with prefix ``p`` up to ``last`` (inclusive), at
+    most ``n`` (-1: all): keys and values as two lists."""
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    valid, key, value, step = it.valid, it.key, it.value, it.next
+    inside = first.startswith(p) and last.startswith(p)  # then so is every key between
+    while valid() and n != 0:
+        k = key()
+        if k > last or not (inside or k.startswith(p)):
+            break
+        keys.append(k)
+        values.append(value())
+        step()
+        n -= 1
+    return keys, values
 
 
 class RocksStore:
@@ -173,20 +193,7 @@ class RocksStore:
         last = stop.encode()
         it = self._db.iter()
         it.seek(first if first > p else p)
-        keys: list[bytes] = []
-        values: list[bytes] = []
-        valid, key, value, step = it.valid, it.key, it.value, it.next
-        n = -1 if limit is None else limit
-        inside = first.startswith(p) and last.startswith(p)  # then so is every key between
-        while valid() and n != 0:
-            k = key()
-            if k > last or not (inside or k.startswith(p)):
-                break
-            keys.append(k)
-            values.append(value())
-            step()
-            n -= 1
-        return keys, values
+        return _collect(it, p, first, last, -1 if limit is None else limit)
 
     def scan_range_after(self, prefix: str, start: str,
                          stop: str) -> tuple[bytes | None, list[bytes], list[bytes]]:
@@ -203,18 +210,7 @@ class RocksStore:
             it.next()
         else:
             it.seek(first if first > p else p)
-        keys: list[bytes] = []
-        values: list[bytes] = []
-        valid, key, value, step = it.valid, it.key, it.value, it.next
-        inside = first.startswith(p) and last.startswith(p)
-        while valid():
-            k = key()
-            if k > last or not (inside or k.startswith(p)):
-                break
-            keys.append(k)
-            values.append(value())
-            step()
-        return before, keys, values
+        return (before, *_collect(it, p, first, last, -1))
 
     def count(self, prefix: str) -> int:
         # Counting 100,000 keys takes ~35 ms; list endpoints need the total on every page, so
