@@ -87,7 +87,7 @@ def rollup_figures(http: Any) -> dict[str, float]:
 
 
 def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
-                  base_rss: float, deadline: float) -> dict[str, Any]:
+                  base_rss: float, deadline: float, window: float) -> dict[str, Any]:
     c, pool = fleet.controller, fleet.pool
     assert c.proc is not None and pool is not None
     pid = c.proc.pid
@@ -124,10 +124,7 @@ def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
     pool.ask("stats", {"reset": True, "record": True})
     cpu.reset()
     sims = [CpuMeter(p) for p in pool.pids()]
-    # the top level is measured over a whole TSDB rollup period (a run every ROLL_EVERY s,
-    # the first FIRST_DELAY s after the start): its CPU is the steady state, rollups included
-    asked = args.top_window if level == max(int(x) for x in args.levels.split(",")) else args.window
-    window = max(10.0, min(asked, deadline - time.monotonic() - 20))
+    window = max(10.0, min(window, deadline - time.monotonic() - 20))
     metrics = fleet.controller.session()
     rolled_before = rollup_figures(metrics)
     progress(f"level {level:,}: measuring for {window:.0f} s")
@@ -237,7 +234,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                              "skipped": "the time budget was spent"}
                 progress(f"level {level:,}: skipped (time budget)")
                 continue
-            res = measure_level(fleet, level, args, base["rss_mib"], deadline)
+            # the top level is measured over a whole TSDB rollup period (a run every
+            # ROLL_EVERY s, the first FIRST_DELAY s after the start): its CPU is the steady
+            # state, rollups included
+            res = measure_level(fleet, level, args, base["rss_mib"], deadline,
+                                args.top_window if level == top else args.window)
             res["controller_log"] = controller_log_problems(c)
             out["levels"][str(level)] = res
             if c.proc is not None and c.proc.poll() is not None:

@@ -242,10 +242,8 @@ class TSDB:
         ``limit`` samples (a query's budget)."""
         if end_ms < start_ms:
             return [], []
-        keys, raws = self.store.scan_range(series_prefix(sid), sample_key(sid, max(start_ms, 0)),
-                                           sample_key(sid, end_ms), limit)
-        return ([int(k[-12:], 16) for k in keys],
-                list(struct.unpack(f">{len(raws)}d", b"".join(raws))))
+        return _columns(*self.store.scan_range(
+            series_prefix(sid), sample_key(sid, max(start_ms, 0)), sample_key(sid, end_ms), limit))
 
     def read_after(self, sid: int, start_ms: int,
                    end_ms: int) -> tuple[float | None, list[int], list[float]]:
@@ -253,9 +251,7 @@ class TSDB:
         sample before ``start_ms`` however old (None without one): what a rollup reads."""
         before, keys, raws = self.store.scan_range_after(
             series_prefix(sid), sample_key(sid, max(start_ms, 0)), sample_key(sid, end_ms))
-        return (None if before is None else _DOUBLE.unpack(before)[0],
-                [int(k[-12:], 16) for k in keys],
-                list(struct.unpack(f">{len(raws)}d", b"".join(raws))))
+        return (None if before is None else _DOUBLE.unpack(before)[0], *_columns(keys, raws))
 
     def last_before(self, sid: int, t_ms: int, lookback_ms: int) -> tuple[int, float] | None:
         for key, value in self.store.scan(series_prefix(sid), start=sample_key(sid, t_ms),
@@ -285,6 +281,12 @@ class TSDB:
             if delete_before(self.store, series_prefix(sid), sample_key(sid, cutoff_ms)):
                 n += 1
         return n
+
+
+def _columns(keys: list[bytes], raws: list[bytes]) -> tuple[list[int], list[float]]:
+    """Stored sample keys and values -> their times and values."""
+    return ([int(k[-12:], 16) for k in keys],
+            list(struct.unpack(f">{len(raws)}d", b"".join(raws))))
 
 
 def delete_before(store: Store, prefix: str, end: str) -> bool:
