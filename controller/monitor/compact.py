@@ -107,7 +107,7 @@ class Compactor:
         n = 0
         rest = False  # series left for another slice
         for i, sid in enumerate(sids):
-            n += rollup.roll_series(self.tsdb, batch, sid, s.to, s.run_to)
+            n += rollup.roll_series(self.tsdb, batch, sid, s.to, s.run_to, fresh=True)
             s.next_sid = sid + 1
             if n >= SLICE_SAMPLES and i + 1 < len(sids):
                 rest = True

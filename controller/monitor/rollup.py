@@ -2,9 +2,12 @@
 sum, and the counter increase), made from the raw samples by the compaction task
 (:mod:`controller.monitor.compact`) and read by queries over long spans.
 
-Keys: ``ts1m/<sid>/<hour_ms>`` holds the minutes of one hour, ``ts1h/<sid>/<day_ms>`` the
-hours of one UTC day, each 37 bytes a bucket stored by column (index in the chunk, count,
-min, max, sum, increase), so a week of hours is 8 reads per series. A bucket's *increase* is the
+Keys: ``ts1m/<sid>/<minute_ms>`` holds minutes of one hour from that minute on (a piece: the
+usual run adds one with its new minutes, so it writes ~200 bytes a series instead of the
+hour's chunk again), ``ts1h/<sid>/<day_ms>`` the hours of one UTC day; each is 37 bytes a
+bucket stored by column (index in the hour or day, count, min, max, sum, increase), so a
+week of hours is 8 reads per series. (A chunk keyed by its hour, as stores before pieces
+have them, is a piece too.) A bucket's *increase* is the
 counter increase from the sample before it to its last sample, a reset counting from zero
 (as Prometheus's ``increase`` does); summed over buckets it is the increase over their span.
 
@@ -22,6 +25,8 @@ import struct
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from itertools import compress
+from operator import gt
 from typing import Any
 
 from controller.monitor.tsdb import LATE_PREFIX, TSDB
@@ -147,15 +152,17 @@ def sample_before(tsdb: TSDB, sid: int, t_ms: int) -> float | None:
 
 
 def _increase(prev: float | None, values: Sequence[float]) -> float:
-    """The counter increase over ``values`` from ``prev`` (a reset counts from zero)."""
+    """The counter increase over ``values`` from ``prev`` (a reset counts from zero): the
+    sum of ``v - p`` over consecutive pairs, ``v`` alone where it fell (a reset). Computed as
+    ``last - first`` plus the value before each fall, in builtins (no Python per sample)."""
     if prev is None:
         if len(values) < 2:
             return 0.0
         prev, values = values[0], values[1:]
     elif not values:
         return 0.0
-    return sum(v - p if v >= p else v
-               for p, v in zip((prev, *values[:-1]), values, strict=True))
+    before = (prev, *values[:-1])
+    return (values[-1] - prev) + sum(compress(before, map(gt, before, values)), 0.0)
 
 
 def minute_columns(times: Sequence[int], values: Sequence[float], prev: float | None,
@@ -184,52 +191,63 @@ def minute_columns(times: Sequence[int], values: Sequence[float], prev: float | 
     return out
 
 
-def roll_series(tsdb: TSDB, batch: Batch, sid: int, a: int, b: int) -> int:
-    """Put into ``batch`` the 1-minute buckets of ``sid`` in [a, b) (whole minutes), merged
-    into its chunks, and the 1-hour buckets of the hours that are complete at ``b``; returns
-    the samples read. The same range rolled again puts the same bytes.
+def roll_series(tsdb: TSDB, batch: Batch, sid: int, a: int, b: int, fresh: bool = False) -> int:
+    """Put into ``batch`` the 1-minute buckets of ``sid`` in [a, b) (whole minutes) and the
+    1-hour buckets of the hours that are complete at ``b``; returns the samples read.
 
-    The usual run (every few minutes, the minutes after those its hour's chunk holds) appends
-    to the chunk's columns; a range that overlaps stored minutes (late samples rolled up
-    again) replaces them, record by record."""
+    An hour's minutes are stored in pieces: the usual run (every few minutes) adds a piece
+    with its new minutes, keyed by the first of them, and reads nothing stored unless an hour
+    completes (its hourly bucket sums all of the hour's minutes). ``fresh`` says nothing is
+    stored from ``a`` on (the compaction task's runs know it); otherwise the pieces in the
+    range's hours are read, and an hour whose stored minutes reach into [a, b) (late samples
+    rolled up again) is rewritten as one piece with those minutes replaced. Rolling a range
+    again puts the same bytes; the same minutes rolled up by one run or by many are the same
+    buckets (in one piece or several)."""
     store = tsdb.store
     prev, times, values = tsdb.read_after(sid, a, b - 1)
     starts, count, mn, mx, sm, inc = minute_columns(times, values, prev)
-    # the hours' chunks in the range (one, or two when a run crosses an hour; a catch-up
-    # after a long stop, or the first run over what retention keeps, spans days: only the
-    # chunks there are read, and only hours with minutes stored or new are gone through)
     first_hour, last_hour = floor(a, HOUR), floor(b - 1, HOUR)
-    if last_hour - first_hour <= HOUR:  # the usual run: point reads
-        in_range = (first_hour, last_hour) if last_hour > first_hour else (first_hour,)
-        existing = {hour: raw for hour, raw in zip(
-            in_range, store.get_many([chunk_key(MINUTE, sid, h) for h in in_range]), strict=True)
-            if raw is not None}
+    # the pieces to read: all in the range's hours, or (fresh) those of a's hour before a,
+    # when that hour completes in this run
+    if not fresh:
+        read_to = last_hour
+    elif first_hour < a and first_hour + HOUR <= b:
+        read_to = first_hour
     else:
+        read_to = -1
+    stored: dict[int, list[tuple[bytes, bytes]]] = {}
+    if read_to >= 0:
         keys, raws = store.scan_range(chunk_prefix(MINUTE, sid),
                                       chunk_key(MINUTE, sid, first_hour),
-                                      chunk_key(MINUTE, sid, last_hour))
-        existing = {int(key[-12:], 16): raw for key, raw in zip(keys, raws, strict=True)}
-    new_hours = {start - start % HOUR for start in starts}
+                                      chunk_key(MINUTE, sid, read_to + HOUR - 1))
+        for piece_key, raw in zip(keys, raws, strict=True):
+            stored.setdefault(floor(int(piece_key[-12:], 16), HOUR), []).append((piece_key, raw))
     hours: dict[int, Agg | None] = {}
-    for hour in sorted(existing.keys() | new_hours):
-        raw = existing.get(hour)
+    for hour in sorted(stored.keys() | {start - start % HOUR for start in starts}):
         k = bisect_left(starts, hour)
         k_end = bisect_left(starts, hour + HOUR, k)
         new: Sequence[Sequence[Any]] = (
             [(s - hour) // MINUTE for s in starts[k:k_end]], count[k:k_end], mn[k:k_end],
             mx[k:k_end], sm[k:k_end], inc[k:k_end])
-        cols: Sequence[Sequence[Any]] = new
-        if raw is not None:
-            old: Sequence[Sequence[Any]] = columns(raw)
+        cols: Sequence[Sequence[Any]] = new  # the hour's minutes, all of them
+        piece: Sequence[Sequence[Any]] | None = new if new[0] else None  # what to write
+        pieces = stored.get(hour)
+        if pieces:
+            old = _join([columns(raw) for _, raw in pieces])
             if old[0] and hour + old[0][-1] * MINUTE >= a:  # stored minutes in [a, b)
-                cols = _replace_minutes(old, hour, a, b, new)
-            else:  # the usual run: every stored minute is before a
+                cols = piece = _replace_minutes(old, hour, a, b, new)
+                keep = chunk_key(MINUTE, sid, hour + cols[0][0] * MINUTE).encode() \
+                    if cols[0] else b""
+                for stale, _ in pieces:
+                    if stale != keep:
+                        batch.delete(stale.decode())
+                if not cols[0]:
+                    piece = None
+            else:  # every stored minute is before a
                 cols = [(*was, *add) for was, add in zip(old, new, strict=True)]
-        key = chunk_key(MINUTE, sid, hour)
-        if cols[0]:
-            batch.put(key, _encode_columns(cols))
-        elif raw is not None:
-            batch.delete(key)
+        if piece is not None:
+            batch.put(chunk_key(MINUTE, sid, hour + piece[0][0] * MINUTE),
+                      _encode_columns(piece))
         if a < hour + HOUR <= b:  # complete now, and changed
             hours[hour] = (sum(cols[1]), min(cols[2]), max(cols[3]), sum(cols[4], 0.0),
                            sum(cols[5], 0.0)) if cols[0] else None
@@ -238,8 +256,8 @@ def roll_series(tsdb: TSDB, batch: Batch, sid: int, a: int, b: int) -> int:
         by_day.setdefault(floor(hour, DAY), {})[(hour % DAY) // HOUR] = agg
     for day, changes in by_day.items():
         key = chunk_key(HOUR, sid, day)
-        stored = store.get(key)
-        day_records = decode(stored) if stored is not None else {}
+        stored_day = store.get(key)
+        day_records = decode(stored_day) if stored_day is not None else {}
         for i, change in changes.items():
             if change is None:
                 day_records.pop(i, None)
@@ -247,7 +265,7 @@ def roll_series(tsdb: TSDB, batch: Batch, sid: int, a: int, b: int) -> int:
                 day_records[i] = change
         if day_records:
             batch.put(key, encode(day_records))
-        elif stored is not None:
+        elif stored_day is not None:
             batch.delete(key)
     return len(times)
 
@@ -260,6 +278,13 @@ def _replace_minutes(cols: Sequence[Sequence[Any]], hour: int, a: int, b: int,
     idx = sorted(records)
     return (idx, *(list(col) for col in zip(*(records[i] for i in idx), strict=True))) \
         if idx else ([], [], [], [], [], [])
+
+
+def _join(chunks: Sequence[Sequence[Sequence[Any]]]) -> Sequence[Sequence[Any]]:
+    """The columns of an hour's pieces (in key order, so in minute order) as one."""
+    if len(chunks) == 1:
+        return chunks[0]
+    return [[x for chunk in chunks for x in chunk[i]] for i in range(6)]
 
 
 def _encode_columns(cols: Sequence[Sequence[Any]]) -> bytes:
@@ -279,7 +304,7 @@ def read_columns(tsdb: TSDB, sid: int, res: int, start: int, end: int) -> Column
                                     start=chunk_key(res, sid, floor(max(start, 0), span))):
         if key >= end_key:
             break
-        base = int(key[-12:], 16)
+        base = floor(int(key[-12:], 16), span)  # a piece of a chunk: indexes from its start
         idx, c, lo, hi, s, ic = columns(raw)
         n = len(idx)
         if not n:

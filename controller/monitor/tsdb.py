@@ -33,6 +33,9 @@ LATE_PREFIX = "tslate/"
 # was stored before the run that rolls up its minute reads it.
 LATE_MS = 60_000
 _HOUR_MS = 3_600_000
+# read_after reads forward from this long before its range (agents sample every 10 s), where
+# the sample before it most often is, instead of seeking back to it
+NEAR_MS = 30_000
 _chain = chain.from_iterable
 # What one query may use (the settings query_max_samples and query_timeout; see
 # controller/monitor/source.py, Budget): reading a sample takes ~0.5 us here (a raw sample
@@ -250,7 +253,8 @@ class TSDB:
         """:meth:`read_columns` of ``[start_ms, end_ms]`` and first the value of the last
         sample before ``start_ms`` however old (None without one): what a rollup reads."""
         before, keys, raws = self.store.scan_range_after(
-            series_prefix(sid), sample_key(sid, max(start_ms, 0)), sample_key(sid, end_ms))
+            series_prefix(sid), sample_key(sid, max(start_ms, 0)), sample_key(sid, end_ms),
+            near=sample_key(sid, max(start_ms - NEAR_MS, 0)))
         return (None if before is None else _DOUBLE.unpack(before)[0], *_columns(keys, raws))
 
     def last_before(self, sid: int, t_ms: int, lookback_ms: int) -> tuple[int, float] | None:

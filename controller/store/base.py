@@ -91,10 +91,12 @@ class Store(Protocol):
         key order, at most ``limit``, as two lists."""
         ...
 
-    def scan_range_after(self, prefix: str, start: str,
-                         stop: str) -> tuple[bytes | None, list[bytes], list[bytes]]:
+    def scan_range_after(self, prefix: str, start: str, stop: str, near: str | None = None,
+                         ) -> tuple[bytes | None, list[bytes], list[bytes]]:
         """:meth:`scan_range` (no limit), and first the value of the last key with ``prefix``
-        before ``start`` (None if there is none): one seek for both."""
+        before ``start`` (None if there is none). ``near``: a key before ``start`` from which
+        to read forward, where that key most often is (one seek for both; a seek back when
+        nothing is between)."""
         ...
 
     def count(self, prefix: str) -> int: ...

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from rocksdict import (
     AccessType,
@@ -18,7 +19,6 @@ from rocksdict import (
     DBCompressionType,
     Options,
     Rdict,
-    RdictIter,
     WriteBatch,
     WriteOptions,
 )
@@ -76,22 +76,26 @@ def _upper_bound(prefix: bytes) -> bytes | None:
     return None
 
 
-def _collect(it: RdictIter, p: bytes, first: bytes, last: bytes,
+def _collect(items: Iterable[tuple[Any, Any]], p: bytes, first: bytes, last: bytes,
              n: int) -> tuple[list[bytes], list[bytes]]:
-    """From where ``it`` stands, the items with prefix ``p`` up to ``last`` (inclusive), at
-    most ``n`` (-1: all): keys and values as two lists."""
+    """From ``items`` (RocksDB's items from a key on), those with prefix ``p`` up to ``last``
+    (inclusive), at most ``n`` (-1: all): keys and values as two lists. (An items iterator
+    gives a key and its value in one call, where an RdictIter takes four: valid, key, value,
+    next; a rollup run reads every series' new samples: 16 -> 8 us for 30 samples.)"""
     keys: list[bytes] = []
     values: list[bytes] = []
-    valid, key, value, step = it.valid, it.key, it.value, it.next
+    if n == 0:
+        return keys, values
     inside = first.startswith(p) and last.startswith(p)  # then so is every key between
-    while valid() and n != 0:
-        k = key()
+    add_key, add_value = keys.append, values.append
+    for k, v in items:
         if k > last or not (inside or k.startswith(p)):
             break
-        keys.append(k)
-        values.append(value())
-        step()
+        add_key(k)
+        add_value(v)
         n -= 1
+        if n == 0:
+            break
     return keys, values
 
 
@@ -191,26 +195,28 @@ class RocksStore:
         p = prefix.encode()
         first = start.encode()
         last = stop.encode()
-        it = self._db.iter()
-        it.seek(first if first > p else p)
-        return _collect(it, p, first, last, -1 if limit is None else limit)
+        return _collect(self._db.items(from_key=first if first > p else p), p, first, last,
+                        -1 if limit is None else limit)
 
-    def scan_range_after(self, prefix: str, start: str,
-                         stop: str) -> tuple[bytes | None, list[bytes], list[bytes]]:
+    def scan_range_after(self, prefix: str, start: str, stop: str,
+                         near: str | None = None) -> tuple[bytes | None, list[bytes], list[bytes]]:
         p = prefix.encode()
         first = start.encode()
         last = stop.encode()
+        if near is not None:  # read from near on: most often the key before start is there
+            from_key = max(min(near.encode(), first), p)
+            keys, values = _collect(self._db.items(from_key=from_key), p, p, last, -1)
+            i = bisect_left(keys, first)
+            if i:
+                return values[i - 1], keys[i:], values[i:]
+        else:
+            keys, values = _collect(self._db.items(from_key=max(first, p)), p, first, last, -1)
         it = self._db.iter()
         it.seek_for_prev(first)  # the last key <= start
         if it.valid() and it.key() == first:
             it.prev()
-        before: bytes | None = None
-        if it.valid() and it.key().startswith(p):
-            before = it.value()
-            it.next()
-        else:
-            it.seek(first if first > p else p)
-        return (before, *_collect(it, p, first, last, -1))
+        before = it.value() if it.valid() and it.key().startswith(p) else None
+        return before, keys, values
 
     def count(self, prefix: str) -> int:
         # Counting 100,000 keys takes ~35 ms; list endpoints need the total on every page, so

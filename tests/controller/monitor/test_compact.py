@@ -116,9 +116,9 @@ def test_buckets_are_exactly_what_the_samples_say(db: TSDB, clock: Clock) -> Non
 
 def test_runs_every_five_minutes_store_what_one_run_does(db: TSDB, clock: Clock,
                                                         tmp_path: Path) -> None:
-    """The usual run appends its minutes to the hour's chunk (and sums the hour up from the
-    chunk's columns when it completes): the same bytes as one run over the whole span, and
-    buckets that match the samples, a counter reset included."""
+    """The usual run adds its minutes to the hour as a piece of their own (and sums the hour
+    up from its pieces when it completes): the same buckets as one run over the whole span
+    (the same hourly bytes), and buckets that match the samples, a counter reset included."""
     steps = Clock(T0 + compact.ROLL_DELAY)
     c = compactor(db, steps)
     c.state.to = T0
@@ -134,11 +134,52 @@ def test_runs_every_five_minutes_store_what_one_run_does(db: TSDB, clock: Clock,
     one.state.to = T0
     asyncio.run(run_once(one, pause=0))
     assert one.state.to == c.state.to
-    assert stored(db) == stored(whole) and len(stored(db)) == 3 * (2 + 1)
+    for s in db.sids():
+        for res in (MINUTE, HOUR):
+            assert rollup.read_buckets(db, s, res, 0, T0 + DAY) == rollup.read_buckets(
+                whole, s, res, 0, T0 + DAY)
+    hourly = {k: v for k, v in stored(db).items() if k.startswith("ts1h/")}
+    assert hourly == {k: v for k, v in stored(whole).items() if k.startswith("ts1h/")}
+    # a piece per run with minutes, each keyed by its first minute; one per hour in one run
+    pieces = {k: v for k, v in stored(db).items()
+              if k.startswith(rollup.chunk_prefix(MINUTE, sid(db, "c")))}
+    assert len(pieces) == len({t // (5 * MINUTE) for t, _ in rollup.read_buckets(
+        db, sid(db, "c"), MINUTE, 0, T0 + DAY)}) > 12
+    for key, raw in pieces.items():
+        t = int(key[-12:], 16)
+        assert rollup.columns(raw)[0][0] == (t % HOUR) // MINUTE
+    assert len(stored(whole)) == 3 * (2 + 1)
     samples = [(T0 + i * 10_000, counter(i)) for i in range(N)]
     for res in (MINUTE, HOUR):
         got = dict(rollup.read_buckets(db, sid(db, "c"), res, T0 - DAY, T0 + DAY))
         assert got == oracle(samples, res), res
+
+
+def test_a_late_sample_rewrites_its_hour_of_pieces_as_one(db: TSDB) -> None:
+    """An hour rolled up by 5-minute runs is in pieces; a late sample rolls it up again as
+    one piece (the others deleted), and its buckets are what the samples say."""
+    steps = Clock(T0 + compact.ROLL_DELAY)
+    c = compactor(db, steps)
+    c.state.to = T0
+    while steps.t_ms < T0 + 2 * HOUR + compact.ROLL_DELAY:
+        steps.t_ms += 5 * MINUTE
+        asyncio.run(run_once(c, pause=0))
+    g = sid(db, "g")
+    hour0 = [k for k in stored(db) if k.startswith(rollup.chunk_prefix(MINUTE, g))
+             and int(k[-12:], 16) < T0 + HOUR]
+    assert len(hour0) == 12
+    late = T0 + 20 * MINUTE + 5_000
+    b = Batch()
+    db.add(b, "o1", [("g", {"machine_id": "m1"}, 1000.0, late)])
+    db.store.write(b)
+    c.reroll_late()
+    after = [k for k in stored(db) if k.startswith(rollup.chunk_prefix(MINUTE, g))
+             and int(k[-12:], 16) < T0 + HOUR]
+    assert after == [rollup.chunk_key(MINUTE, g, T0)]
+    samples = sorted([(T0 + i * 10_000, gauge(i)) for i in range(N)] + [(late, 1000.0)])
+    for res in (MINUTE, HOUR):
+        got = dict(rollup.read_buckets(db, g, res, T0, T0 + 2 * HOUR))
+        assert got == oracle([x for x in samples if x[0] < T0 + 2 * HOUR], res), res
 
 
 def test_sparse_samples_one_a_minute_or_fewer_roll_up(tmp_path: Path) -> None:
