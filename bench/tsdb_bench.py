@@ -40,7 +40,7 @@ from controller.monitor import compact, rollup  # noqa: E402
 from controller.monitor.compact import ROLL_DELAY, Compactor  # noqa: E402
 from controller.monitor.query import evaluate, resolution  # noqa: E402
 from controller.monitor.rollup import HOUR, MINUTE  # noqa: E402
-from controller.monitor.tsdb import TSDB  # noqa: E402
+from controller.monitor.tsdb import TSDB, sample_key_bytes  # noqa: E402
 from controller.store import Batch, RocksStore, open_store  # noqa: E402
 
 ORG = "0123456789abcdef0123456789abcdef"
@@ -130,11 +130,11 @@ def write_day(db: TSDB, series: list[tuple[str, dict[str, str], str]], start_ms:
     steps = int(days * DAY_S * 1000 / INTERVAL_MS)
     b = Batch()
     for i in range(steps):
-        tail = f"/{start_ms + i * INTERVAL_MS:012x}"
+        t = start_ms + i * INTERVAL_MS
         for sid, w in zip(sids, walks, strict=True):
-            b.puts[f"ts/{sid:08x}{tail}"] = rollup_pack(w.next())
+            b.samples.append((sample_key_bytes(sid, t), rollup_pack(w.next())))
         n += len(sids)
-        if len(b.puts) >= 50_000:
+        if len(b.samples) >= 50_000:
             db.store.write(b)
             b = Batch()
     db.store.write(b)
@@ -270,11 +270,10 @@ def week_query(tmp: Path, rng: random.Random, n_series: int, runs: int) -> dict[
     t = start_ms
     while t < now_ms:
         step = 5 * MINUTE if t < to else INTERVAL_MS
-        tail = f"/{t:012x}"
         for sid, w in zip(sids, walks, strict=True):
-            b.puts[f"ts/{sid:08x}{tail}"] = rollup_pack(w.next())
+            b.samples.append((sample_key_bytes(sid, t), rollup_pack(w.next())))
         n += len(sids)
-        if len(b.puts) >= 50_000:
+        if len(b.samples) >= 50_000:
             store.write(b)
             b = Batch()
         t += step

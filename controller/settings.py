@@ -86,7 +86,8 @@ class Settings:
     # the agent's dependency wheels served at /install/wheels/ to hosts without the package
     # index (fill it with `overcast agent wheels fetch`); empty: <data_dir>/wheels
     agent_wheels_dir: str = ""
-    # metrics: seconds between an agent's samples, and seconds samples are kept
+    # metrics: seconds between an agent's samples, and seconds raw samples are kept; they are
+    # deleted by whole hours, so kept up to an hour longer
     metric_interval: int = 10
     metric_retention: int = 7 * 24 * 3600
     # metrics: seconds the rolled-up series are kept: every series summed up per minute and

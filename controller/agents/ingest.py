@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 Sample = tuple[str, Mapping[str, str], float, int]  # metric, labels, value, time_ms
 _DOUBLE = struct.Struct(">d")  # how the TSDB stores a value
+_HOUR_MS = 3_600_000  # its partitions
 
 
 @dataclass(slots=True)
@@ -152,7 +153,8 @@ def _add_compact(batch: Batch, c: Compact) -> int:
     append = batch.samples.append
     pack = _DOUBLE.pack
     sids = c.sids
-    tail = b"/%012x" % c.t_ms
+    head = b"tsr/%06x/" % (c.t_ms // _HOUR_MS)
+    tail = b"/%06x" % (c.t_ms % _HOUR_MS)
     for ref, value in zip(c.refs, c.values, strict=True):
-        append((b"ts/%08x%b" % (sids[ref], tail), pack(value)))
+        append((b"%b%08x%b" % (head, sids[ref], tail), pack(value)))
     return len(c.refs)

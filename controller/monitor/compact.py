@@ -36,8 +36,8 @@ except OSError:  # not glibc (musl...): nothing to trim
 ROLL_DELAY = 120_000
 ROLL_EVERY = 300.0  # seconds between runs (queries read the raw samples after the last one)
 EXPIRE_EVERY = 3600.0
-# Retention deletes a range in every series: ~100 series per agent, so half a million calls
-# into RocksDB for 5,000 agents, ~2 s of work that holds the GIL in a worker thread. Done at
+# Retention looks at every series' rollups (and deletes their old ranges): ~100 series per
+# agent, so half a million calls into RocksDB for 5,000 agents, ~2 s of work that holds the GIL in a worker thread. Done at
 # once it starved the event loop for ~20 s, and right after a start it did so while every
 # agent was reconnecting (bench/reconnect_bench.py: p50 reconnection 29 s after "ready"
 # instead of 10 s). So: the first run some minutes after the start, then slices of series
@@ -194,13 +194,22 @@ class Compactor:
         self._record(*cuts)
         return cuts
 
+    def expire_raw(self, cuts: tuple[int, int, int] | None = None) -> None:
+        """Delete the raw samples past retention that are rolled up, in every series at once
+        (whole hours: ``cutoffs`` gives an hour)."""
+        t0 = time.thread_time()
+        self.tsdb.expire((cuts if cuts is not None else self.cutoffs())[0])
+        self._cpu.inc(time.thread_time() - t0)
+
     def expire_slice(self, sids: list[int], cuts: tuple[int, int, int] | None = None) -> None:
-        """Delete, in ``sids``, raw samples past retention that are rolled up, and rollups
-        past their retention (before ``cuts``, :meth:`begin_expiry`'s, or those of now)."""
+        """Delete, in ``sids``, rollups past their retention (before ``cuts``,
+        :meth:`begin_expiry`'s, or those of now), and raw samples past retention of a store
+        from before hour partitions."""
         t0 = time.thread_time()
         raw_cut, minute_cut, rollup_cut = cuts if cuts is not None else self.cutoffs()
+        if self.tsdb.legacy:
+            self.tsdb.expire_legacy(raw_cut, sids)
         for sid in sids:
-            self.tsdb.expire(raw_cut, (sid,))
             for res, span, cut in ((MINUTE, HOUR, minute_cut), (HOUR, DAY, rollup_cut)):
                 delete_before(self.tsdb.store, rollup.chunk_prefix(res, sid),
                               rollup.chunk_key(res, sid, rollup.floor(cut, span)))
@@ -213,12 +222,14 @@ class Compactor:
         self._save(Batch())
 
     def cutoffs(self) -> tuple[int, int, int]:
-        """Raw samples, 1-minute and hourly rollups are deleted before these times (ms)."""
+        """Raw samples, 1-minute and hourly rollups are deleted before these times (ms). Raw
+        samples go by whole hours (the TSDB's partitions): kept up to an hour longer."""
         now = self._now()
-        raw_cut = rollup.floor(now - self.retention_ms, MINUTE)
+        raw_cut = now - self.retention_ms
         if self.state.to:
             raw_cut = min(raw_cut, self.state.to)  # never what is not rolled up yet
-        return raw_cut, now - self.minute_retention_ms, now - self.rollup_retention_ms
+        return (rollup.floor(raw_cut, HOUR), now - self.minute_retention_ms,
+                now - self.rollup_retention_ms)
 
     def _save(self, batch: Batch) -> None:
         rollup.put_state(batch, self.state)
@@ -281,10 +292,13 @@ async def _roll(c: Compactor, pause: float, resumed: bool) -> None:
 
 async def expire_all(c: Compactor, slice_size: int = SLICE_SERIES, pause: float = PAUSE) -> None:
     cuts = await _in_thread(c.begin_expiry)
+    await _in_thread(c.expire_raw, cuts)
     sids = await _in_thread(c.tsdb.sids)
     for i in range(0, len(sids), slice_size):
         await _in_thread(c.expire_slice, sids[i:i + slice_size], cuts)
         await asyncio.sleep(pause)
+    if c.tsdb.legacy and not await _in_thread(c.tsdb.check_legacy):
+        log.info("the last raw samples stored before hour partitions are past retention")
     await _in_thread(_release_memory)
     log.debug("retention: trimmed %d series", len(sids))
 

@@ -29,7 +29,7 @@ from itertools import compress
 from operator import gt
 from typing import Any
 
-from controller.monitor.tsdb import LATE_PREFIX, TSDB
+from controller.monitor.tsdb import LATE_PREFIX, PREV_LOOKBACK_MS, TSDB
 from controller.store.base import Batch
 
 MINUTE = 60_000
@@ -146,8 +146,8 @@ def bucketize(samples: Iterable[tuple[int, float]], prev: float | None,
 
 
 def sample_before(tsdb: TSDB, sid: int, t_ms: int) -> float | None:
-    """The value of the last raw sample before ``t_ms``, however old."""
-    hit = tsdb.last_before(sid, t_ms - 1, t_ms)
+    """The value of the last raw sample before ``t_ms`` (up to ``PREV_LOOKBACK_MS`` before)."""
+    hit = tsdb.last_before(sid, t_ms - 1, PREV_LOOKBACK_MS)
     return None if hit is None else hit[1]
 
 

@@ -1,12 +1,20 @@
 """An embedded time-series store on the state store.
 
 A series is a metric name plus labels (one of them ``machine_id``), interned to a short id.
-Keys: ``ts/<sid:8 hex>/<time_ms:12 hex>`` → the value as a big-endian double, so one series'
-samples are contiguous and in time order; ``tsidx/<org>/<metric>/<sid>`` finds the series of
-a metric; ``tsmeta/<sid>`` holds its labels. Samples are written in batches (the ingest path
+Raw samples are partitioned by hour: ``tsr/<hour:6 hex>/<sid:8 hex>/<ms in the hour:6 hex>``
+→ the value as a big-endian double, so within an hour one series' samples are contiguous and
+in time order, and new samples only ever overlap the current hour. (With one range per
+series for all time, ``ts/<sid>/<time_ms>`` before, every memtable flush overlapped every
+series' range and RocksDB rewrote the older data level after level: its compaction writes
+grew with the store, ~10x the ingest after 8 hours of 60,000 series, where hour partitions
+stay at ~3x; and retention deleted a range in every series where it now deletes whole
+hours at once. A store from before keeps its ``ts/`` samples, read beside the new ones, until
+retention has deleted them: see :attr:`TSDB.legacy`.) ``tsidx/<org>/<metric>/<sid>`` finds
+the series of a metric; ``tsmeta/<sid>`` holds its labels. Samples are written in batches (the ingest path
 groups many agents' batches into one write); a sample at the same time overwrites, so
 replaying a batch stores nothing twice. Raw samples are kept ``retention`` seconds; rolled-up
-buckets (:mod:`controller.monitor.rollup`) longer. A sample stored more than ``LATE_MS``
+buckets (:mod:`controller.monitor.rollup`) longer; retention deletes whole hours, so a raw
+sample is kept up to an hour past ``retention``. A sample stored more than ``LATE_MS``
 after its time (an agent's spool, replayed after it reconnects) leaves a mark
 ``tslate/<sid>/<hour_ms>`` in the same batch, so the compaction task rolls that hour up again."""
 
@@ -16,6 +24,7 @@ import json
 import logging
 import struct
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain
@@ -33,9 +42,12 @@ LATE_PREFIX = "tslate/"
 # was stored before the run that rolls up its minute reads it.
 LATE_MS = 60_000
 _HOUR_MS = 3_600_000
-# read_after reads forward from this long before its range (agents sample every 10 s), where
-# the sample before it most often is, instead of seeking back to it
+# read_after reads from this long before its range (agents sample every 10 s), where the
+# sample before it most often is, instead of seeking back to it ...
 NEAR_MS = 30_000
+# ... and looks this far back at most (the rollups' and queries' "value before", which a
+# counter's increase starts from: a series silent longer starts again from its next sample)
+PREV_LOOKBACK_MS = _HOUR_MS
 _chain = chain.from_iterable
 # What one query may use (the settings query_max_samples and query_timeout; see
 # controller/monitor/source.py, Budget): reading a sample takes ~0.5 us here (a raw sample
@@ -53,12 +65,34 @@ class Series:
     labels: Mapping[str, str]
 
 
-def series_prefix(sid: int) -> str:
-    return f"ts/{sid:08x}/"
+RAW_PREFIX = "tsr/"
+LEGACY_PREFIX = "ts/"  # raw samples of a store from before hour partitions
+
+
+def part_prefix(hour: int) -> str:
+    """The keys of every series' samples in ``hour`` (an hour's index: time_ms // HOUR)."""
+    return f"{RAW_PREFIX}{hour:06x}/"
+
+
+def series_part_prefix(sid: int, hour: int) -> str:
+    return f"{RAW_PREFIX}{hour:06x}/{sid:08x}/"
 
 
 def sample_key(sid: int, t_ms: int) -> str:
-    return f"ts/{sid:08x}/{t_ms:012x}"
+    return f"{RAW_PREFIX}{t_ms // _HOUR_MS:06x}/{sid:08x}/{t_ms % _HOUR_MS:06x}"
+
+
+def sample_key_bytes(sid: int, t_ms: int) -> bytes:
+    """:func:`sample_key` as ``Batch.samples`` takes it."""
+    return b"tsr/%06x/%08x/%06x" % (t_ms // _HOUR_MS, sid, t_ms % _HOUR_MS)
+
+
+def legacy_prefix(sid: int) -> str:
+    return f"{LEGACY_PREFIX}{sid:08x}/"
+
+
+def legacy_key(sid: int, t_ms: int) -> str:
+    return f"{LEGACY_PREFIX}{sid:08x}/{t_ms:012x}"
 
 
 def late_key(sid: int, hour_ms: int) -> str:
@@ -101,6 +135,9 @@ class TSDB:
         for key, _ in store.scan("tsmetric/", keys_only=True):
             org, _, metric = key[len("tsmetric/"):].partition("/")
             self._metrics.add((org, metric))
+        # samples of a store from before hour partitions: read beside the new ones (each read
+        # looks in both) until retention has deleted the last of them (expire)
+        self.legacy = any(True for _ in store.scan(LEGACY_PREFIX, limit=1, keys_only=True))
 
     def _index_old_series(self) -> None:
         """Series written before the store kept the index: add tskey/ and tsmetric/ once."""
@@ -195,14 +232,16 @@ class TSDB:
         tail = b""
         late = late_before()
         marks: set[tuple[int, int]] = set()
+        head = b""
         for metric, labels, value, t_ms in samples:
             key = (org, metric, *_chain(sorted(labels.items())))
             sid = get(key)
             if sid is None:
                 sid = self._create(batch, key, org, metric, labels)
             if t_ms != last_t:  # a batch's samples mostly share one time
-                last_t, tail = t_ms, b"%012x" % t_ms
-            append((b"ts/%08x/%b" % (sid, tail), pack(value)))
+                last_t = t_ms
+                head, tail = b"tsr/%06x/" % (t_ms // _HOUR_MS), b"/%06x" % (t_ms % _HOUR_MS)
+            append((b"%b%08x%b" % (head, sid, tail), pack(value)))
             if t_ms < late:
                 marks.add((sid, t_ms - t_ms % _HOUR_MS))
             n += 1
@@ -232,38 +271,88 @@ class TSDB:
 
     def read(self, sid: int, start_ms: int, end_ms: int) -> Iterator[tuple[int, float]]:
         """Samples of one series with start_ms <= t <= end_ms, in time order."""
-        prefix = series_prefix(sid)
-        end_key = sample_key(sid, end_ms)
-        for key, value in self.store.scan(prefix, start=sample_key(sid, max(start_ms, 0))):
-            if key > end_key:
-                return
-            yield int(key[-12:], 16), _DOUBLE.unpack(value)[0]
+        yield from zip(*self.read_columns(sid, start_ms, end_ms), strict=True)
 
     def read_columns(self, sid: int, start_ms: int, end_ms: int,
                      limit: int | None = None) -> tuple[list[int], list[float]]:
         """:meth:`read` as two lists (times, values): what queries read, made faster; at most
-        ``limit`` samples (a query's budget)."""
+        ``limit`` samples (a query's budget). One read per hour of the range."""
+        start_ms = max(start_ms, 0)
         if end_ms < start_ms:
             return [], []
-        return _columns(*self.store.scan_range(
-            series_prefix(sid), sample_key(sid, max(start_ms, 0)), sample_key(sid, end_ms), limit))
+        times: list[int] = []
+        values: list[float] = []
+        left = -1 if limit is None else limit
+        scan_range = self.store.scan_range
+        hour, last_hour = start_ms // _HOUR_MS, end_ms // _HOUR_MS
+        found = False
+        while hour <= last_hour:
+            if not found and hour < last_hour:
+                # the first hour, or one this series had nothing in: go to the next hour
+                # anything is stored in (a range from 0 is 490,000 hours; a week holds 168)
+                hour = self._stored_hour(hour)
+                if hour > last_hour:
+                    break
+            base = hour * _HOUR_MS
+            keys, raws = scan_range(
+                series_part_prefix(sid, hour), sample_key(sid, max(start_ms, base)),
+                sample_key(sid, min(end_ms, base + _HOUR_MS - 1)), None if left < 0 else left)
+            found = bool(keys)
+            if keys:
+                times += [base + int(k[-6:], 16) for k in keys]
+                values += struct.unpack(f">{len(raws)}d", b"".join(raws))
+                if left >= 0:
+                    left -= len(keys)
+                    if left <= 0:
+                        break
+            hour += 1
+        if self.legacy:
+            old_times, old_values = _columns(*scan_range(
+                legacy_prefix(sid), legacy_key(sid, start_ms), legacy_key(sid, end_ms), limit))
+            times, values = _merge(old_times, old_values, times, values)
+            if limit is not None:
+                del times[limit:], values[limit:]
+        return times, values
+
+    def _stored_hour(self, hour: int) -> int:
+        """The first hour from ``hour`` on that holds samples (of any series); past the
+        last one if none does."""
+        for key, _ in self.store.scan(RAW_PREFIX, start=part_prefix(hour), limit=1,
+                                      keys_only=True):
+            return int(key[len(RAW_PREFIX):len(RAW_PREFIX) + 6], 16)
+        return 1 << 30
 
     def read_after(self, sid: int, start_ms: int,
                    end_ms: int) -> tuple[float | None, list[int], list[float]]:
         """:meth:`read_columns` of ``[start_ms, end_ms]`` and first the value of the last
-        sample before ``start_ms`` however old (None without one): what a rollup reads."""
-        before, keys, raws = self.store.scan_range_after(
-            series_prefix(sid), sample_key(sid, max(start_ms, 0)), sample_key(sid, end_ms),
-            near=sample_key(sid, max(start_ms - NEAR_MS, 0)))
-        return (None if before is None else _DOUBLE.unpack(before)[0], *_columns(keys, raws))
+        sample before ``start_ms`` (None without one in ``PREV_LOOKBACK_MS``): what a rollup
+        reads."""
+        times, values = self.read_columns(sid, start_ms - NEAR_MS, end_ms)
+        i = bisect_left(times, start_ms)
+        if i:
+            return values[i - 1], times[i:], values[i:]
+        hit = self.last_before(sid, start_ms - 1, PREV_LOOKBACK_MS)
+        return (None if hit is None else hit[1]), times, values
 
     def last_before(self, sid: int, t_ms: int, lookback_ms: int) -> tuple[int, float] | None:
-        for key, value in self.store.scan(series_prefix(sid), start=sample_key(sid, t_ms),
-                                          reverse=True, limit=1):
-            ts = int(key[-12:], 16)
-            if ts >= t_ms - lookback_ms:
-                return ts, _DOUBLE.unpack(value)[0]
-        return None
+        """The last sample at or before ``t_ms`` and not before ``t_ms - lookback_ms``."""
+        if t_ms < 0:
+            return None
+        first = max(t_ms - lookback_ms, 0)
+        hit: tuple[int, float] | None = None
+        for hour in range(t_ms // _HOUR_MS, first // _HOUR_MS - 1, -1):
+            for key, value in self.store.scan(series_part_prefix(sid, hour),
+                                              start=sample_key(sid, t_ms), reverse=True, limit=1):
+                hit = hour * _HOUR_MS + int(key[-6:], 16), _DOUBLE.unpack(value)[0]
+            if hit is not None:
+                break
+        if self.legacy:
+            for key, value in self.store.scan(legacy_prefix(sid), start=legacy_key(sid, t_ms),
+                                              reverse=True, limit=1):
+                ts = int(key[-12:], 16)
+                if hit is None or ts > hit[0]:
+                    hit = ts, _DOUBLE.unpack(value)[0]
+        return hit if hit is not None and hit[0] >= first else None
 
     def sids(self) -> list[int]:
         """Every series id, in order."""
@@ -277,20 +366,52 @@ class TSDB:
     def last_sid(self) -> int:
         return self._next - 1
 
-    def expire(self, cutoff_ms: int, sids: Iterable[int] | None = None) -> int:
-        """Drop samples older than ``cutoff_ms`` in every series (or in ``sids`` only: the
-        retention task goes through them in slices); returns series touched."""
+    def expire(self, cutoff_ms: int) -> int:
+        """Drop the raw samples of the hours before ``cutoff_ms``'s (one range deletion for
+        every series); returns the hours' index it deleted up to (0 if nothing). Samples of a
+        store from before hour partitions are in a range per series: :meth:`expire_legacy`."""
+        end = part_prefix(cutoff_ms // _HOUR_MS)
+        return cutoff_ms // _HOUR_MS if delete_before(self.store, RAW_PREFIX, end) else 0
+
+    def expire_legacy(self, cutoff_ms: int, sids: Iterable[int]) -> int:
+        """Drop the samples older than ``cutoff_ms`` that a store from before hour partitions
+        holds for ``sids``; returns series touched. (When none are left at all, after a pass,
+        :meth:`check_legacy`.)"""
         n = 0
-        for sid in self.sids() if sids is None else sids:
-            if delete_before(self.store, series_prefix(sid), sample_key(sid, cutoff_ms)):
+        for sid in sids:
+            if delete_before(self.store, legacy_prefix(sid), legacy_key(sid, cutoff_ms)):
                 n += 1
         return n
 
+    def check_legacy(self) -> bool:
+        """Whether samples from before hour partitions are left (reads stop looking for them
+        once none are)."""
+        if self.legacy:
+            self.legacy = any(True for _ in self.store.scan(LEGACY_PREFIX, limit=1,
+                                                            keys_only=True))
+        return self.legacy
+
 
 def _columns(keys: list[bytes], raws: list[bytes]) -> tuple[list[int], list[float]]:
-    """Stored sample keys and values -> their times and values."""
+    """Stored samples of the layout before hour partitions -> their times and values."""
     return ([int(k[-12:], 16) for k in keys],
             list(struct.unpack(f">{len(raws)}d", b"".join(raws))))
+
+
+def _merge(t1: list[int], v1: list[float], t2: list[int],
+           v2: list[float]) -> tuple[list[int], list[float]]:
+    """Two runs of samples in time order as one (the second's value where both have a
+    time)."""
+    if not t1:
+        return t2, v2
+    if not t2:
+        return t1, v1
+    if t1[-1] < t2[0]:
+        return t1 + t2, v1 + v2
+    both = dict(zip(t1, v1, strict=True))
+    both.update(zip(t2, v2, strict=True))
+    times = sorted(both)
+    return times, [both[t] for t in times]
 
 
 def delete_before(store: Store, prefix: str, end: str) -> bool:

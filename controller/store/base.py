@@ -15,7 +15,7 @@ class StoreLocked(OvercastError):
     code = "store_locked"
 
 
-SAMPLES_PREFIX = "ts/"  # Batch.samples' keys
+SAMPLES_PREFIXES = ("tsr/", "ts/")  # Batch.samples' keys (and those of stores before hour partitions)
 
 
 @dataclass
@@ -89,14 +89,6 @@ class Store(Protocol):
                    limit: int | None = None) -> tuple[list[bytes], list[bytes]]:
         """Keys (stored bytes) and values with ``prefix``, ``start`` <= key <= ``stop``, in
         key order, at most ``limit``, as two lists."""
-        ...
-
-    def scan_range_after(self, prefix: str, start: str, stop: str, near: str | None = None,
-                         ) -> tuple[bytes | None, list[bytes], list[bytes]]:
-        """:meth:`scan_range` (no limit), and first the value of the last key with ``prefix``
-        before ``start`` (None if there is none). ``near``: a key before ``start`` from which
-        to read forward, where that key most often is (one seek for both; a seek back when
-        nothing is between)."""
         ...
 
     def count(self, prefix: str) -> int: ...

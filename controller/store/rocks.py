@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -24,7 +23,7 @@ from rocksdict import (
 )
 
 from controller.errors import Conflict
-from controller.store.base import SAMPLES_PREFIX, Batch, StoreLocked
+from controller.store.base import SAMPLES_PREFIXES, Batch, StoreLocked
 
 
 def _options() -> Options:
@@ -198,31 +197,11 @@ class RocksStore:
         return _collect(self._db.items(from_key=first if first > p else p), p, first, last,
                         -1 if limit is None else limit)
 
-    def scan_range_after(self, prefix: str, start: str, stop: str,
-                         near: str | None = None) -> tuple[bytes | None, list[bytes], list[bytes]]:
-        p = prefix.encode()
-        first = start.encode()
-        last = stop.encode()
-        if near is not None:  # read from near on: most often the key before start is there
-            from_key = max(min(near.encode(), first), p)
-            keys, values = _collect(self._db.items(from_key=from_key), p, p, last, -1)
-            i = bisect_left(keys, first)
-            if i:
-                return values[i - 1], keys[i:], values[i:]
-        else:
-            keys, values = _collect(self._db.items(from_key=max(first, p)), p, first, last, -1)
-        it = self._db.iter()
-        it.seek_for_prev(first)  # the last key <= start
-        if it.valid() and it.key() == first:
-            it.prev()
-        before = it.value() if it.valid() and it.key().startswith(p) else None
-        return before, keys, values
-
     def count(self, prefix: str) -> int:
         # Counting 100,000 keys takes ~35 ms; list endpoints need the total on every page, so
         # a prefix's count is scanned once and then kept exact by every write (a writer-only
         # cache: a read-only open rescans each time because another process writes).
-        if prefix.startswith(SAMPLES_PREFIX):
+        if prefix.startswith(SAMPLES_PREFIXES):
             raise ValueError(f"{prefix!r}: time-series samples are not counted (Batch.samples)")
         with self._lock:
             cached = self._counts.get(prefix)

@@ -19,7 +19,7 @@ from controller.monitor.promql import parse
 from controller.monitor.query import range_query, resolution
 from controller.monitor.rollup import DAY, HOUR, MINUTE
 from controller.monitor.source import RAW, Source
-from controller.monitor.tsdb import TSDB
+from controller.monitor.tsdb import TSDB, sample_key, series_part_prefix
 from controller.store import Batch, open_store
 
 T0 = 1_699_999_200_000  # 2023-11-14 22:00 UTC, a whole hour (ms)
@@ -63,6 +63,15 @@ def db(tmp_path: Path) -> TSDB:
     d = TSDB(open_store(tmp_path / "db"))
     fill(d)
     return d
+
+
+def cut_mid_hour(db: TSDB, c: Compactor, t: int) -> None:
+    """Raw samples deleted before ``t`` in the middle of an hour, and recorded: what retention
+    did by minutes before the TSDB kept raw samples by hours (a store from then)."""
+    for s in db.sids():
+        db.store.delete_range(series_part_prefix(s, t // HOUR), sample_key(s, t))
+    c.state.raw_from = t
+    c._save(Batch())  # noqa: SLF001
 
 
 def compactor(db: TSDB, clock: Clock, retention: int = 86_400,
@@ -330,7 +339,8 @@ def test_a_late_hour_straddling_raw_retention_keeps_its_rolled_up_minutes(
     c = compactor(db, clock, retention=2 * 3600 + 35 * 60)  # raw cutoff: T0+30m
     asyncio.run(run_once(c, pause=0))
     asyncio.run(expire_all(c, pause=0))
-    assert c.state.raw_from == T0 + 30 * MINUTE
+    assert c.state.raw_from == T0  # whole hours only: the hour of the cutoff is kept ...
+    cut_mid_hour(db, c, T0 + 30 * MINUTE)  # ... unless a store from before cut by minutes
     assert [t for t, _ in db.read(sid(db, "g"), 0, T0 + HOUR)][:1] == [T0 + 30 * MINUTE]
     before = stored(db)
     late = T0 + 45 * MINUTE + 5_000
@@ -361,6 +371,7 @@ def test_a_late_hour_whose_minutes_are_gone_too_keeps_its_hourly_bucket(
     c = Compactor(db, 2 * 3600 + 35 * 60, 30 * 86_400, clock=clock, minute_retention=7200)
     asyncio.run(run_once(c, pause=0))
     asyncio.run(expire_all(c, pause=0))
+    cut_mid_hour(db, c, T0 + 30 * MINUTE)
     g = sid(db, "g")
     assert c.state.raw_from == T0 + 30 * MINUTE and c.state.minute_from == T0 + HOUR
     hour0 = dict(rollup.read_buckets(db, g, HOUR, T0, T0 + HOUR))[T0]

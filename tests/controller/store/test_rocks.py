@@ -50,27 +50,6 @@ def test_scan_range_is_the_scan_between_two_keys(store) -> None:  # type: ignore
     assert store.scan_range("zzz/", "zzz/", "zzz/~") == ([], [])
 
 
-def test_scan_range_after_gives_the_value_before_the_range_too(store) -> None:  # type: ignore[no-untyped-def]
-    for k in ("a", "a/1", "a/2", "a/4", "a0", "b/1"):
-        store.put(k, k.encode())
-    assert store.scan_range_after("a/", "a/2", "a/9") == (b"a/1", [b"a/2", b"a/4"], [b"a/2", b"a/4"])
-    assert store.scan_range_after("a/", "a/3", "a/3") == (b"a/2", [], [])  # a gap: still a/2
-    assert store.scan_range_after("a/", "a/1", "a/2") == (None, [b"a/1", b"a/2"], [b"a/1", b"a/2"])
-    assert store.scan_range_after("a/", "a/0", "a/1") == (None, [b"a/1"], [b"a/1"])  # not "a"
-    assert store.scan_range_after("b/", "b/5", "b/9") == (b"b/1", [], [])
-    assert store.scan_range_after("c/", "c/1", "c/9") == (None, [], [])  # after every key
-    # reading forward from a key near: the same answers, whether the key before is after
-    # near (one read) or not (a seek back)
-    for near in ("a/", "a/0", "a/1", "a/15", "a/3", "a/"):
-        assert store.scan_range_after("a/", "a/2", "a/9", near) == (
-            b"a/1", [b"a/2", b"a/4"], [b"a/2", b"a/4"]), near
-        assert store.scan_range_after("a/", "a/3", "a/3", near) == (b"a/2", [], []), near
-    assert store.scan_range_after("a/", "a/1", "a/2", "a/") == (
-        None, [b"a/1", b"a/2"], [b"a/1", b"a/2"])
-    assert store.scan_range_after("b/", "b/5", "b/9", "b/4") == (b"b/1", [], [])
-    assert store.scan_range_after("c/", "c/1", "c/9", "c/0") == (None, [], [])
-
-
 def test_batch_samples_are_written_as_given_and_never_counted(store) -> None:  # type: ignore[no-untyped-def]
     b = Batch()
     b.put("x/1", b"doc")
