@@ -90,8 +90,14 @@ class Compactor:
             return True
         now = self._now()
         target = rollup.floor(now - ROLL_DELAY, MINUTE)
-        if not s.to:  # the first run: whatever raw samples retention still keeps
-            s.to = rollup.floor(now - self.retention_ms, HOUR)
+        if not s.to:  # the first run: whatever raw samples retention still keeps ...
+            start = rollup.floor(now - self.retention_ms, HOUR)
+            if not self.tsdb.legacy:  # ... from the first hour that holds any
+                first = self.tsdb.first_hour()
+                if first is None:
+                    return False
+                start = max(start, first)
+            s.to = start
         if target <= s.to:
             return False
         s.run_to, s.next_sid = target, 0

@@ -322,6 +322,12 @@ class TSDB:
             return int(key[len(RAW_PREFIX):len(RAW_PREFIX) + 6], 16)
         return 1 << 30
 
+    def first_hour(self) -> int | None:
+        """The start (ms) of the first hour raw samples are stored in (hour partitions only),
+        None if there is none."""
+        hour = self._stored_hour(0)
+        return None if hour >= 1 << 30 else hour * _HOUR_MS
+
     def read_after(self, sid: int, start_ms: int,
                    end_ms: int) -> tuple[float | None, list[int], list[float]]:
         """:meth:`read_columns` of ``[start_ms, end_ms]`` and first the value of the last

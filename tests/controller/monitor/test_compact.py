@@ -191,6 +191,32 @@ def test_a_late_sample_rewrites_its_hour_of_pieces_as_one(db: TSDB) -> None:
         assert got == oracle([x for x in samples if x[0] < T0 + 2 * HOUR], res), res
 
 
+def test_the_first_run_starts_at_the_first_hour_with_samples(tmp_path: Path) -> None:
+    """A store's first run rolls up from the first hour that holds samples, not from a
+    retention ago (a week of hours with nothing in them, for every series); an empty store
+    has nothing to roll up, and its first samples start the first run."""
+    db = TSDB(open_store(tmp_path / "fresh"))
+    clock = Clock(T0 + 3 * HOUR + 5 * MINUTE)
+    c = Compactor(db, 7 * 86_400, 30 * 86_400, clock=clock)
+    assert not c.begin() and not c.state.to
+    fill(db, n=60, start=360)  # 10 minutes from T0 + 1h
+    reads: list[int] = []
+    read_after = db.read_after
+
+    def counted(sid: int, a: int, b: int) -> tuple[float | None, list[int], list[float]]:
+        reads.append(a)
+        return read_after(sid, a, b)
+
+    db.read_after = counted  # type: ignore[method-assign]
+    assert c.begin() and c.state.to == T0 + HOUR
+    while c.roll_slice():
+        pass
+    assert set(reads) == {T0 + HOUR} and c.state.to == T0 + 3 * HOUR + 3 * MINUTE
+    assert rollup.read_buckets(db, sid(db, "c"), HOUR, T0, T0 + DAY) == [
+        (T0 + HOUR, oracle([(T0 + i * 10_000, counter(i)) for i in range(360, 420)],
+                           HOUR)[T0 + HOUR])]
+
+
 def test_sparse_samples_one_a_minute_or_fewer_roll_up(tmp_path: Path) -> None:
     """A series sampled every 5 minutes: every minute bucket holds one sample, the first
     with no sample before it (no increase)."""
