@@ -10,9 +10,11 @@
    Welcome, then a ~100-sample MetricBatch every 10 s at a random phase in the compact form
    the real agent sends (``--v1-batches``: every sample with its metric and labels, as agents
    before it), the real agent's keepalive options), wait a warm-up (every new agent's first
-   batch creates its series), then measure for a window (the top level's a whole TSDB
-   rollup period, 330 s: its CPU includes a rollup run, whose share comes from the
-   controller's /metrics): the controller's RSS (per agent
+   batch creates its series), then measure for a window (60 s; the top level's a whole TSDB
+   rollup period, from the end of a run to the end of the next, after the first run, a
+   catch-up from the start, has ended: its CPU holds one run and the time between runs, the
+   steady state; the run's share comes from the controller's /metrics): the controller's
+   RSS (per agent
    too), its CPU (% of one core, and milliseconds per batch), the store lag (sample time to
    the BatchAck of the batches that ask for it at once, one in ``--probe-every``: stored by
    a synced group commit) and the acknowledgement lag of all batches (the controller
@@ -24,7 +26,7 @@
 Simulators and controller share the machine (2 cores on the test machine): their CPU is
 reported too. Writes ``bench/results/agents_scale.json``. Traffic goes to 127.0.0.1 only.
 
-    .venv/bin/python bench/agents_scale_bench.py [--levels 1000,5000,10000] [--window 60] [--top-window 330]
+    .venv/bin/python bench/agents_scale_bench.py [--levels 1000,5000,10000] [--window 60] [--top-window 600] [--no-top-period]
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def rollup_figures(http: Any) -> dict[str, float]:
 
 
 def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
-                  base_rss: float, deadline: float, window: float) -> dict[str, Any]:
+                  base_rss: float, deadline: float, window: float,
+                  period_mode: bool = False) -> dict[str, Any]:
     c, pool = fleet.controller, fleet.pool
     assert c.proc is not None and pool is not None
     pid = c.proc.pid
@@ -124,10 +127,24 @@ def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
     pool.ask("stats", {"reset": True, "record": True})
     cpu.reset()
     sims = [CpuMeter(p) for p in pool.pids()]
-    window = max(10.0, min(window, deadline - time.monotonic() - 20))
     metrics = fleet.controller.session()
+    period = period_mode and args.top_period
+    if period:
+        # a whole TSDB rollup period: from the end of a run (the first one, a catch-up from
+        # the controller's start, is not the steady state) to the end of the next
+        progress(f"level {level:,}: waiting for a TSDB rollup run to end")
+        limit = deadline - window - 30
+        while rollup_figures(metrics).get("runs", 0) < 1 and time.monotonic() < limit:
+            time.sleep(2)
+        cpu.reset()
+        for m in sims:
+            m.reset()
+        pool.ask("stats", {"reset": True, "record": True})
+    window = max(10.0, min(window, deadline - time.monotonic() - 20))
     rolled_before = rollup_figures(metrics)
-    progress(f"level {level:,}: measuring for {window:.0f} s")
+    progress(f"level {level:,}: measuring for " + (
+        f"a rollup period (until the next run ends, {window:.0f} s at most)" if period
+        else f"{window:.0f} s"))
     rss_samples: list[float] = []
     end = time.monotonic() + window
     while time.monotonic() < end:
@@ -136,6 +153,8 @@ def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
         if not f:
             break
         rss_samples.append(f["rss_mib"])
+        if period and rollup_figures(metrics).get("runs", 0) > rolled_before.get("runs", 0):
+            break
     ctl_cpu = cpu.read()
     rolled = rollup_figures(metrics)
     rollups = {k: round(rolled[k] - rolled_before.get(k, 0.0), 3) for k in rolled}
@@ -238,7 +257,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # ROLL_EVERY s, the first FIRST_DELAY s after the start): its CPU is the steady
             # state, rollups included
             res = measure_level(fleet, level, args, base["rss_mib"], deadline,
-                                args.top_window if level == top else args.window)
+                                args.top_window if level == top else args.window,
+                                period_mode=level == top)
             res["controller_log"] = controller_log_problems(c)
             out["levels"][str(level)] = res
             if c.proc is not None and c.proc.poll() is not None:
@@ -318,14 +338,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=10.0, help="seconds between batches")
     ap.add_argument("--samples", type=int, default=100, help="samples per batch")
     ap.add_argument("--window", type=float, default=60.0, help="measured seconds per level")
-    ap.add_argument("--top-window", type=float, default=330.0,
-                    help="measured seconds at the top level (a whole TSDB rollup period: its "
-                         "CPU figure includes a run)")
+    ap.add_argument("--top-window", type=float, default=600.0,
+                    help="measured seconds at most at the top level (see --top-period)")
+    ap.add_argument("--top-period", action=argparse.BooleanOptionalAction, default=True,
+                    help="measure the top level over a whole TSDB rollup period: from the end "
+                         "of a run (waiting for the first) to the end of the next, so its CPU "
+                         "holds one run and the idle time between runs (the steady state); "
+                         "--no-top-period: --top-window seconds from the warm-up's end")
     ap.add_argument("--warmup", type=float, default=15.0, help="seconds after connecting")
     ap.add_argument("--ramp-concurrency", type=int, default=64,
                     help="handshakes in flight per simulator while connecting")
     ap.add_argument("--connect-timeout", type=float, default=240.0)
-    ap.add_argument("--max-minutes", type=float, default=20.0, help="time budget of the run")
+    ap.add_argument("--max-minutes", type=float, default=30.0, help="time budget of the run")
     ap.add_argument("--quiet-log", action="store_true", help="controller log level warning")
     ap.add_argument("--controller-env", action="append", default=[], metavar="K=V",
                     help="an extra environment variable of the controller (experiments)")
