@@ -37,10 +37,10 @@ ROLL_DELAY = 120_000
 ROLL_EVERY = 300.0  # seconds between runs (queries read the raw samples after the last one)
 EXPIRE_EVERY = 3600.0
 # Retention looks at every series' rollups (and deletes their old ranges): ~100 series per
-# agent, so half a million calls into RocksDB for 5,000 agents, ~2 s of work that holds the GIL in a worker thread. Done at
-# once it starved the event loop for ~20 s, and right after a start it did so while every
-# agent was reconnecting (bench/reconnect_bench.py: p50 reconnection 29 s after "ready"
-# instead of 10 s). So: the first run some minutes after the start, then slices of series
+# agent, so half a million calls into RocksDB for 5,000 agents, ~2 s of work that holds the
+# GIL in a worker thread. Done at once it starved the event loop for ~20 s, and right after
+# a start it did so while every agent was reconnecting (bench/reconnect_bench.py: p50
+# reconnection 29 s after "ready" instead of 10 s). So: the first run some minutes after the start, then slices of series
 # with the event loop running between them.
 FIRST_DELAY = 300.0
 SLICE_SERIES = 2_000  # series per worker-thread call at most ...

@@ -10,8 +10,8 @@ grew with the store, ~10x the ingest after 8 hours of 60,000 series, where hour 
 stay at ~3x; and retention deleted a range in every series where it now deletes whole
 hours at once. A store from before keeps its ``ts/`` samples, read beside the new ones, until
 retention has deleted them: see :attr:`TSDB.legacy`.) ``tsidx/<org>/<metric>/<sid>`` finds
-the series of a metric; ``tsmeta/<sid>`` holds its labels. Samples are written in batches (the ingest path
-groups many agents' batches into one write); a sample at the same time overwrites, so
+the series of a metric; ``tsmeta/<sid>`` holds its labels. Samples are written in batches
+(the ingest path groups many agents' batches into one write); a sample at the same time overwrites, so
 replaying a batch stores nothing twice. Raw samples are kept ``retention`` seconds; rolled-up
 buckets (:mod:`controller.monitor.rollup`) longer; retention deletes whole hours, so a raw
 sample is kept up to an hour past ``retention``. A sample stored more than ``LATE_MS``

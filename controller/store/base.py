@@ -15,7 +15,8 @@ class StoreLocked(OvercastError):
     code = "store_locked"
 
 
-SAMPLES_PREFIXES = ("tsr/", "ts/")  # Batch.samples' keys (and those of stores before hour partitions)
+# Batch.samples' keys (hour partitions, and the samples of stores from before them)
+SAMPLES_PREFIXES = ("tsr/", "ts/")
 
 
 @dataclass
