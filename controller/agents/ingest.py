@@ -17,14 +17,13 @@ from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from controller.monitor.tsdb import TSDB, late_before
+from controller.monitor.tsdb import TSDB, late_before, sample_key_parts
 from controller.store.base import Batch, Store
 
 log = logging.getLogger(__name__)
 
 Sample = tuple[str, Mapping[str, str], float, int]  # metric, labels, value, time_ms
 _DOUBLE = struct.Struct(">d")  # how the TSDB stores a value
-_HOUR_MS = 3_600_000  # its partitions
 
 
 @dataclass(slots=True)
@@ -153,8 +152,7 @@ def _add_compact(batch: Batch, c: Compact) -> int:
     append = batch.samples.append
     pack = _DOUBLE.pack
     sids = c.sids
-    head = b"tsr/%06x/" % (c.t_ms // _HOUR_MS)
-    tail = b"/%06x" % (c.t_ms % _HOUR_MS)
+    head, tail = sample_key_parts(c.t_ms)
     for ref, value in zip(c.refs, c.values, strict=True):
         append((b"%b%08x%b" % (head, sids[ref], tail), pack(value)))
     return len(c.refs)

@@ -11,8 +11,8 @@ stay at ~3x; and retention deleted a range in every series where it now deletes 
 hours at once. A store from before keeps its ``ts/`` samples, read beside the new ones, until
 retention has deleted them: see :attr:`TSDB.legacy`.) ``tsidx/<org>/<metric>/<sid>`` finds
 the series of a metric; ``tsmeta/<sid>`` holds its labels. Samples are written in batches
-(the ingest path groups many agents' batches into one write); a sample at the same time overwrites, so
-replaying a batch stores nothing twice. Raw samples are kept ``retention`` seconds; rolled-up
+(the ingest path groups many agents' batches into one write); a sample at the same time
+overwrites, so replaying a batch stores nothing twice. Raw samples are kept ``retention`` seconds; rolled-up
 buckets (:mod:`controller.monitor.rollup`) longer; retention deletes whole hours, so a raw
 sample is kept up to an hour past ``retention``. A sample stored more than ``LATE_MS``
 after its time (an agent's spool, replayed after it reconnects) leaves a mark
@@ -66,6 +66,7 @@ class Series:
 
 
 RAW_PREFIX = "tsr/"
+_NO_HOUR = 1 << 30  # past every hour a 6-digit key holds: nothing stored from there on
 LEGACY_PREFIX = "ts/"  # raw samples of a store from before hour partitions
 
 
@@ -82,9 +83,16 @@ def sample_key(sid: int, t_ms: int) -> str:
     return f"{RAW_PREFIX}{t_ms // _HOUR_MS:06x}/{sid:08x}/{t_ms % _HOUR_MS:06x}"
 
 
+def sample_key_parts(t_ms: int) -> tuple[bytes, bytes]:
+    """What goes before and after the series id (``b"%08x" % sid``) in the key of a sample
+    at ``t_ms``, as ``Batch.samples`` takes it: the ingest path makes them once per time."""
+    return b"tsr/%06x/" % (t_ms // _HOUR_MS), b"/%06x" % (t_ms % _HOUR_MS)
+
+
 def sample_key_bytes(sid: int, t_ms: int) -> bytes:
     """:func:`sample_key` as ``Batch.samples`` takes it."""
-    return b"tsr/%06x/%08x/%06x" % (t_ms // _HOUR_MS, sid, t_ms % _HOUR_MS)
+    head, tail = sample_key_parts(t_ms)
+    return b"%b%08x%b" % (head, sid, tail)
 
 
 def legacy_prefix(sid: int) -> str:
@@ -240,7 +248,7 @@ class TSDB:
                 sid = self._create(batch, key, org, metric, labels)
             if t_ms != last_t:  # a batch's samples mostly share one time
                 last_t = t_ms
-                head, tail = b"tsr/%06x/" % (t_ms // _HOUR_MS), b"/%06x" % (t_ms % _HOUR_MS)
+                head, tail = sample_key_parts(t_ms)
             append((b"%b%08x%b" % (head, sid, tail), pack(value)))
             if t_ms < late:
                 marks.add((sid, t_ms - t_ms % _HOUR_MS))
@@ -320,13 +328,13 @@ class TSDB:
         for key, _ in self.store.scan(RAW_PREFIX, start=part_prefix(hour), limit=1,
                                       keys_only=True):
             return int(key[len(RAW_PREFIX):len(RAW_PREFIX) + 6], 16)
-        return 1 << 30
+        return _NO_HOUR
 
     def first_hour(self) -> int | None:
         """The start (ms) of the first hour raw samples are stored in (hour partitions only),
         None if there is none."""
         hour = self._stored_hour(0)
-        return None if hour >= 1 << 30 else hour * _HOUR_MS
+        return None if hour == _NO_HOUR else hour * _HOUR_MS
 
     def read_after(self, sid: int, start_ms: int,
                    end_ms: int) -> tuple[float | None, list[int], list[float]]:
