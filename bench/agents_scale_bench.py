@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     AgentFleet,
     CpuMeter,
+    ThreadCpuMeter,
     exit_on_sigterm,
     finish,
     merge_latencies,
@@ -126,6 +127,7 @@ def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
     time.sleep(warm)
     pool.ask("stats", {"reset": True, "record": True})
     cpu.reset()
+    threads = ThreadCpuMeter(pid)
     sims = [CpuMeter(p) for p in pool.pids()]
     metrics = fleet.controller.session()
     period = period_mode and args.top_period
@@ -137,6 +139,7 @@ def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
         while rollup_figures(metrics).get("runs", 0) < 1 and time.monotonic() < limit:
             time.sleep(2)
         cpu.reset()
+        threads.reset()
         for m in sims:
             m.reset()
         pool.ask("stats", {"reset": True, "record": True})
@@ -156,6 +159,7 @@ def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
         if period and rollup_figures(metrics).get("runs", 0) > rolled_before.get("runs", 0):
             break
     ctl_cpu = cpu.read()
+    by_thread = threads.read()
     rolled = rollup_figures(metrics)
     rollups = {k: round(rolled[k] - rolled_before.get(k, 0.0), 3) for k in rolled}
     if ctl_cpu.get("wall_s"):
@@ -175,6 +179,9 @@ def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
                        "rss_every_5s_mib": rss_samples,
                        "rss_per_agent_kib": round((fig.get("rss_mib", 0) - base_rss) * 1024 / level, 1),
                        "cpu": ctl_cpu,
+                       # per OS thread name: python (the event loop), oc-io (synced writes),
+                       # tsdb-compact (rollups), rocksdb:low/high (compaction/flush), grpc's
+                       "cpu_by_thread_pct": by_thread,
                        "cpu_ms_per_batch": round(1000 * ctl_cpu["cpu_s"] / sent, 3) if sent else None},
         "tsdb_rollups": rollups,
         "ack_latency": lat,
@@ -203,7 +210,8 @@ def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
              f"{rollups.get('cpu_pct_of_one_core')} % in {rollups.get('runs', 0):g} runs); store lag p50 "
              f"{store_lat.get('p50_ms')} ms p99 {store_lat.get('p99_ms')} ms; "
              f"{out['batches']['samples_stored_per_s']:,} samples/s; "
-             f"simulators {out['simulators']['cpu_pct_of_one_core']} %")
+             f"simulators {out['simulators']['cpu_pct_of_one_core']} %; by thread "
+             + ", ".join(f"{k} {v}" for k, v in list(by_thread.items())[:6]))
     return out
 
 

@@ -248,6 +248,48 @@ class CpuMeter:
                 "cpu_pct_of_one_core": round(100 * cpu / wall, 1) if wall > 0 else 0.0}
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds used so far by a process's live threads, summed by thread name (digits
+    dropped: ``rocksdb:low0`` and ``rocksdb:low1`` are one group). Python's own threads are
+    all named after the program; RocksDB's and grpc's name theirs."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")].rstrip("0123456789") or "?"
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+class ThreadCpuMeter:
+    """CPU per thread group between two points, as percentages of one core. A thread that
+    ended in between is not counted (the total from CpuMeter is)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.reset()
+
+    def reset(self) -> None:
+        self.t0 = time.perf_counter()
+        self.c0 = thread_cpu(self.pid)
+
+    def read(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.t0
+        now = thread_cpu(self.pid)
+        pct = {k: round(100 * (v - self.c0.get(k, 0.0)) / wall, 1) for k, v in now.items()
+               if wall > 0}
+        return dict(sorted(((k, v) for k, v in pct.items() if v > 0), key=lambda kv: -kv[1]))
+
+
 # ---- what a real agent sends ----------------------------------------------------------------
 
 def agent_sample_shapes(n: int = 100) -> list[tuple[str, dict[str, str]]]:

@@ -53,6 +53,7 @@ from controller.settings import Settings
 from controller.shells import routes as shell_routes
 from controller.sshkeys import routes as key_routes
 from controller.store import StoreLocked, open_store
+from controller.threads import named_pool
 from controller.tunnels import routes as tunnel_routes
 from controller.tunnels.listeners import LISTENERS, WILDCARD, HubListeners
 from controller.tunnels.model import TunnelsUnavailable
@@ -320,6 +321,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # the pool behind asyncio.to_thread (ingest's synced writes, blocking reads) with OS
+    # thread names, so that top -H tells it from RocksDB's and grpc's threads
+    loop.set_default_executor(named_pool("oc-io"))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:

@@ -17,7 +17,14 @@ from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from controller.monitor.tsdb import TSDB, late_before, sample_key_parts
+from controller.monitor.tsdb import (
+    SRC_PREFIX,
+    TSDB,
+    head_key_bytes,
+    head_value,
+    late_before,
+    sample_key_parts,
+)
 from controller.store.base import Batch, Store
 
 log = logging.getLogger(__name__)
@@ -111,16 +118,26 @@ class Ingestor:
                 c = it.compact
                 if c is not None and c.defs:
                     sid_for = self.tsdb.sid_for
-                    c.sids.extend(sid_for(batch, it.org, m, labels) for m, labels in c.defs)
+                    new = [sid_for(batch, it.org, m, labels) for m, labels in c.defs]
+                    c.sids.extend(new)
+                    src = it.agent_id.encode()
+                    for sid in new:  # where the head's readers find the series' samples
+                        batch.put(f"{SRC_PREFIX}{sid:08x}", src)
                 if it.seq <= self.acked(it.agent_id):
                     results.append((it, False))
                     continue
                 if it.samples:
                     n += self.tsdb.add(batch, it.org, it.samples)
                 if c is not None and c.refs:
-                    n += _add_compact(batch, c)
-                    if c.t_ms < late:
-                        self.tsdb.mark_late(batch, {c.sids[r] for r in c.refs}, c.t_ms)
+                    if c.t_ms >= late and c.t_ms >= self.tsdb.head_from:
+                        # the whole batch as one head entry (sealed into blocks later)
+                        batch.samples.append((head_key_bytes(it.agent_id, c.t_ms), head_value(
+                            array("I", map(c.sids.__getitem__, c.refs)), c.values)))
+                        n += len(c.refs)
+                    else:
+                        n += _add_compact(batch, c)
+                        if c.t_ms < late:
+                            self.tsdb.mark_late(batch, {c.sids[r] for r in c.refs}, c.t_ms)
                 self._acked[it.agent_id] = it.seq
                 batch.put(f"agentseq/{it.agent_id}", str(it.seq).encode())
                 results.append((it, True))
@@ -146,7 +163,7 @@ class Ingestor:
 
 
 def _add_compact(batch: Batch, c: Compact) -> int:
-    """Put compact samples into ``batch.samples`` (the keys and values of ``TSDB.add``:
+    """Put compact samples of a late batch (not to the head) into ``batch.samples`` (the keys and values of ``TSDB.add``:
     ``tsdb.sample_key(sid, t_ms)`` -> big-endian double, made inline here as bytes: this
     loop runs for every sample an agent sends)."""
     append = batch.samples.append

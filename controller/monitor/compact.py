@@ -9,27 +9,21 @@ progress is written with the rollups of each slice, so a restart resumes where i
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from controller.errors import Conflict
 from controller.monitor import rollup
 from controller.monitor.rollup import DAY, HOUR, MINUTE
 from controller.monitor.selfmetrics import SelfMetrics
-from controller.monitor.tsdb import LATE_PREFIX, TSDB, delete_before
+from controller.monitor.tsdb import LATE_PREFIX, SEAL_DELAY_MS, TSDB, delete_before
 from controller.store.base import Batch
+from controller.threads import LIBC, named_pool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-try:
-    _LIBC: Any = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-except OSError:  # not glibc (musl...): nothing to trim
-    _LIBC = None
 
 # Minutes are rolled up once they ended this long ago: samples stored later than
 # tsdb.LATE_MS after their time are marked late and rolled up again (see tsdb.py).
@@ -70,7 +64,10 @@ class Compactor:
         self._samples = m.counter("overcast_tsdb_rollup_samples_total",
                                   "Raw samples read to roll series up")
         self._cpu = m.counter("overcast_tsdb_rollup_cpu_seconds_total",
-                              "CPU seconds spent rolling series up and expiring them")
+                              "CPU seconds spent sealing the head, rolling series up and "
+                              "expiring them")
+        self._sealed = m.counter("overcast_tsdb_sealed_samples_total",
+                                 "Samples of the head sealed into blocks")
         self._runs = m.counter("overcast_tsdb_rollup_runs_total", "Rollup runs finished")
         self._rerolled = m.counter("overcast_tsdb_late_hours_total",
                                    "Hours of a series rolled up again for late samples")
@@ -81,6 +78,15 @@ class Compactor:
     def _now(self) -> int:
         return int(self.clock() * 1000)
 
+    # -- the head: agents' batches -> a block per series and bucket --------------------------
+    def seal_slice(self) -> bool:
+        """Seal the next slice of the head's finished buckets; False once none is left."""
+        t0 = time.thread_time()
+        n, done = self.tsdb.seal(self._now() - SEAL_DELAY_MS)
+        self._sealed.inc(n)
+        self._cpu.inc(time.thread_time() - t0)
+        return not done
+
     # -- a run: every series from state.to up to run_to -------------------------------------
     def begin(self) -> bool:
         """Start a run unless one is in progress (a restart resumes it); False if there is
@@ -90,6 +96,9 @@ class Compactor:
             return True
         now = self._now()
         target = rollup.floor(now - ROLL_DELAY, MINUTE)
+        head = self.tsdb.head_start()
+        if head is not None:  # rollups read blocks, not the head (a read per series each)
+            target = min(target, head)
         if not s.to:  # the first run: whatever raw samples retention still keeps ...
             start = rollup.floor(now - self.retention_ms, HOUR)
             if not self.tsdb.legacy:  # ... from the first hour that holds any
@@ -248,7 +257,7 @@ class Compactor:
 # instead of spreading over the pool's; what a run freed is given back afterwards. (The RSS
 # rise of ~500 MiB first seen during runs with 10,000 agents came from retention's range
 # tombstones: see delete_before in tsdb.py.)
-_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tsdb-compact")
+_POOL = named_pool("tsdb-compact", 1)
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -257,13 +266,16 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
 
 def _release_memory() -> None:
     """Give back to the system what a run freed (glibc keeps freed memory in its arenas)."""
-    trim = getattr(_LIBC, "malloc_trim", None)
+    trim = getattr(LIBC, "malloc_trim", None)
     if trim is not None:
         trim(0)
 
 
 async def run_once(c: Compactor, pause: float = PAUSE) -> None:
-    """Finish a run a stop interrupted, roll late hours up again, then a new run."""
+    """Seal the head's finished buckets, finish a run a stop interrupted, roll late hours
+    up again, then a new run."""
+    while await _in_thread(c.seal_slice):
+        await asyncio.sleep(pause)
     if c.state.run_to:
         await _roll(c, pause, resumed=True)
     while await _in_thread(c.reroll_late) >= LATE_BATCH:

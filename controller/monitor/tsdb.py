@@ -23,8 +23,10 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import sys
 import time
-from bisect import bisect_left
+from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain
@@ -66,6 +68,20 @@ class Series:
 
 
 RAW_PREFIX = "tsr/"
+HEAD_PREFIX = "tsh/"
+SRC_PREFIX = "tssrc/"
+# The head: an agent's compact batch is stored as it comes, one key for all its samples
+# (``tsh/<bucket:8 hex>/<agent id>/<time_ms:12 hex>`` -> count, series ids, values), where a
+# key per sample cost ~100 times the RocksDB work (writes, compaction, reads back for the
+# rollups). The compaction task seals a bucket of the head once it ended SEAL_DELAY_MS ago:
+# each series' samples of the bucket become one block, ``tsr/<hour>/<sid>/<first ms>~``, then
+# the bucket is deleted. So a series' keys stay series id + time, with values packed.
+BLOCK_MS = 300_000
+SEAL_DELAY_MS = 2 * LATE_MS  # later batches are late: written as samples, never to the head
+_BLOCK = b"B"  # a block's first byte (a sample's value is 8 bytes: a block never is)
+_U32 = struct.Struct("<I")
+_LE_DOUBLE = struct.Struct("<d")
+_SWAP = sys.byteorder != "little"  # head and blocks hold little-endian arrays
 _NO_HOUR = 1 << 30  # past every hour a 6-digit key holds: nothing stored from there on
 LEGACY_PREFIX = "ts/"  # raw samples of a store from before hour partitions
 
@@ -93,6 +109,34 @@ def sample_key_bytes(sid: int, t_ms: int) -> bytes:
     """:func:`sample_key` as ``Batch.samples`` takes it."""
     head, tail = sample_key_parts(t_ms)
     return b"%b%08x%b" % (head, sid, tail)
+
+
+def block_key_bytes(sid: int, first_ms: int) -> bytes:
+    """The key of a block of ``sid``'s samples from ``first_ms`` on: a sample's key with a
+    ``~`` after it (no sample written alone, late, can replace a block)."""
+    return b"tsr/%06x/%08x/%06x~" % (first_ms // _HOUR_MS, sid, first_ms % _HOUR_MS)
+
+
+def head_key_bytes(src: str, t_ms: int) -> bytes:
+    return b"tsh/%08x/%b/%012x" % (t_ms // BLOCK_MS, src.encode(), t_ms)
+
+
+def _le(a: array) -> bytes:  # type: ignore[type-arg]
+    if _SWAP:
+        a.byteswap()
+    return a.tobytes()
+
+
+def _from_le(code: str, raw: bytes | memoryview) -> array:  # type: ignore[type-arg]
+    a = array(code, raw)
+    if _SWAP:
+        a.byteswap()
+    return a
+
+
+def head_value(sids: array, values: Iterable[float]) -> bytes:  # type: ignore[type-arg]
+    """A head entry: how many samples, their series ids (uint32), their values (doubles)."""
+    return _U32.pack(len(sids)) + _le(array("I", sids)) + _le(array("d", values))
 
 
 def legacy_prefix(sid: int) -> str:
@@ -146,6 +190,12 @@ class TSDB:
         # samples of a store from before hour partitions: read beside the new ones (each read
         # looks in both) until retention has deleted the last of them (expire)
         self.legacy = any(True for _ in store.scan(LEGACY_PREFIX, limit=1, keys_only=True))
+        # nothing in the head is older than this (ms): the first bucket stored, or where the
+        # ingest path may write from (it writes no late batch to the head); sealing moves it
+        first = self._head_bucket(0)
+        self.head_from = (first * BLOCK_MS if first is not None
+                          else late_before() - late_before() % BLOCK_MS)
+        self._seal_cursor = ""
 
     def _index_old_series(self) -> None:
         """Series written before the store kept the index: add tskey/ and tsmetric/ once."""
@@ -284,10 +334,13 @@ class TSDB:
     def read_columns(self, sid: int, start_ms: int, end_ms: int,
                      limit: int | None = None) -> tuple[list[int], list[float]]:
         """:meth:`read` as two lists (times, values): what queries read, made faster; at most
-        ``limit`` samples (a query's budget). One read per hour of the range."""
+        ``limit`` samples (a query's budget). One read per hour of the range, and one per
+        bucket of it the head holds (read first: a bucket sealed meanwhile is then found in
+        the blocks, where it is read twice at worst, never missed)."""
         start_ms = max(start_ms, 0)
         if end_ms < start_ms:
             return [], []
+        head_t, head_v = self.head_columns(sid, start_ms, end_ms)
         times: list[int] = []
         values: list[float] = []
         left = -1 if limit is None else limit
@@ -302,25 +355,78 @@ class TSDB:
                 if hour > last_hour:
                     break
             base = hour * _HOUR_MS
-            keys, raws = scan_range(
-                series_part_prefix(sid, hour), sample_key(sid, max(start_ms, base)),
-                sample_key(sid, min(end_ms, base + _HOUR_MS - 1)), None if left < 0 else left)
+            lo, hi = max(start_ms, base), min(end_ms, base + _HOUR_MS - 1)
+            # a block holds one bucket's samples at most: the one holding ``lo`` starts in
+            # its bucket
+            keys, raws = scan_range(series_part_prefix(sid, hour),
+                                    sample_key(sid, lo - lo % BLOCK_MS), sample_key(sid, hi) + "~")
             found = bool(keys)
             if keys:
-                times += [base + int(k[-6:], 16) for k in keys]
-                values += struct.unpack(f">{len(raws)}d", b"".join(raws))
+                t, v = _decode(base, keys, raws, lo, hi)
+                times += t
+                values += v
                 if left >= 0:
-                    left -= len(keys)
+                    left -= len(t)
                     if left <= 0:
                         break
             hour += 1
+        if head_t:
+            times, values = _merge(times, values, head_t, head_v)
         if self.legacy:
             old_times, old_values = _columns(*scan_range(
                 legacy_prefix(sid), legacy_key(sid, start_ms), legacy_key(sid, end_ms), limit))
             times, values = _merge(old_times, old_values, times, values)
-            if limit is not None:
-                del times[limit:], values[limit:]
+        if limit is not None:
+            del times[limit:], values[limit:]
         return times, values
+
+    def head_columns(self, sid: int, start_ms: int, end_ms: int) -> tuple[list[int], list[float]]:
+        """The samples of ``sid`` in ``[start_ms, end_ms]`` that are in the head (not sealed
+        yet): one read per bucket, of the batches of the agent that sends the series."""
+        start_ms = max(start_ms, self.head_from)
+        if end_ms < start_ms:
+            return [], []
+        raw_src = self.store.get(f"{SRC_PREFIX}{sid:08x}")
+        if raw_src is None:
+            return [], []
+        src = raw_src.decode()
+        times: list[int] = []
+        values: list[float] = []
+        where: dict[bytes, int] = {}  # a batch's series ids -> the place of sid in them
+        b = start_ms // BLOCK_MS
+        while b <= end_ms // BLOCK_MS:
+            nxt = self._head_bucket(b)
+            if nxt is None or nxt > end_ms // BLOCK_MS:
+                break
+            b = nxt
+            p = f"{HEAD_PREFIX}{b:08x}/{src}/"
+            keys, raws = self.store.scan_range(p, f"{p}{start_ms:012x}", f"{p}{end_ms:012x}")
+            for k, v in zip(keys, raws, strict=True):
+                n = _U32.unpack_from(v)[0]
+                ids = v[4:4 + 4 * n]
+                i = where.get(ids)
+                if i is None:
+                    try:
+                        i = where[ids] = _from_le("I", ids).index(sid)
+                    except ValueError:
+                        i = where[ids] = -1
+                if i >= 0:
+                    times.append(int(k[-12:], 16))
+                    values.append(_LE_DOUBLE.unpack_from(v, 4 + 4 * n + 8 * i)[0])
+            b += 1
+        return times, values
+
+    def head_start(self) -> int | None:
+        """The start (ms) of the first bucket the head holds anything in, None if empty."""
+        b = self._head_bucket(0)
+        return None if b is None else b * BLOCK_MS
+
+    def _head_bucket(self, bucket: int) -> int | None:
+        """The first bucket from ``bucket`` on that the head holds anything in."""
+        for key, _ in self.store.scan(HEAD_PREFIX, start=f"{HEAD_PREFIX}{bucket:08x}/", limit=1,
+                                      keys_only=True):
+            return int(key[len(HEAD_PREFIX):len(HEAD_PREFIX) + 8], 16)
+        return None
 
     def _stored_hour(self, hour: int) -> int:
         """The first hour from ``hour`` on that holds samples (of any series); past the
@@ -331,10 +437,13 @@ class TSDB:
         return _NO_HOUR
 
     def first_hour(self) -> int | None:
-        """The start (ms) of the first hour raw samples are stored in (hour partitions only),
-        None if there is none."""
+        """The start (ms) of the first hour samples are stored in (hour partitions and the
+        head), None if there is none."""
         hour = self._stored_hour(0)
-        return None if hour == _NO_HOUR else hour * _HOUR_MS
+        bucket = self._head_bucket(0)
+        firsts = [t for t in (None if hour == _NO_HOUR else hour * _HOUR_MS,
+                              None if bucket is None else bucket * BLOCK_MS) if t is not None]
+        return min(firsts) - min(firsts) % _HOUR_MS if firsts else None
 
     def read_after(self, sid: int, start_ms: int,
                    end_ms: int) -> tuple[float | None, list[int], list[float]]:
@@ -353,20 +462,71 @@ class TSDB:
         if t_ms < 0:
             return None
         first = max(t_ms - lookback_ms, 0)
-        hit: tuple[int, float] | None = None
-        for hour in range(t_ms // _HOUR_MS, first // _HOUR_MS - 1, -1):
-            for key, value in self.store.scan(series_part_prefix(sid, hour),
-                                              start=sample_key(sid, t_ms), reverse=True, limit=1):
-                hit = hour * _HOUR_MS + int(key[-6:], 16), _DOUBLE.unpack(value)[0]
-            if hit is not None:
+        lo = max(first, t_ms - t_ms % BLOCK_MS)
+        times, values = self.read_columns(sid, lo, t_ms)  # its bucket: one or two reads
+        if times:
+            return times[-1], values[-1]
+        if lo <= first:
+            return None
+        # before it: the last key there (of the blocks, samples, head) tells which bucket
+        # holds the sample
+        t_head, _ = self.head_columns(sid, first, lo - 1)
+        last = t_head[-1] if t_head else None
+        for hour in range((lo - 1) // _HOUR_MS, first // _HOUR_MS - 1, -1):
+            if last is not None and last >= hour * _HOUR_MS:
                 break
+            for key, _ in self.store.scan(series_part_prefix(sid, hour),
+                                          start=sample_key(sid, lo - 1) + "~", reverse=True,
+                                          limit=1, keys_only=True):
+                ms = int(key[-7:-1] if key.endswith("~") else key[-6:], 16)
+                last = max(last or 0, hour * _HOUR_MS + ms)
         if self.legacy:
-            for key, value in self.store.scan(legacy_prefix(sid), start=legacy_key(sid, t_ms),
-                                              reverse=True, limit=1):
-                ts = int(key[-12:], 16)
-                if hit is None or ts > hit[0]:
-                    hit = ts, _DOUBLE.unpack(value)[0]
-        return hit if hit is not None and hit[0] >= first else None
+            for key, _ in self.store.scan(legacy_prefix(sid), start=legacy_key(sid, lo - 1),
+                                          reverse=True, limit=1, keys_only=True):
+                last = max(last or 0, int(key[-12:], 16))
+        if last is None or last < first - BLOCK_MS:
+            return None
+        times, values = self.read_columns(sid, max(first, last - last % BLOCK_MS), lo - 1)
+        return (times[-1], values[-1]) if times else None
+
+    def seal(self, cut_ms: int, max_entries: int = 20_000) -> tuple[int, bool]:
+        """Turn the head's buckets that end by ``cut_ms`` into blocks, at most ``max_entries``
+        head entries (agents' batches) a call; returns the samples sealed and whether every
+        bucket before the cut is. A bucket is deleted from the head once all of it is sealed;
+        sealing it again (after a stop) writes the same blocks."""
+        cut = cut_ms // BLOCK_MS
+        if cut * BLOCK_MS <= self.head_from:
+            return 0, True
+        keys, raws = self.store.scan_range(HEAD_PREFIX, self._seal_cursor or HEAD_PREFIX,
+                                           f"{HEAD_PREFIX}{cut - 1:08x}0", max_entries)
+        more = len(keys) == max_entries
+        groups: list[tuple[bytes, list[bytes], list[bytes]]] = []  # (bucket/src, keys, values)
+        for k, v in zip(keys, raws, strict=True):
+            g = k[:k.rindex(b"/")]
+            if not groups or groups[-1][0] != g:
+                groups.append((g, [], []))
+            groups[-1][1].append(k)
+            groups[-1][2].append(v)
+        if more and len(groups) > 1:  # an agent's bucket is sealed in one piece
+            last = groups.pop()
+            self._seal_cursor = last[1][0].decode()
+        elif more:
+            self._seal_cursor = keys[-1].decode() + "\x00"
+        batch = Batch()
+        n = 0
+        for _, gkeys, gvalues in groups:
+            n += _seal_group(batch, gkeys, gvalues)
+            if len(batch.samples) >= 50_000:
+                self.store.write(batch)
+                batch = Batch()
+        if batch:
+            self.store.write(batch)
+        if more:
+            return n, False
+        delete_before(self.store, HEAD_PREFIX, f"{HEAD_PREFIX}{cut:08x}/")
+        self.head_from = max(self.head_from, cut * BLOCK_MS)
+        self._seal_cursor = ""
+        return n, True
 
     def sids(self) -> list[int]:
         """Every series id, in order."""
@@ -404,6 +564,59 @@ class TSDB:
             self.legacy = any(True for _ in self.store.scan(LEGACY_PREFIX, limit=1,
                                                             keys_only=True))
         return self.legacy
+
+
+def _seal_group(batch: Batch, keys: list[bytes], values: list[bytes]) -> int:
+    """One agent's head entries of one bucket (in time order) -> a block per series in
+    ``batch``; returns the samples."""
+    layouts: dict[bytes, tuple[list[int], list[bytes]]] = {}  # series ids -> times, values
+    for k, v in zip(keys, values, strict=True):
+        n = _U32.unpack_from(v)[0]
+        times, vals = layouts.setdefault(v[4:4 + 4 * n], ([], []))
+        times.append(int(k[-12:], 16))
+        vals.append(v[4 + 4 * n:])
+    out = batch.samples.append
+    n = 0
+    for ids, (times, vals) in layouts.items():
+        first = times[0]
+        hour, ms = divmod(first, _HOUR_MS)
+        head = (_BLOCK + _U32.pack(len(times))
+                + _le(array("I", [t - first for t in times])))
+        prefix = b"tsr/%06x/" % hour
+        tail = b"/%06x~" % ms
+        for sid, column in zip(_from_le("I", ids),
+                               zip(*[_from_le("d", raw) for raw in vals], strict=True),
+                               strict=True):
+            out((b"%b%08x%b" % (prefix, sid, tail), head + _le(array("d", column))))
+        n += len(times) * (len(ids) // 4)
+    return n
+
+
+def _decode(base: int, keys: list[bytes], raws: list[bytes], lo: int,
+            hi: int) -> tuple[list[int], list[float]]:
+    """Stored samples and blocks of one series in the hour from ``base`` -> the times and
+    values from ``lo`` to ``hi``."""
+    if len(raws) * 8 == sum(map(len, raws)):  # samples only (a block is longer than 8)
+        times = [base + int(k[-6:], 16) for k in keys]
+        values = list(struct.unpack(f">{len(raws)}d", b"".join(raws)))
+    else:
+        times, values = [], []
+        for k, v in zip(keys, raws, strict=True):
+            if len(v) == 8:
+                times.append(base + int(k[-6:], 16))
+                values.append(_DOUBLE.unpack(v)[0])
+            else:
+                n = _U32.unpack_from(v, 1)[0]
+                times += map((base + int(k[-7:-1], 16)).__add__, _from_le("I", v[5:5 + 4 * n]))
+                values += _from_le("d", v[5 + 4 * n:])
+        if not all(map(int.__lt__, times, times[1:])):
+            # a late sample inside a block's span: in time order, the later key's value
+            # where both have a time
+            both = dict(zip(times, values, strict=True))
+            times = sorted(both)
+            values = [both[t] for t in times]
+    i, j = bisect_left(times, lo), bisect_right(times, hi)
+    return times[i:j], values[i:j]
 
 
 def _columns(keys: list[bytes], raws: list[bytes]) -> tuple[list[int], list[float]]:

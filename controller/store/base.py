@@ -15,8 +15,8 @@ class StoreLocked(OvercastError):
     code = "store_locked"
 
 
-# Batch.samples' keys (hour partitions, and the samples of stores from before them)
-SAMPLES_PREFIXES = ("tsr/", "ts/")
+# Batch.samples' keys (hour partitions, the head, and the samples of stores from before them)
+SAMPLES_PREFIXES = ("tsr/", "ts/", "tsh/")
 
 
 @dataclass

@@ -1,0 +1,188 @@
+"""The TSDB's head: an agent's compact batch stored as one entry, read back per series before
+it is sealed, sealed into one block per series and bucket, and read the same afterwards;
+rollups over blocks the same as over samples stored one by one; late samples beside blocks;
+sealing in slices or twice writing the same blocks."""
+
+from __future__ import annotations
+
+import asyncio
+from array import array
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.agents import ingest as ingest_mod
+from controller.agents.ingest import Compact, Ingestor
+from controller.monitor import rollup
+from controller.monitor.compact import Compactor, run_once
+from controller.monitor.rollup import HOUR, MINUTE
+from controller.monitor.tsdb import BLOCK_MS, TSDB
+from controller.store import Batch, open_store
+
+T0 = 1_699_999_200_000  # a whole hour (ms)
+STEP = 10_000
+SERIES = [("cpu", {"machine_id": "m1"}), ("net", {"machine_id": "m1"}),
+          ("load", {"machine_id": "m1"})]
+
+
+def value(j: int, i: int) -> float:
+    return float(i * (j + 1)) if j != 2 else float((i * 7) % 5)  # two counters, a gauge
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TSDB]:
+    # the ingest path writes to the head what is not late (now - 60 s): here, from T0 on
+    monkeypatch.setattr(ingest_mod, "late_before", lambda: T0 - HOUR)
+    d = TSDB(open_store(tmp_path / "db"))
+    d.head_from = T0 - HOUR
+    yield d
+    d.store.close()
+
+
+def send(db: TSDB, batches: list[tuple[str, int, int]], start_seq: int = 1) -> None:
+    """(agent, first sample index, count) -> batches through the ingest path, every 10 s."""
+    async def go() -> None:
+        ing = Ingestor(db.store, db, max_delay=0)
+        for agent, first, count in batches:
+            table: array[int] = array("q")
+            labels = [(m, {**lab, "machine_id": agent}) for m, lab in SERIES]
+            for k, i in enumerate(range(first, first + count)):
+                c = Compact(table, labels if k == 0 else [], [0, 1, 2],
+                            [value(j, i) for j in range(3)], T0 + i * STEP)
+                task = asyncio.create_task(ing.submit(agent, "o1", start_seq + k, [], c))
+                await asyncio.sleep(0)
+                await ing.flush()
+                assert await task is True
+    asyncio.run(go())
+
+
+def sids(db: TSDB, agent: str) -> list[int]:
+    out = []
+    for m, _ in SERIES:
+        out += [s.sid for s in db.select("o1", m) if s.labels["machine_id"] == agent]
+    return out
+
+
+def expected(j: int, first: int, count: int) -> tuple[list[int], list[float]]:
+    return ([T0 + i * STEP for i in range(first, first + count)],
+            [value(j, i) for i in range(first, first + count)])
+
+
+def head_keys(db: TSDB) -> list[str]:
+    return [k for k, _ in db.store.scan("tsh/", keys_only=True)]
+
+
+def raw_keys(db: TSDB, sid: int) -> list[str]:
+    return [k for k, _ in db.store.scan("tsr/", keys_only=True) if f"/{sid:08x}/" in k]
+
+
+def test_a_batch_is_one_head_entry_read_back_per_series_then_one_block_per_bucket(db: TSDB) -> None:
+    send(db, [("a1", 0, 90), ("a2", 0, 90)])  # 15 minutes: three buckets
+    assert len(head_keys(db)) == 180  # one entry per batch, none per sample
+    a1 = sids(db, "a1")
+    assert all(raw_keys(db, s) == [] for s in a1)
+    for j, s in enumerate(a1):
+        assert db.read_columns(s, 0, T0 + HOUR) == expected(j, 0, 90)
+    before = {s: db.read_columns(s, T0 + 95_000, T0 + 612_345) for s in a1}
+    assert db.last_before(a1[0], T0 + 305_000, HOUR) == (T0 + 300_000, value(0, 30))
+
+    n, done = db.seal(T0 + 10 * MINUTE)  # the first two buckets end by then
+    assert (n, done) == (2 * 60 * 3, True)
+    assert len(head_keys(db)) == 60  # the third bucket's entries stay
+    assert db.head_from == T0 + 10 * MINUTE
+    keys = raw_keys(db, a1[1])
+    assert keys == [f"tsr/{T0 // HOUR:06x}/{a1[1]:08x}/{ms:06x}~" for ms in (0, BLOCK_MS)]
+    for j, s in enumerate(a1):
+        assert db.read_columns(s, 0, T0 + HOUR) == expected(j, 0, 90)
+        assert db.read_columns(s, T0 + 95_000, T0 + 612_345) == before[s]
+        assert db.read_columns(s, 0, T0 + HOUR, limit=40) == expected(j, 0, 40)
+    # the sample before, from a block, the head, or the bucket before
+    assert db.last_before(a1[0], T0 + 305_000, HOUR) == (T0 + 300_000, value(0, 30))
+    assert db.last_before(a1[0], T0 + 299_999, HOUR) == (T0 + 290_000, value(0, 29))
+    assert db.last_before(a1[0], T0 + HOUR, HOUR) == (T0 + 890_000, value(0, 89))
+    assert db.last_before(a1[0], T0 + HOUR, 10 * STEP) is None
+    assert db.read_after(a1[2], T0 + 300_000, T0 + 320_000) == (
+        value(2, 29), [T0 + 300_000, T0 + 310_000, T0 + 320_000],
+        [value(2, i) for i in (30, 31, 32)])
+
+    assert db.seal(T0 + HOUR) == (60 * 3, True)
+    assert head_keys(db) == []
+    for j, s in enumerate(a1 + sids(db, "a2")):
+        assert db.read_columns(s, 0, T0 + HOUR) == expected(j % 3, 0, 90)
+
+
+def test_sealing_in_slices_or_again_writes_the_same_blocks(tmp_path: Path, db: TSDB) -> None:
+    send(db, [("a1", 0, 60), ("a2", 0, 60), ("a3", 0, 60)])
+    heads = list(db.store.scan("tsh/"))
+    slices = 0
+    while not db.seal(T0 + HOUR, max_entries=40)[1]:
+        slices += 1
+    assert slices >= 5
+    blocks = list(db.store.scan("tsr/"))
+    assert len(blocks) == 3 * 3 * 2  # agents x series x buckets: an agent's bucket in one piece
+
+    # a stop after the blocks were written and before the head was deleted: sealed again
+    b = Batch()
+    b.samples = [(k.encode(), v) for k, v in heads]
+    db.store.write(b)
+    db.head_from = T0 - HOUR
+    assert db.seal(T0 + HOUR) == (3 * 3 * 60, True)
+    assert list(db.store.scan("tsr/")) == blocks
+    assert db.read_columns(sids(db, "a3")[2], 0, T0 + HOUR) == expected(2, 0, 60)
+
+
+def test_late_samples_beside_blocks_are_read_in_time_order(db: TSDB) -> None:
+    send(db, [("a1", 0, 30)])
+    db.seal(T0 + HOUR)
+    s = sids(db, "a1")[2]
+    b = Batch()  # late, one by one: a new time inside the block's span, and one it holds
+    db.add(b, "o1", [("load", {"machine_id": "a1"}, 99.0, T0 + 15_000),
+                     ("load", {"machine_id": "a1"}, 42.0, T0 + 20_000)])
+    db.store.write(b)
+    times, values = db.read_columns(s, 0, T0 + HOUR)
+    want = dict(zip(*expected(2, 0, 30), strict=True))
+    want.update({T0 + 15_000: 99.0, T0 + 20_000: 42.0})
+    assert times == sorted(want)
+    assert values == [want[t] for t in sorted(want)]
+
+
+def test_a_late_batch_is_not_written_to_the_head(db: TSDB) -> None:
+    db.head_from = T0 + HOUR  # sealed up to here: this batch's time is before
+    send(db, [("a1", 0, 3)])
+    assert head_keys(db) == []
+    s = sids(db, "a1")[0]
+    assert raw_keys(db, s) == [f"tsr/{T0 // HOUR:06x}/{s:08x}/{i * STEP:06x}" for i in range(3)]
+    assert db.read_columns(s, 0, T0 + HOUR) == expected(0, 0, 3)
+
+
+def test_rollups_over_blocks_are_those_over_samples(tmp_path: Path, db: TSDB) -> None:
+    send(db, [("a1", 0, 360)])  # an hour
+    ref = TSDB(open_store(tmp_path / "ref"))  # the same samples one by one
+    b = Batch()
+    for i in range(360):
+        ref.add(b, "o1", [(m, {"machine_id": "a1"}, value(j, i), T0 + i * STEP)
+                          for j, (m, _) in enumerate(SERIES)])
+    ref.store.write(b)
+
+    class Clock:
+        t_ms = T0 + HOUR + 10 * MINUTE
+
+        def __call__(self) -> float:
+            return self.t_ms / 1000
+
+    c = Compactor(db, 86_400, 30 * 86_400, clock=Clock())
+    c.state.to = T0  # as if rolled up to the start
+    assert not c.begin()  # the head holds everything: nothing rolled up before it is sealed
+    asyncio.run(run_once(c, pause=0))  # seals, then rolls up
+    assert head_keys(db) == []
+    assert c.state.to == T0 + HOUR + 8 * MINUTE  # now - ROLL_DELAY
+    for s_db, s_ref in zip(sids(db, "a1"), [x.sid for m, _ in SERIES
+                                             for x in ref.select("o1", m)], strict=True):
+        for res in (MINUTE, HOUR):
+            got = rollup.read_buckets(db, s_db, res, T0, T0 + HOUR)
+            b2 = Batch()
+            rollup.roll_series(ref, b2, s_ref, T0, T0 + HOUR)
+            ref.store.write(b2)
+            assert got and got == rollup.read_buckets(ref, s_ref, res, T0, T0 + HOUR)
+    ref.store.close()
