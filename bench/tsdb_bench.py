@@ -3,16 +3,17 @@
     .venv/bin/python bench/tsdb_bench.py [--series 1000] [--runs 30]
 
 1. One agent's day: ~100 series (gauges, counters, constants: what the agent sends) every
-   10 s, stored as the ingest path stores them; the store flushed and fully compacted
-   (RocksDB), then its SST bytes per sample. Then rolled up as the compaction task does it
+   10 s, stored as the ingest path stores them (one head entry per batch) and sealed into
+   blocks as the compaction task does it (its CPU seconds); the store flushed and fully
+   compacted (RocksDB), then its SST bytes per sample. Then rolled up as the compaction task does it
    (a run every 5 minutes of the day), with the CPU seconds that took, and the bytes the
    rollups add per day. From those: disk use per day for one agent, and at steady state with
    the default retentions (7 days raw, 1 year rollups).
 2. A day of 10 s samples for one series, queried over REST's evaluate() at 10 s steps (raw
    samples, 8,641 points): p50 (target < 20 ms).
 3. A week at 1 h rollups for 1,000 series: a week of samples every 5 minutes for 1,000
-   series rolled up, the last 7 minutes every 10 s and not rolled up yet (a week that ends
-   now, with the compaction task as far behind as it gets), queried at 1 h steps (target
+   series rolled up, the last 7 minutes every 10 s, not rolled up yet and in the head (a
+   week that ends now, with the compaction task as far behind as it gets), queried at 1 h steps (target
    < 200 ms for evaluate(), as for the day; also timed: the whole REST body, evaluate() and
    the JSON the route writes with it in its worker thread).
 """
@@ -28,6 +29,7 @@ import struct
 import sys
 import tempfile
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,12 @@ from controller.monitor import compact, rollup  # noqa: E402
 from controller.monitor.compact import ROLL_DELAY, Compactor  # noqa: E402
 from controller.monitor.query import evaluate, resolution  # noqa: E402
 from controller.monitor.rollup import HOUR, MINUTE  # noqa: E402
-from controller.monitor.tsdb import TSDB, sample_key_bytes  # noqa: E402
+from controller.monitor.tsdb import (  # noqa: E402
+    TSDB,
+    head_key_bytes,
+    head_value,
+    sample_key_bytes,
+)
 from controller.store import Batch, RocksStore, open_store  # noqa: E402
 
 ORG = "0123456789abcdef0123456789abcdef"
@@ -119,26 +126,34 @@ def sst_bytes(store: RocksStore) -> int:
 
 
 def write_day(db: TSDB, series: list[tuple[str, dict[str, str], str]], start_ms: int,
-              days: float, rng: random.Random) -> tuple[list[int], int]:
-    """Samples every 10 s from ``start_ms``, in ingest-sized batches; (sids, samples)."""
+              days: float, rng: random.Random) -> tuple[list[int], int, float]:
+    """Samples every 10 s from ``start_ms``, as the ingest path stores an agent's batches
+    (one head entry each), then sealed into blocks as the compaction task does it (timed:
+    CPU seconds); (sids, samples, sealing's CPU seconds)."""
     b = Batch()
     sids = [db.sid_for(b, ORG, m, dict(labels, machine_id="m-agent")) for m, labels, _ in series]
+    for sid in sids:
+        b.put(f"tssrc/{sid:08x}", b"m-agent")
     db.store.write(b)
     db.settle(True)
+    db.head_from = min(db.head_from, start_ms)
     walks = [Walk(kind, rng) for _, _, kind in series]
     n = 0
     steps = int(days * DAY_S * 1000 / INTERVAL_MS)
+    ids = array("I", sids)
     b = Batch()
     for i in range(steps):
         t = start_ms + i * INTERVAL_MS
-        for sid, w in zip(sids, walks, strict=True):
-            b.samples.append((sample_key_bytes(sid, t), rollup_pack(w.next())))
+        b.samples.append((head_key_bytes("m-agent", t), head_value(ids, [w.next() for w in walks])))
         n += len(sids)
-        if len(b.samples) >= 50_000:
+        if len(b.samples) >= 500:
             db.store.write(b)
             b = Batch()
     db.store.write(b)
-    return sids, n
+    t0 = time.process_time()
+    while not db.seal(start_ms + steps * INTERVAL_MS + 5 * MINUTE)[1]:
+        pass
+    return sids, n, time.process_time() - t0
 
 
 def rollup_pack(v: float) -> bytes:
@@ -153,7 +168,7 @@ def one_agent_day(tmp: Path, rng: random.Random, days: float = 1.0) -> dict[str,
     progress(f"one agent: {len(series)} series every 10 s for {days:g} day(s)")
     span = int(days * DAY_S * 1000)
     t = time.perf_counter()
-    _, n = write_day(db, series, day0, days, rng)
+    _, n, seal_cpu = write_day(db, series, day0, days, rng)
     write_s = time.perf_counter() - t
     raw = sst_bytes(store)
     db_any: Any = store._db  # noqa: SLF001 - RocksDB's own figure
@@ -172,6 +187,8 @@ def one_agent_day(tmp: Path, rng: random.Random, days: float = 1.0) -> dict[str,
     while clock_ms[0] < day0 + span + ROLL_DELAY + 5 * MINUTE:
         clock_ms[0] += 5 * MINUTE
         t0 = time.process_time()
+        while c.seal_slice():  # nothing left to seal: write_day did
+            pass
         if c.begin():
             while c.roll_slice():
                 pass
@@ -194,8 +211,10 @@ def one_agent_day(tmp: Path, rng: random.Random, days: float = 1.0) -> dict[str,
     per_day_mib = (raw + rolled) / 2**20
     steady = 7 * raw + 365 * rolled
     cpu, catchup_cpu = cpu / days, catchup_cpu / days
+    seal_cpu /= days
     progress(f"  rollups: {rolled / 2**20:.2f} MiB a day; rolling the day up took "
-             f"{cpu:.2f} s of CPU in {runs} runs ({catchup_cpu:.2f} s as one run)")
+             f"{cpu:.2f} s of CPU in {runs} runs ({catchup_cpu:.2f} s as one run); sealing "
+             f"the head into blocks {seal_cpu:.2f} s")
     return {"series": len(series), "samples": n, "days": days, "write_seconds": round(write_s, 2),
             "raw_sst_bytes_per_day": raw, "raw_bytes_per_sample": round(raw / n_day, 2),
             "table_readers_mem_bytes": readers,
@@ -206,6 +225,7 @@ def one_agent_day(tmp: Path, rng: random.Random, days: float = 1.0) -> dict[str,
             "disk_mib_per_day_raw": round(raw / 2**20, 2),
             "disk_mib_per_day_rollups": round(rolled / 2**20, 3),
             "steady_state_gib_default_retention": round(steady / 2**30, 2),
+            "seal_cpu_seconds_per_day": round(seal_cpu, 3),
             "rollup_cpu_seconds_per_day": round(cpu, 3), "rollup_runs": runs,
             "rollup_cpu_seconds_per_day_one_run": round(catchup_cpu, 3)}
 
@@ -257,6 +277,8 @@ def week_query(tmp: Path, rng: random.Random, n_series: int, runs: int) -> dict[
     b = Batch()
     sids = [db.sid_for(b, ORG, "cpu_usage_active", {"machine_id": f"m{i:04d}", "cpu": "cpu-total"})
             for i in range(n_series)]
+    for i, sid in enumerate(sids):  # the agent whose head entries hold the series
+        b.put(f"tssrc/{sid:08x}", b"m%04d" % i)
     store.write(b)
     db.settle(True)
     # rolled up to ROLL_EVERY + ROLL_DELAY ago: the most the compaction task lags (a run
@@ -268,10 +290,15 @@ def week_query(tmp: Path, rng: random.Random, n_series: int, runs: int) -> dict[
     n = 0
     b = Batch()
     t = start_ms
+    db.head_from = to  # the minutes not rolled up yet are in the head, not sealed yet
     while t < now_ms:
         step = 5 * MINUTE if t < to else INTERVAL_MS
-        for sid, w in zip(sids, walks, strict=True):
-            b.samples.append((sample_key_bytes(sid, t), rollup_pack(w.next())))
+        for i, (sid, w) in enumerate(zip(sids, walks, strict=True)):
+            if t < to:
+                b.samples.append((sample_key_bytes(sid, t), rollup_pack(w.next())))
+            else:  # an agent's batch, of one series here
+                b.samples.append((head_key_bytes(f"m{i:04d}", t),
+                                  head_value(array("I", [sid]), [w.next()])))
         n += len(sids)
         if len(b.samples) >= 50_000:
             store.write(b)

@@ -29,7 +29,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 
 from controller.store.base import Batch, Store
 
@@ -393,27 +393,35 @@ class TSDB:
         times: list[int] = []
         values: list[float] = []
         where: dict[bytes, int] = {}  # a batch's series ids -> the place of sid in them
-        b = start_ms // BLOCK_MS
-        while b <= end_ms // BLOCK_MS:
-            nxt = self._head_bucket(b)
-            if nxt is None or nxt > end_ms // BLOCK_MS:
-                break
-            b = nxt
+        b, last = start_ms // BLOCK_MS, end_ms // BLOCK_MS
+        while b <= last:
+            if last - b > 3:  # the head holds a few buckets: skip to the next one it has
+                nxt = self._head_bucket(b)
+                if nxt is None or nxt > last:
+                    break
+                b = nxt
             p = f"{HEAD_PREFIX}{b:08x}/{src}/"
             keys, raws = self.store.scan_range(p, f"{p}{start_ms:012x}", f"{p}{end_ms:012x}")
+            b += 1
+            if not raws:
+                continue
+            layout = raws[0][:4 + 4 * _U32.unpack_from(raws[0])[0]]
+            if all(map(bytes.startswith, raws, repeat(layout))):
+                # the agent sent the same series in each batch (nearly always): one place
+                i = _place(layout, sid)
+                if i >= 0:
+                    at = len(layout) + 8 * i
+                    times += [int(k[-12:], 16) for k in keys]
+                    values += _from_le("d", b"".join([v[at:at + 8] for v in raws]))
+                continue
             for k, v in zip(keys, raws, strict=True):
-                n = _U32.unpack_from(v)[0]
-                ids = v[4:4 + 4 * n]
-                i = where.get(ids)
-                if i is None:
-                    try:
-                        i = where[ids] = _from_le("I", ids).index(sid)
-                    except ValueError:
-                        i = where[ids] = -1
+                ids = v[:4 + 4 * _U32.unpack_from(v)[0]]
+                i = where.get(ids, -2)
+                if i == -2:
+                    i = where[ids] = _place(ids, sid)
                 if i >= 0:
                     times.append(int(k[-12:], 16))
-                    values.append(_LE_DOUBLE.unpack_from(v, 4 + 4 * n + 8 * i)[0])
-            b += 1
+                    values.append(_LE_DOUBLE.unpack_from(v, len(ids) + 8 * i)[0])
         return times, values
 
     def head_start(self) -> int | None:
@@ -590,6 +598,14 @@ def _seal_group(batch: Batch, keys: list[bytes], values: list[bytes]) -> int:
             out((b"%b%08x%b" % (prefix, sid, tail), head + _le(array("d", column))))
         n += len(times) * (len(ids) // 4)
     return n
+
+
+def _place(layout: bytes, sid: int) -> int:
+    """Where ``sid`` is among a head entry's series (its count and ids), -1 if not there."""
+    try:
+        return _from_le("I", layout[4:]).index(sid)
+    except ValueError:
+        return -1
 
 
 def _decode(base: int, keys: list[bytes], raws: list[bytes], lo: int,
