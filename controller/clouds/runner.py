@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from controller.clouds.providers.base import Adapter
 from controller.errors import CredentialsRefused, ProviderAuthError, ProviderUnavailable
+from controller.threads import named_pool
 
 T = TypeVar("T")
 Factory = Callable[[], Adapter]
@@ -38,7 +38,7 @@ class CloudRunner:
         self.timeout = timeout
         self.workers = workers
         self.per_org = max(1, workers // 2)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cloud")
+        self._pool = named_pool("cloud", workers)
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._org_running: dict[str, int] = {}
         self._freed: asyncio.Condition | None = None

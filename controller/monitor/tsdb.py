@@ -1,9 +1,13 @@
 """An embedded time-series store on the state store.
 
 A series is a metric name plus labels (one of them ``machine_id``), interned to a short id.
-Raw samples are partitioned by hour: ``tsr/<hour:6 hex>/<sid:8 hex>/<ms in the hour:6 hex>``
-→ the value as a big-endian double, so within an hour one series' samples are contiguous and
-in time order, and new samples only ever overlap the current hour. (With one range per
+An agent's compact batch goes to the head first (one entry for all its samples, see
+HEAD_PREFIX), and is sealed into one block per series and bucket later. Raw keys are
+partitioned by hour: ``tsr/<hour:6 hex>/<sid:8 hex>/<ms in the hour:6 hex>`` → one sample's
+value as a big-endian double (samples written one by one: late batches, agents that send
+labels with each sample), the same key with ``~`` after it → a block; so within an hour one
+series' samples are contiguous and in time order, and new samples only ever overlap the
+current hour. (With one range per
 series for all time, ``ts/<sid>/<time_ms>`` before, every memtable flush overlapped every
 series' range and RocksDB rewrote the older data level after level: its compaction writes
 grew with the store, ~10x the ingest after 8 hours of 60,000 series, where hour partitions

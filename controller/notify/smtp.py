@@ -18,7 +18,7 @@ import smtplib
 import socket
 import ssl
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -28,6 +28,7 @@ from controller.errors import OvercastError
 from controller.notify.model import DeliveryError
 from controller.secrets import SecretBox
 from controller.settings import Secret, Settings
+from controller.threads import named_pool
 
 SECURITY = ("starttls", "ssl", "none")
 SMTP_WORKERS = 4  # messages sent at once, each in a thread of the mailer's own pool
@@ -196,7 +197,7 @@ class SmtpMailer:
         self.config = config
         self.workers = workers
         self.in_flight = 0  # threads sending (or about to): never more than workers
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="smtp")
+        self._pool = named_pool("smtp", workers)
         self._free: asyncio.Semaphore | None = None
 
     async def send(self, to: list[str], subject: str, text: str, html: str | None) -> str:
