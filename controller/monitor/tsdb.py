@@ -621,15 +621,20 @@ def _decode(base: int, keys: list[bytes], raws: list[bytes], lo: int,
         values = list(struct.unpack(f">{len(raws)}d", b"".join(raws)))
     else:
         times, values = [], []
+        ordered = True  # blocks only, each after the last: no sample to look at
         for k, v in zip(keys, raws, strict=True):
             if len(v) == 8:
                 times.append(base + int(k[-6:], 16))
                 values.append(_DOUBLE.unpack(v)[0])
+                ordered = False
             else:
                 n = _U32.unpack_from(v, 1)[0]
-                times += map((base + int(k[-7:-1], 16)).__add__, _from_le("I", v[5:5 + 4 * n]))
+                first = base + int(k[-7:-1], 16)
+                if times and first <= times[-1]:
+                    ordered = False
+                times += map(first.__add__, _from_le("I", v[5:5 + 4 * n]))
                 values += _from_le("d", v[5 + 4 * n:])
-        if not all(map(int.__lt__, times, times[1:])):
+        if not ordered and not all(map(int.__lt__, times, times[1:])):
             # a late sample inside a block's span: in time order, the later key's value
             # where both have a time
             both = dict(zip(times, values, strict=True))
