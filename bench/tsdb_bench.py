@@ -136,7 +136,7 @@ def write_day(db: TSDB, series: list[tuple[str, dict[str, str], str]], start_ms:
         b.put(f"tssrc/{sid:08x}", b"m-agent")
     db.store.write(b)
     db.settle(True)
-    db.head_from = min(db.head_from, start_ms)
+    db.head_from = db.head_closed = min(db.head_from, start_ms)
     walks = [Walk(kind, rng) for _, _, kind in series]
     n = 0
     steps = int(days * DAY_S * 1000 / INTERVAL_MS)
@@ -144,7 +144,8 @@ def write_day(db: TSDB, series: list[tuple[str, dict[str, str], str]], start_ms:
     b = Batch()
     for i in range(steps):
         t = start_ms + i * INTERVAL_MS
-        b.samples.append((head_key_bytes("m-agent", t), head_value(ids, [w.next() for w in walks])))
+        b.samples.append((head_key_bytes("m-agent", t, i + 1),
+                          head_value(ids, [w.next() for w in walks])))
         n += len(sids)
         if len(b.samples) >= 500:
             db.store.write(b)
@@ -290,14 +291,14 @@ def week_query(tmp: Path, rng: random.Random, n_series: int, runs: int) -> dict[
     n = 0
     b = Batch()
     t = start_ms
-    db.head_from = to  # the minutes not rolled up yet are in the head, not sealed yet
+    db.head_from = db.head_closed = to  # the minutes not rolled up yet are in the head, not sealed yet
     while t < now_ms:
         step = 5 * MINUTE if t < to else INTERVAL_MS
         for i, (sid, w) in enumerate(zip(sids, walks, strict=True)):
             if t < to:
                 b.samples.append((sample_key_bytes(sid, t), rollup_pack(w.next())))
             else:  # an agent's batch, of one series here
-                b.samples.append((head_key_bytes(f"m{i:04d}", t),
+                b.samples.append((head_key_bytes(f"m{i:04d}", t, t // INTERVAL_MS),
                                   head_value(array("I", [sid]), [w.next()])))
         n += len(sids)
         if len(b.samples) >= 50_000:

@@ -112,6 +112,7 @@ class Ingestor:
         batch = Batch()
         late = late_before()  # samples older than this are rolled up again (tsdb.py)
         results: list[tuple[_Item, bool]] = []
+        head: list[tuple[bytes, bytes]] = []  # agents' batches as head entries
         n = 0
         try:
             for it in items:
@@ -129,9 +130,9 @@ class Ingestor:
                 if it.samples:
                     n += self.tsdb.add(batch, it.org, it.samples)
                 if c is not None and c.refs:
-                    if c.t_ms >= late and c.t_ms >= self.tsdb.head_from:
+                    if c.t_ms >= late and c.t_ms >= self.tsdb.head_closed:
                         # the whole batch as one head entry (sealed into blocks later)
-                        batch.samples.append((head_key_bytes(it.agent_id, c.t_ms), head_value(
+                        head.append((head_key_bytes(it.agent_id, c.t_ms, it.seq), head_value(
                             array("I", map(c.sids.__getitem__, c.refs)), c.values)))
                         n += len(c.refs)
                     else:
@@ -141,8 +142,8 @@ class Ingestor:
                 self._acked[it.agent_id] = it.seq
                 batch.put(f"agentseq/{it.agent_id}", str(it.seq).encode())
                 results.append((it, True))
-            if batch:
-                await asyncio.to_thread(self.store.write, batch, True)
+            if batch or head:
+                await asyncio.to_thread(self.tsdb.write_with_head, batch, head, True)
             self.tsdb.settle(True)
         except Exception as exc:
             # nothing of this group is stored: forget the seqs so replays are taken again

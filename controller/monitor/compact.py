@@ -1,5 +1,6 @@
-"""The TSDB's background work: roll finished minutes up (1 min and 1 h buckets), roll late
-hours up again, and delete what is past retention (raw samples after ``metric_retention``,
+"""The TSDB's background work: seal the head's finished buckets into blocks (see tsdb.py),
+roll finished minutes up (1 min and 1 h buckets), roll late hours up again, and delete
+what is past retention (raw samples after ``metric_retention``,
 rollups after ``metric_rollup_retention``; raw samples not rolled up yet are kept).
 
 The steps are synchronous methods of :class:`Compactor` that :func:`maintain` runs in worker
@@ -46,7 +47,7 @@ PROGRESS_EVERY = 30.0  # seconds between progress lines of a long run
 
 
 class Compactor:
-    """One TSDB's rollups and retention. Not thread-safe: one caller at a time."""
+    """One TSDB's sealing, rollups and retention. Not thread-safe: one caller at a time."""
 
     def __init__(self, tsdb: TSDB, retention: int, rollup_retention: int,
                  metrics: SelfMetrics | None = None,

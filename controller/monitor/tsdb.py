@@ -6,8 +6,8 @@ HEAD_PREFIX), and is sealed into one block per series and bucket later. Raw keys
 partitioned by hour: ``tsr/<hour:6 hex>/<sid:8 hex>/<ms in the hour:6 hex>`` → one sample's
 value as a big-endian double (samples written one by one: late batches, agents that send
 labels with each sample), the same key with ``~`` after it → a block; so within an hour one
-series' samples are contiguous and in time order, and new samples only ever overlap the
-current hour. (With one range per
+series' keys are contiguous (a late sample's key may fall inside a block's span: reads put
+them in time order), and new keys only ever overlap the current hour. (With one range per
 series for all time, ``ts/<sid>/<time_ms>`` before, every memtable flush overlapped every
 series' range and RocksDB rewrote the older data level after level: its compaction writes
 grew with the store, ~10x the ingest after 8 hours of 60,000 series, where hour partitions
@@ -15,8 +15,9 @@ stay at ~3x; and retention deleted a range in every series where it now deletes 
 hours at once. A store from before keeps its ``ts/`` samples, read beside the new ones, until
 retention has deleted them: see :attr:`TSDB.legacy`.) ``tsidx/<org>/<metric>/<sid>`` finds
 the series of a metric; ``tsmeta/<sid>`` holds its labels. Samples are written in batches
-(the ingest path groups many agents' batches into one write); a sample at the same time
-overwrites, so replaying a batch stores nothing twice. Raw samples are kept ``retention`` seconds; rolled-up
+(the ingest path groups many agents' batches into one write); a replayed batch is not
+stored again (its sequence number says so, :mod:`controller.agents.ingest`), and where a
+series has two samples at one time, reads and sealing keep the later one. Raw samples are kept ``retention`` seconds; rolled-up
 buckets (:mod:`controller.monitor.rollup`) longer; retention deletes whole hours, so a raw
 sample is kept up to an hour past ``retention``. A sample stored more than ``LATE_MS``
 after its time (an agent's spool, replayed after it reconnects) leaves a mark
@@ -28,6 +29,7 @@ import json
 import logging
 import struct
 import sys
+import threading
 import time
 from array import array
 from bisect import bisect_left, bisect_right
@@ -75,7 +77,8 @@ RAW_PREFIX = "tsr/"
 HEAD_PREFIX = "tsh/"
 SRC_PREFIX = "tssrc/"
 # The head: an agent's compact batch is stored as it comes, one key for all its samples
-# (``tsh/<bucket:8 hex>/<agent id>/<time_ms:12 hex>`` -> count, series ids, values), where a
+# (``tsh/<bucket:8 hex>/<agent id>/<time_ms:12 hex>/<seq:12 hex>`` -> count, series ids,
+# values; two batches of one agent at the same time are two entries), where a
 # key per sample cost ~100 times the RocksDB work (writes, compaction, reads back for the
 # rollups). The compaction task seals a bucket of the head once it ended SEAL_DELAY_MS ago:
 # each series' samples of the bucket become one block, ``tsr/<hour>/<sid>/<first ms>~``, then
@@ -121,8 +124,13 @@ def block_key_bytes(sid: int, first_ms: int) -> bytes:
     return b"tsr/%06x/%08x/%06x~" % (first_ms // _HOUR_MS, sid, first_ms % _HOUR_MS)
 
 
-def head_key_bytes(src: str, t_ms: int) -> bytes:
-    return b"tsh/%08x/%b/%012x" % (t_ms // BLOCK_MS, src.encode(), t_ms)
+def head_key_bytes(src: str, t_ms: int, seq: int) -> bytes:
+    return b"tsh/%08x/%b/%012x/%012x" % (t_ms // BLOCK_MS, src.encode(), t_ms,
+                                          seq & 0xFFFF_FFFF_FFFF)
+
+
+def _head_time(key: bytes) -> int:
+    return int(key[-25:-13], 16)
 
 
 def _le(a: array) -> bytes:  # type: ignore[type-arg]
@@ -194,11 +202,16 @@ class TSDB:
         # samples of a store from before hour partitions: read beside the new ones (each read
         # looks in both) until retention has deleted the last of them (expire)
         self.legacy = any(True for _ in store.scan(LEGACY_PREFIX, limit=1, keys_only=True))
-        # nothing in the head is older than this (ms): the first bucket stored, or where the
-        # ingest path may write from (it writes no late batch to the head); sealing moves it
+        # Nothing in the head is older than head_from (ms), and the ingest path writes
+        # nothing older than head_closed to it (a late batch goes in sample by sample):
+        # sealing closes the buckets it seals first, under head_lock, which the ingest path's
+        # writes hold too, so no entry lands in a bucket being sealed or sealed already
+        now = late_before()
         first = self._head_bucket(0)
-        self.head_from = (first * BLOCK_MS if first is not None
-                          else late_before() - late_before() % BLOCK_MS)
+        self.head_from = min(now - now % BLOCK_MS,
+                             first * BLOCK_MS if first is not None else now)
+        self.head_closed = self.head_from
+        self.head_lock = threading.Lock()
         self._seal_cursor = ""
 
     def _index_old_series(self) -> None:
@@ -405,7 +418,7 @@ class TSDB:
                     break
                 b = nxt
             p = f"{HEAD_PREFIX}{b:08x}/{src}/"
-            keys, raws = self.store.scan_range(p, f"{p}{start_ms:012x}", f"{p}{end_ms:012x}")
+            keys, raws = self.store.scan_range(p, f"{p}{start_ms:012x}", f"{p}{end_ms:012x}~")
             b += 1
             if not raws:
                 continue
@@ -415,7 +428,7 @@ class TSDB:
                 i = _place(layout, sid)
                 if i >= 0:
                     at = len(layout) + 8 * i
-                    times += [int(k[-12:], 16) for k in keys]
+                    times += [int(k[-25:-13], 16) for k in keys]
                     values += _from_le("d", b"".join([v[at:at + 8] for v in raws]))
                 continue
             for k, v in zip(keys, raws, strict=True):
@@ -424,8 +437,12 @@ class TSDB:
                 if i == -2:
                     i = where[ids] = _place(ids, sid)
                 if i >= 0:
-                    times.append(int(k[-12:], 16))
+                    times.append(_head_time(k))
                     values.append(_LE_DOUBLE.unpack_from(v, len(ids) + 8 * i)[0])
+        if not all(map(int.__lt__, times, times[1:])):  # batches at one time: the last
+            both = dict(zip(times, values, strict=True))
+            times = sorted(both)
+            values = [both[t] for t in times]
         return times, values
 
     def head_start(self) -> int | None:
@@ -487,9 +504,11 @@ class TSDB:
         for hour in range((lo - 1) // _HOUR_MS, first // _HOUR_MS - 1, -1):
             if last is not None and last >= hour * _HOUR_MS:
                 break
-            for key, _ in self.store.scan(series_part_prefix(sid, hour),
-                                          start=sample_key(sid, lo - 1) + "~", reverse=True,
-                                          limit=1, keys_only=True):
+            # from lo's time in its hour, from the end of the series' keys in hours before
+            end = (sample_key(sid, lo - 1) if hour == (lo - 1) // _HOUR_MS
+                   else series_part_prefix(sid, hour)) + "~"
+            for key, _ in self.store.scan(series_part_prefix(sid, hour), start=end,
+                                          reverse=True, limit=1, keys_only=True):
                 ms = int(key[-7:-1] if key.endswith("~") else key[-6:], 16)
                 last = max(last or 0, hour * _HOUR_MS + ms)
         if self.legacy:
@@ -501,29 +520,33 @@ class TSDB:
         times, values = self.read_columns(sid, max(first, last - last % BLOCK_MS), lo - 1)
         return (times[-1], values[-1]) if times else None
 
-    def seal(self, cut_ms: int, max_entries: int = 20_000) -> tuple[int, bool]:
+    def seal(self, cut_ms: int, max_entries: int = 5_000) -> tuple[int, bool]:
         """Turn the head's buckets that end by ``cut_ms`` into blocks, at most ``max_entries``
         head entries (agents' batches) a call; returns the samples sealed and whether every
-        bucket before the cut is. A bucket is deleted from the head once all of it is sealed;
-        sealing it again (after a stop) writes the same blocks."""
+        bucket before the cut is. The buckets are closed to the ingest path first; one is
+        deleted from the head once all of it is sealed; sealing it again (after a stop or a
+        failed write) writes the same blocks."""
         cut = cut_ms // BLOCK_MS
         if cut * BLOCK_MS <= self.head_from:
             return 0, True
+        if self.head_closed < cut * BLOCK_MS:
+            with self.head_lock:  # no write of the ingest path is between check and commit
+                self.head_closed = max(self.head_closed, cut * BLOCK_MS)
         keys, raws = self.store.scan_range(HEAD_PREFIX, self._seal_cursor or HEAD_PREFIX,
                                            f"{HEAD_PREFIX}{cut - 1:08x}0", max_entries)
         more = len(keys) == max_entries
         groups: list[tuple[bytes, list[bytes], list[bytes]]] = []  # (bucket/src, keys, values)
         for k, v in zip(keys, raws, strict=True):
-            g = k[:k.rindex(b"/")]
+            g = k[:-26]  # less /<time>/<seq>
             if not groups or groups[-1][0] != g:
                 groups.append((g, [], []))
             groups[-1][1].append(k)
             groups[-1][2].append(v)
+        cursor = ""
         if more and len(groups) > 1:  # an agent's bucket is sealed in one piece
-            last = groups.pop()
-            self._seal_cursor = last[1][0].decode()
-        elif more:
-            self._seal_cursor = keys[-1].decode() + "\x00"
+            cursor = groups.pop()[1][0].decode()
+        elif more:  # one agent sent more than max_entries batches in a bucket
+            cursor = keys[-1].decode() + "\x00"
         batch = Batch()
         n = 0
         for _, gkeys, gvalues in groups:
@@ -533,12 +556,35 @@ class TSDB:
                 batch = Batch()
         if batch:
             self.store.write(batch)
+        self._seal_cursor = cursor  # only now: a failed write seals the same slice again
         if more:
             return n, False
         delete_before(self.store, HEAD_PREFIX, f"{HEAD_PREFIX}{cut:08x}/")
         self.head_from = max(self.head_from, cut * BLOCK_MS)
-        self._seal_cursor = ""
         return n, True
+
+    def write_with_head(self, batch: Batch, head: list[tuple[bytes, bytes]],
+                        sync: bool = False) -> None:
+        """Write ``batch`` with the head entries ``head`` (the ingest path's group commit).
+        An entry in a bucket sealing has closed since the entry was made (a write that
+        waited long for its thread) goes in sample by sample instead, marked late."""
+        with self.head_lock:
+            closed = self.head_closed
+            for key, value in head:
+                if _head_time(key) >= closed:
+                    batch.samples.append((key, value))
+                else:
+                    self._unhead(batch, key, value)
+            self.store.write(batch, sync)
+
+    def _unhead(self, batch: Batch, key: bytes, value: bytes) -> None:
+        t_ms = _head_time(key)
+        n = _U32.unpack_from(value)[0]
+        ids = _from_le("I", value[4:4 + 4 * n])
+        head, tail = sample_key_parts(t_ms)
+        batch.samples += [(b"%b%08x%b" % (head, sid, tail), _DOUBLE.pack(v))
+                          for sid, v in zip(ids, _from_le("d", value[4 + 4 * n:]), strict=True)]
+        self.mark_late(batch, set(ids), t_ms)
 
     def sids(self) -> list[int]:
         """Every series id, in order."""
@@ -579,15 +625,17 @@ class TSDB:
 
 
 def _seal_group(batch: Batch, keys: list[bytes], values: list[bytes]) -> int:
-    """One agent's head entries of one bucket (in time order) -> a block per series in
-    ``batch``; returns the samples."""
+    """One agent's head entries of one bucket (in key order: time, then sequence) -> a
+    block per series in ``batch``; returns the samples."""
     layouts: dict[bytes, tuple[list[int], list[bytes]]] = {}  # series ids -> times, values
     for k, v in zip(keys, values, strict=True):
         n = _U32.unpack_from(v)[0]
         times, vals = layouts.setdefault(v[4:4 + 4 * n], ([], []))
-        times.append(int(k[-12:], 16))
+        times.append(_head_time(k))
         vals.append(v[4 + 4 * n:])
     out = batch.samples.append
+    if len(layouts) > 1 or not all(map(int.__lt__, times, times[1:])):
+        return _seal_mixed(batch, keys, values)
     n = 0
     for ids, (times, vals) in layouts.items():
         first = times[0]
@@ -604,10 +652,33 @@ def _seal_group(batch: Batch, keys: list[bytes], values: list[bytes]) -> int:
     return n
 
 
+def _seal_mixed(batch: Batch, keys: list[bytes], values: list[bytes]) -> int:
+    """:func:`_seal_group` where the agent's series changed within the bucket, or two of its
+    batches have one time: sample by sample, in key order (the later batch's value at a
+    time, as reads of the head give)."""
+    series: dict[int, dict[int, float]] = {}
+    for k, v in zip(keys, values, strict=True):
+        t = _head_time(k)
+        n = _U32.unpack_from(v)[0]
+        for sid, x in zip(_from_le("I", v[4:4 + 4 * n]), _from_le("d", v[4 + 4 * n:]),
+                          strict=True):
+            series.setdefault(sid, {})[t] = x
+    for sid, points in series.items():
+        times = sorted(points)
+        first = times[0]
+        batch.samples.append((block_key_bytes(sid, first), (
+            _BLOCK + _U32.pack(len(times)) + _le(array("I", [t - first for t in times]))
+            + _le(array("d", [points[t] for t in times])))))
+    return sum(map(len, series.values()))
+
+
 def _place(layout: bytes, sid: int) -> int:
-    """Where ``sid`` is among a head entry's series (its count and ids), -1 if not there."""
+    """Where ``sid`` is among a head entry's series (its count and ids; the last place if
+    it is there twice, as sealing keeps), -1 if not there."""
+    ids = _from_le("I", layout[4:])
+    ids.reverse()
     try:
-        return _from_le("I", layout[4:]).index(sid)
+        return len(ids) - 1 - ids.index(sid)
     except ValueError:
         return -1
 

@@ -6,8 +6,9 @@ sealing in slices or twice writing the same blocks."""
 from __future__ import annotations
 
 import asyncio
+import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from controller.agents.ingest import Compact, Ingestor
 from controller.monitor import rollup
 from controller.monitor.compact import Compactor, run_once
 from controller.monitor.rollup import HOUR, MINUTE
-from controller.monitor.tsdb import BLOCK_MS, TSDB
+from controller.monitor.tsdb import BLOCK_MS, TSDB, head_key_bytes, head_value
 from controller.store import Batch, open_store
 
 T0 = 1_699_999_200_000  # a whole hour (ms)
@@ -35,7 +36,7 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TSDB]:
     # the ingest path writes to the head what is not late (now - 60 s): here, from T0 on
     monkeypatch.setattr(ingest_mod, "late_before", lambda: T0 - HOUR)
     d = TSDB(open_store(tmp_path / "db"))
-    d.head_from = T0 - HOUR
+    d.head_from = d.head_closed = T0 - HOUR
     yield d
     d.store.close()
 
@@ -46,7 +47,8 @@ def send(db: TSDB, batches: list[tuple[str, int, int]], start_seq: int = 1) -> N
         ing = Ingestor(db.store, db, max_delay=0)
         for agent, first, count in batches:
             table: array[int] = array("q")
-            labels = [(m, {**lab, "machine_id": agent}) for m, lab in SERIES]
+            labels: list[tuple[str, Mapping[str, str]]] = [
+                (m, {**lab, "machine_id": agent}) for m, lab in SERIES]
             for k, i in enumerate(range(first, first + count)):
                 c = Compact(table, labels if k == 0 else [], [0, 1, 2],
                             [value(j, i) for j in range(3)], T0 + i * STEP)
@@ -148,7 +150,7 @@ def test_late_samples_beside_blocks_are_read_in_time_order(db: TSDB) -> None:
 
 
 def test_a_late_batch_is_not_written_to_the_head(db: TSDB) -> None:
-    db.head_from = T0 + HOUR  # sealed up to here: this batch's time is before
+    db.head_from = db.head_closed = T0 + HOUR  # sealed up to here: this batch's time is before
     send(db, [("a1", 0, 3)])
     assert head_keys(db) == []
     s = sids(db, "a1")[0]
@@ -186,3 +188,114 @@ def test_rollups_over_blocks_are_those_over_samples(tmp_path: Path, db: TSDB) ->
             ref.store.write(b2)
             assert got and got == rollup.read_buckets(ref, s_ref, res, T0, T0 + HOUR)
     ref.store.close()
+
+
+def test_a_seal_whose_write_failed_seals_the_same_slice_again(db: TSDB,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    send(db, [("a1", 0, 30), ("a2", 0, 30), ("a3", 0, 30)])
+    real = db.store.write
+    calls = []
+
+    def failing_once(batch: Batch, sync: bool = False) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real(batch, sync)
+
+    monkeypatch.setattr(db.store, "write", failing_once)
+    assert db.seal(T0 + HOUR, max_entries=40) == (90, False)  # a1's bucket
+    with pytest.raises(OSError):
+        db.seal(T0 + HOUR, max_entries=40)  # a2's: not written
+    while not db.seal(T0 + HOUR, max_entries=40)[1]:
+        pass
+    assert head_keys(db) == []
+    for agent in ("a1", "a2", "a3"):
+        for j, s in enumerate(sids(db, agent)):
+            assert db.read_columns(s, 0, T0 + HOUR) == expected(j, 0, 30), agent
+
+
+def test_two_batches_of_an_agent_at_one_time_are_both_kept(db: TSDB) -> None:
+    async def go() -> None:
+        ing = Ingestor(db.store, db, max_delay=0)
+        table: array[int] = array("q")
+        labels: list[tuple[str, Mapping[str, str]]] = [
+            (m, {"machine_id": "a1"}) for m, _ in SERIES]
+        for seq, c in enumerate([
+                Compact(table, labels, [0, 1], [1.0, 2.0], T0),  # cpu, net
+                Compact(table, [], [2], [3.0], T0),  # load, at the same time
+                Compact(table, [], [0], [4.0], T0),  # cpu again: the later value counts
+                Compact(table, [], [0, 1, 2], [5.0, 6.0, 7.0], T0 + STEP)], start=1):
+            task = asyncio.create_task(ing.submit("a1", "o1", seq, [], c))
+            await asyncio.sleep(0)
+            await ing.flush()
+            assert await task is True
+    asyncio.run(go())
+    cpu, net, load = sids(db, "a1")
+    want = {cpu: ([T0, T0 + STEP], [4.0, 5.0]), net: ([T0, T0 + STEP], [2.0, 6.0]),
+            load: ([T0, T0 + STEP], [3.0, 7.0])}
+    assert len(head_keys(db)) == 4
+    assert {s: db.read_columns(s, 0, T0 + HOUR) for s in want} == want
+    assert db.seal(T0 + HOUR) == (6, True)  # samples stored: cpu at T0 once
+    assert {s: db.read_columns(s, 0, T0 + HOUR) for s in want} == want
+
+
+def test_a_series_added_within_a_bucket_is_read_and_sealed(db: TSDB) -> None:
+    send(db, [("a1", 0, 10)])
+    async def more() -> None:  # the agent's next stream: a new disk, a fourth series
+        ing = Ingestor(db.store, db, max_delay=0)
+        table: array[int] = array("q")
+        labels: list[tuple[str, Mapping[str, str]]] = [
+            (m, {"machine_id": "a1"}) for m, _ in [*SERIES, ("disk", {})]]
+        for k, i in enumerate(range(10, 20)):
+            c = Compact(table, labels if k == 0 else [], [0, 1, 2, 3],
+                        [value(j, i) for j in range(3)] + [float(i)], T0 + i * STEP)
+            task = asyncio.create_task(ing.submit("a1", "o1", 11 + k, [], c))
+            await asyncio.sleep(0)
+            await ing.flush()
+            assert await task is True
+    asyncio.run(more())
+    disk = db.select("o1", "disk")[0].sid
+    for _ in range(2):  # from the head, then from blocks
+        for j, s in enumerate(sids(db, "a1")):
+            assert db.read_columns(s, 0, T0 + HOUR) == expected(j, 0, 20)
+        assert db.read_columns(disk, 0, T0 + HOUR) == (
+            [T0 + i * STEP for i in range(10, 20)], [float(i) for i in range(10, 20)])
+        db.seal(T0 + HOUR)
+    assert head_keys(db) == []
+
+
+def test_an_entry_in_a_bucket_closed_meanwhile_goes_in_sample_by_sample(db: TSDB) -> None:
+    """A write of the ingest path that waited for its thread while sealing closed the
+    bucket: its entry would land in a bucket being sealed; it is stored as late samples."""
+    b = Batch()
+    s1, s2 = (db.sid_for(b, "o1", "cpu", {"machine_id": f"m{i}"}) for i in (1, 2))
+    db.store.write(b)
+    entry = (head_key_bytes("a1", T0 + 20_000, 7), head_value(array("I", [s1, s2]), [1.5, 2.5]))
+    db.head_closed = T0 + BLOCK_MS
+    db.write_with_head(Batch(), [entry])
+    assert head_keys(db) == []
+    assert db.read_columns(s2, 0, T0 + HOUR) == ([T0 + 20_000], [2.5])
+    assert {k for k, _ in db.store.scan("tslate/")} == {
+        f"tslate/{s:08x}/{T0:012x}" for s in (s1, s2)}
+
+
+def test_the_sample_before_is_found_hours_back_beside_other_series(db: TSDB) -> None:
+    b = Batch()
+    db.add(b, "o1", [("cpu", {"machine_id": "m1"}, 1.0, T0 + 50 * MINUTE),
+                     ("cpu", {"machine_id": "m2"}, 2.0, T0 + 55 * MINUTE)])
+    db.store.write(b)
+    s1 = db.select("o1", "cpu")[0].sid
+    assert db.last_before(s1, T0 + HOUR + 30 * MINUTE, HOUR) == (T0 + 50 * MINUTE, 1.0)
+    assert db.read_after(s1, T0 + HOUR + 30 * MINUTE, T0 + 2 * HOUR) == (1.0, [], [])
+
+
+def test_a_head_entry_ahead_of_time_does_not_close_the_head(tmp_path: Path) -> None:
+    """An agent whose clock is ahead: its entries wait in the head for their time; a
+    restarted controller still takes everyone's batches into the head."""
+    store = open_store(tmp_path / "ahead")
+    b = Batch()
+    b.samples.append((head_key_bytes("a1", 2**42, 1), head_value(array("I", [1]), [1.0])))
+    store.write(b)
+    d = TSDB(store)
+    assert d.head_from <= time.time() * 1000 and d.head_closed <= time.time() * 1000
+    store.close()
