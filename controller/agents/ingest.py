@@ -1,5 +1,6 @@
 """Metric ingest with group commit: batches from many agents wait at most ``max_delay`` and
-are written together in one synced store write, then each agent is acknowledged. A batch
+are written together in one synced store write (an agent's compact batch as one entry of
+the TSDB's head), then each agent is acknowledged. A batch
 whose sequence number is at or below the agent's stored one is a replay: acknowledged,
 not stored again (exactly once, across controller crashes and agent reconnects).
 
@@ -164,9 +165,9 @@ class Ingestor:
 
 
 def _add_compact(batch: Batch, c: Compact) -> int:
-    """Put compact samples of a late batch (not to the head) into ``batch.samples`` (the keys and values of ``TSDB.add``:
-    ``tsdb.sample_key(sid, t_ms)`` -> big-endian double, made inline here as bytes: this
-    loop runs for every sample an agent sends)."""
+    """Put the compact samples of a late batch (never written to the head) into
+    ``batch.samples`` one by one: the keys and values of ``TSDB.add``,
+    ``tsdb.sample_key(sid, t_ms)`` -> big-endian double, made inline here as bytes."""
     append = batch.samples.append
     pack = _DOUBLE.pack
     sids = c.sids
