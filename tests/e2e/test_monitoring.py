@@ -228,16 +228,24 @@ def test_disable_uninstalls_and_revokes_the_agent(world: World) -> None:
     for d in ("prefix", "config_dir", "state_dir"):
         assert not Path(o[d]).exists(), d
     assert tree(world.root) == [], tree(world.root)  # as it was before the install
-    wait_for(lambda: not any(b"-m\0agent\0" in p.read_bytes() and str(world.root).encode()
-                             in p.read_bytes() for p in _cmdlines()), 20, "the agent stopped")
+    wait_for(lambda: not any(b"-m\0agent\0" in c and str(world.root).encode() in c
+                             for c in _cmdlines()), 20, "the agent stopped")
     assert [e["outcome"] for e in audit(world.h, "machine.disable_monitoring", m["id"])] == ["success"]
     # off already: said so
     r = world.h.post(f"/api/v2/machines/{m['id']}/actions/disable-monitoring", {})
     assert r.status == 409 and "monitoring is off" in r.body["error"]["message"], r.body
 
 
-def _cmdlines() -> list[Path]:
-    return [d / "cmdline" for d in Path("/proc").glob("[0-9]*") if (d / "cmdline").exists()]
+def _cmdlines() -> list[bytes]:
+    """The command lines of the processes running now (one that ends meanwhile is left out:
+    it was listed, then gone before its file was read)."""
+    out = []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            out.append((d / "cmdline").read_bytes())
+        except OSError:
+            continue
+    return out
 
 
 def test_an_unreachable_machine_fails_in_the_job_and_leaves_nothing(world: World) -> None:
