@@ -134,7 +134,7 @@ class Ingestor:
                     if c.t_ms >= late and c.t_ms >= self.tsdb.head_closed:
                         # the whole batch as one head entry (sealed into blocks later)
                         head.append((head_key_bytes(it.agent_id, c.t_ms, it.seq), head_value(
-                            array("I", map(c.sids.__getitem__, c.refs)), c.values)))
+                            map(c.sids.__getitem__, c.refs), c.values)))
                         n += len(c.refs)
                     else:
                         n += _add_compact(batch, c)

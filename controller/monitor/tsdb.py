@@ -118,10 +118,24 @@ def sample_key_bytes(sid: int, t_ms: int) -> bytes:
     return b"%b%08x%b" % (head, sid, tail)
 
 
+def block_key_parts(first_ms: int) -> tuple[bytes, bytes]:
+    """What goes before and after the series id in the key of a block of samples from
+    ``first_ms`` on: a sample's key with a ``~`` after it (no sample written alone, late, can
+    replace a block). Sealing makes them once per agent's bucket."""
+    head, tail = sample_key_parts(first_ms)
+    return head, tail + b"~"
+
+
 def block_key_bytes(sid: int, first_ms: int) -> bytes:
-    """The key of a block of ``sid``'s samples from ``first_ms`` on: a sample's key with a
-    ``~`` after it (no sample written alone, late, can replace a block)."""
-    return b"tsr/%06x/%08x/%06x~" % (first_ms // _HOUR_MS, sid, first_ms % _HOUR_MS)
+    head, tail = block_key_parts(first_ms)
+    return b"%b%08x%b" % (head, sid, tail)
+
+
+def _block_head(times: list[int]) -> bytes:
+    """A block's value up to its values: the marker, how many, each time's offset from the
+    first (the key's)."""
+    first = times[0]
+    return _BLOCK + _U32.pack(len(times)) + _le(array("I", [t - first for t in times]))
 
 
 def head_key_bytes(src: str, t_ms: int, seq: int) -> bytes:
@@ -146,9 +160,10 @@ def _from_le(code: str, raw: bytes | memoryview) -> array:  # type: ignore[type-
     return a
 
 
-def head_value(sids: array, values: Iterable[float]) -> bytes:  # type: ignore[type-arg]
+def head_value(sids: Iterable[int], values: Iterable[float]) -> bytes:
     """A head entry: how many samples, their series ids (uint32), their values (doubles)."""
-    return _U32.pack(len(sids)) + _le(array("I", sids)) + _le(array("d", values))
+    ids = array("I", sids)
+    return _U32.pack(len(ids)) + _le(ids) + _le(array("d", values))
 
 
 def legacy_prefix(sid: int) -> str:
@@ -469,10 +484,11 @@ class TSDB:
         """The start (ms) of the first hour samples are stored in (hour partitions and the
         head), None if there is none."""
         hour = self._stored_hour(0)
-        bucket = self._head_bucket(0)
-        firsts = [t for t in (None if hour == _NO_HOUR else hour * _HOUR_MS,
-                              None if bucket is None else bucket * BLOCK_MS) if t is not None]
-        return min(firsts) - min(firsts) % _HOUR_MS if firsts else None
+        firsts = [] if hour == _NO_HOUR else [hour * _HOUR_MS]
+        head = self.head_start()
+        if head is not None:
+            firsts.append(head - head % _HOUR_MS)
+        return min(firsts, default=None)
 
     def read_after(self, sid: int, start_ms: int,
                    end_ms: int) -> tuple[float | None, list[int], list[float]]:
@@ -581,8 +597,7 @@ class TSDB:
         t_ms = _head_time(key)
         n = _U32.unpack_from(value)[0]
         ids = _from_le("I", value[4:4 + 4 * n])
-        head, tail = sample_key_parts(t_ms)
-        batch.samples += [(b"%b%08x%b" % (head, sid, tail), _DOUBLE.pack(v))
+        batch.samples += [(sample_key_bytes(sid, t_ms), _DOUBLE.pack(v))
                           for sid, v in zip(ids, _from_le("d", value[4 + 4 * n:]), strict=True)]
         self.mark_late(batch, set(ids), t_ms)
 
@@ -638,12 +653,8 @@ def _seal_group(batch: Batch, keys: list[bytes], values: list[bytes]) -> int:
         return _seal_mixed(batch, keys, values)
     n = 0
     for ids, (times, vals) in layouts.items():
-        first = times[0]
-        hour, ms = divmod(first, _HOUR_MS)
-        head = (_BLOCK + _U32.pack(len(times))
-                + _le(array("I", [t - first for t in times])))
-        prefix = b"tsr/%06x/" % hour
-        tail = b"/%06x~" % ms
+        head = _block_head(times)
+        prefix, tail = block_key_parts(times[0])
         for sid, column in zip(_from_le("I", ids),
                                zip(*[_from_le("d", raw) for raw in vals], strict=True),
                                strict=True):
@@ -665,10 +676,8 @@ def _seal_mixed(batch: Batch, keys: list[bytes], values: list[bytes]) -> int:
             series.setdefault(sid, {})[t] = x
     for sid, points in series.items():
         times = sorted(points)
-        first = times[0]
-        batch.samples.append((block_key_bytes(sid, first), (
-            _BLOCK + _U32.pack(len(times)) + _le(array("I", [t - first for t in times]))
-            + _le(array("d", [points[t] for t in times])))))
+        batch.samples.append((block_key_bytes(sid, times[0]), _block_head(times)
+                              + _le(array("d", [points[t] for t in times]))))
     return sum(map(len, series.values()))
 
 
