@@ -89,6 +89,19 @@ def rollup_figures(http: Any) -> dict[str, float]:
     return out
 
 
+def store_memory(http: Any) -> dict[str, float]:
+    """What the controller's store (RocksDB) holds in memory, MiB by part (its ``/metrics``)."""
+    r = http.get("/metrics")
+    out: dict[str, float] = {}
+    if r.status != 200:
+        return out
+    for line in r.raw.decode(errors="replace").splitlines():
+        if line.startswith('overcast_store_memory_bytes{part="'):
+            part = line.split('"', 2)[1]
+            out[part] = round(float(line.rsplit(" ", 1)[1]) / 2**20, 1)
+    return out
+
+
 def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
                   base_rss: float, deadline: float, window: float,
                   period_mode: bool = False) -> dict[str, Any]:
@@ -168,6 +181,7 @@ def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
     replies = pool.ask("stats", {"reset": True, "record": False})
     fig = proc_figures(pid, uss=True)
     fig["smaps_mib"] = smaps_breakdown(pid)
+    fig["store_memory_mib"] = store_memory(metrics)
     lat = merge_latencies(replies)
     store_lat = merge_latencies(replies, "store_lat_ms")
     acked = sum(r["acks"] for r in replies)

@@ -52,7 +52,7 @@ from controller.services import Services, build_services
 from controller.settings import Settings
 from controller.shells import routes as shell_routes
 from controller.sshkeys import routes as key_routes
-from controller.store import StoreLocked, open_store
+from controller.store import StoreLocked, open_store, set_memory
 from controller.threads import named_pool
 from controller.tunnels import routes as tunnel_routes
 from controller.tunnels.listeners import LISTENERS, WILDCARD, HubListeners
@@ -247,6 +247,7 @@ def open_data_dir(settings: Settings) -> Services:
         what = exc.strerror or str(exc)
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(d) else ""
         raise OvercastError(f"data directory {d}: {what}{where} (setting: data_dir)") from None
+    set_memory(settings.store_cache_mib << 20, settings.store_write_buffer_mib << 20)
     try:
         store = open_store(d / "store")
     except StoreLocked:

@@ -100,6 +100,12 @@ class Settings:
     # (bench/tsdb_bench.py); a month of them and a year of hours is ~190 MiB. Queries over
     # older spans answer from the hourly rollups
     metric_minute_rollup_retention: int = 31 * 24 * 3600
+    # the store's memory (RocksDB), in MiB: its block cache (recently read blocks and the
+    # files' indexes, shared by the stores of the process) and each of its two memtables
+    # (writes not flushed to disk yet). Less memory costs more reads from disk (or the page
+    # cache) and more flushes and compaction; see the README's "Memory of the store"
+    store_cache_mib: int = 64
+    store_write_buffer_mib: int = 32
     # datapoint queries: the most samples one may need (raw samples and rollup buckets read,
     # plus the points computed: ~0.5 us each here, so 20 million are ~10-15 s of a core) and
     # the seconds it may run; over either it stops with a 422 that says how to narrow it
@@ -412,11 +418,14 @@ _MINIMUMS: dict[str, int] = {
     "notify_retry_max": 1,
     "notify_min_interval": 0,
     "incident_retention": 60,
+    "store_cache_mib": 1,
+    "store_write_buffer_mib": 1,
 }
 
 
 # the largest value of an int setting, where there is one; ``validate`` refuses more
-_MAXIMUMS: dict[str, int] = {"tunnel_port": 65535, "smtp_port": 65535, "notify_max_attempts": 100}
+_MAXIMUMS: dict[str, int] = {"tunnel_port": 65535, "smtp_port": 65535, "notify_max_attempts": 100,
+                             "store_cache_mib": 1024 * 1024, "store_write_buffer_mib": 4096}
 # the values a text setting may take (log_level in any case); ``validate`` refuses others
 _CHOICES: dict[str, tuple[str, ...]] = {
     "tls": ("auto", "on", "off"),

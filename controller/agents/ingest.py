@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from controller.monitor.tsdb import (
     SRC_PREFIX,
     TSDB,
+    ahead_from,
     head_key_bytes,
     head_value,
     late_before,
@@ -112,6 +113,7 @@ class Ingestor:
             return
         batch = Batch()
         late = late_before()  # samples older than this are rolled up again (tsdb.py)
+        ahead = ahead_from()  # and from this on too far ahead for the head
         results: list[tuple[_Item, bool]] = []
         head: list[tuple[bytes, bytes]] = []  # agents' batches as head entries
         n = 0
@@ -131,7 +133,7 @@ class Ingestor:
                 if it.samples:
                     n += self.tsdb.add(batch, it.org, it.samples)
                 if c is not None and c.refs:
-                    if c.t_ms >= late and c.t_ms >= self.tsdb.head_closed:
+                    if late <= c.t_ms < ahead and c.t_ms >= self.tsdb.head_closed:
                         # the whole batch as one head entry (sealed into blocks later)
                         head.append((head_key_bytes(it.agent_id, c.t_ms, it.seq), head_value(
                             map(c.sids.__getitem__, c.refs), c.values)))
@@ -165,7 +167,8 @@ class Ingestor:
 
 
 def _add_compact(batch: Batch, c: Compact) -> int:
-    """Put the compact samples of a late batch (never written to the head) into
+    """Put the compact samples of a batch not written to the head (late, far ahead of our
+    clock, or in a bucket being sealed) into
     ``batch.samples`` one by one: the keys and values of ``TSDB.add``,
     ``tsdb.sample_key(sid, t_ms)`` -> big-endian double, made inline here as bytes."""
     append = batch.samples.append

@@ -120,7 +120,7 @@ def _offline_services(settings: Any, mode: str = "rw") -> Any:
     from pathlib import Path
 
     from controller.services import build_services
-    from controller.store import open_store
+    from controller.store import open_store, set_memory
 
     d = Path(settings.data_dir)
     if d.exists() and not d.is_dir():
@@ -129,6 +129,7 @@ def _offline_services(settings: Any, mode: str = "rw") -> Any:
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
     elif not (d / "store").exists():
         raise CliError(f"no Overcast data in {d}", FAILED)
+    set_memory(settings.store_cache_mib << 20, settings.store_write_buffer_mib << 20)
     return build_services(settings, open_store(d / "store", mode), migrate=mode == "rw")
 
 

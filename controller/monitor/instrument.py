@@ -48,6 +48,10 @@ def register(services: Services) -> None:
                  lambda: {(): float(ing.replays)})
     m.gauge_fn("overcast_tsdb_series", "Time series stored",
                lambda: {(): float(services.tsdb.series_count)})
+    m.gauge_fn("overcast_store_memory_bytes",
+               "Memory the store (RocksDB) holds: block cache, memtables, file readers",
+               lambda: {(part,): float(n) for part, n in services.store.memory().items()},
+               ("part",))
     polls = m.histogram("overcast_cloud_poll_duration_seconds",
                         "How long a poll of a cloud took, by provider and outcome",
                         ("provider", "outcome"))

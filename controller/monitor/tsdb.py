@@ -85,6 +85,10 @@ SRC_PREFIX = "tssrc/"
 # the bucket is deleted. So a series' keys stay series id + time, with values packed.
 BLOCK_MS = 300_000
 SEAL_DELAY_MS = 2 * LATE_MS  # later batches are late: written as samples, never to the head
+# Batches dated further ahead of the controller's clock than this (an agent whose clock is
+# wrong) are written as samples too: the head holds the last minutes only, and its buckets
+# are sealed in time order (an entry a year ahead would wait there a year).
+AHEAD_MS = BLOCK_MS
 _BLOCK = b"B"  # a block's first byte (a sample's value is 8 bytes: a block never is)
 _U32 = struct.Struct("<I")
 _LE_DOUBLE = struct.Struct("<d")
@@ -181,6 +185,11 @@ def late_key(sid: int, hour_ms: int) -> str:
 def late_before() -> int:
     """Samples before this time (ms) are late if stored now."""
     return int(time.time() * 1000) - LATE_MS
+
+
+def ahead_from() -> int:
+    """Samples from this time (ms) on are too far ahead for the head if stored now."""
+    return int(time.time() * 1000) + AHEAD_MS
 
 
 class TSDB:

@@ -7,6 +7,6 @@ layered on top in :mod:`controller.store.docs`.
 """
 
 from controller.store.base import Batch, Store, StoreLocked
-from controller.store.rocks import RocksStore, open_store
+from controller.store.rocks import RocksStore, open_store, set_memory
 
-__all__ = ["Batch", "Store", "StoreLocked", "RocksStore", "open_store"]
+__all__ = ["Batch", "Store", "StoreLocked", "RocksStore", "open_store", "set_memory"]

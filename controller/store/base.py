@@ -94,6 +94,10 @@ class Store(Protocol):
 
     def count(self, prefix: str) -> int: ...
 
+    def memory(self) -> dict[str, int]:
+        """Bytes of memory the backend holds, by part (for the controller's metrics)."""
+        ...
+
     def checkpoint(self, target_dir: str) -> None:
         """A consistent copy of the whole store in ``target_dir`` (which must not exist)."""
         ...

@@ -33,9 +33,10 @@ def _options() -> Options:
     opts.create_if_missing(True)
     opts.set_compression_type(DBCompressionType.lz4())
     opts.set_max_background_jobs(2)
-    # memtables: 2 x 32 MiB at most (RocksDB's default is 2 x 64 MiB); measured with 10,000
-    # agents writing, the smaller ones cost no ingest rate and save ~64 MiB of resident memory
-    opts.set_write_buffer_size(32 * 1024 * 1024)
+    # memtables: 2 x 32 MiB at most by default (RocksDB's default is 2 x 64 MiB); measured
+    # with 10,000 agents writing, the smaller ones cost no ingest rate and save ~64 MiB of
+    # resident memory (setting: store_write_buffer_mib)
+    opts.set_write_buffer_size(_memory["write_buffer"])
     opts.set_max_write_buffer_number(2)
     opts.set_block_based_table_factory(_table_options())
     return opts
@@ -48,13 +49,25 @@ def _options() -> Options:
 # (two-level) indexes keep the part always in memory small; the top level of each file and
 # the newest files' indexes stay pinned. (bench/tsdb_bench.py: table_readers_mem_bytes.)
 BLOCK_CACHE_BYTES = 64 * 1024 * 1024
+WRITE_BUFFER_BYTES = 32 * 1024 * 1024
 _CACHE: Cache | None = None  # one for every store of the process
+_memory = {"cache": BLOCK_CACHE_BYTES, "write_buffer": WRITE_BUFFER_BYTES}
+
+
+def set_memory(cache_bytes: int = BLOCK_CACHE_BYTES,
+               write_buffer_bytes: int = WRITE_BUFFER_BYTES) -> None:
+    """The block cache's capacity (shared by the stores of the process: changed at once) and
+    each memtable's size (for stores opened from now on). Settings store_cache_mib and
+    store_write_buffer_mib."""
+    _memory["cache"], _memory["write_buffer"] = cache_bytes, write_buffer_bytes
+    if _CACHE is not None:
+        _CACHE.set_capacity(cache_bytes)
 
 
 def _table_options() -> BlockBasedOptions:
     global _CACHE
     if _CACHE is None:
-        _CACHE = Cache(BLOCK_CACHE_BYTES)
+        _CACHE = Cache(_memory["cache"])
     t = BlockBasedOptions()
     t.set_block_cache(_CACHE)
     t.set_cache_index_and_filter_blocks(True)
@@ -196,6 +209,18 @@ class RocksStore:
         last = stop.encode()
         return _collect(self._db.items(from_key=first if first > p else p), p, first, last,
                         -1 if limit is None else limit)
+
+    def memory(self) -> dict[str, int]:
+        """Bytes of memory RocksDB holds: its block cache (shared by the stores of the
+        process), this store's memtables, and the files' readers outside the cache."""
+        out = {"block_cache": _CACHE.get_usage() if _CACHE is not None else 0}
+        for part, name in (("memtables", "rocksdb.cur-size-all-mem-tables"),
+                           ("table_readers", "rocksdb.estimate-table-readers-mem")):
+            try:
+                out[part] = int(self._db.property_int_value(name) or 0)
+            except Exception:  # noqa: BLE001 - closed meanwhile: report what is known
+                out[part] = 0
+        return out
 
     def count(self, prefix: str) -> int:
         # Counting 100,000 keys takes ~35 ms; list endpoints need the total on every page, so

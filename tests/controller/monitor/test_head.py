@@ -1,7 +1,7 @@
 """The TSDB's head: an agent's compact batch stored as one entry, read back per series before
 it is sealed, sealed into one block per series and bucket, and read the same afterwards;
 rollups over blocks the same as over samples stored one by one; late samples beside blocks;
-sealing in slices or twice writing the same blocks."""
+sealing in slices or twice writing the same blocks; batches far ahead of the clock kept out."""
 
 from __future__ import annotations
 
@@ -156,6 +156,22 @@ def test_a_late_batch_is_not_written_to_the_head(db: TSDB) -> None:
     s = sids(db, "a1")[0]
     assert raw_keys(db, s) == [f"tsr/{T0 // HOUR:06x}/{s:08x}/{i * STEP:06x}" for i in range(3)]
     assert db.read_columns(s, 0, T0 + HOUR) == expected(0, 0, 3)
+
+
+def test_a_batch_far_ahead_of_our_clock_goes_in_sample_by_sample(
+        db: TSDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent whose clock runs an hour ahead: its batches are stored and read back, but
+    not in the head (whose buckets are sealed in time order: they would wait there an hour,
+    or a year); they are not late either (no hour rolled up again)."""
+    monkeypatch.setattr(ingest_mod, "ahead_from", lambda: T0 + BLOCK_MS)
+    send(db, [("a1", 0, 2), ("a2", 360, 3)])  # a2: an hour ahead of "now" (T0)
+    s1, s2 = sids(db, "a1")[0], sids(db, "a2")[0]
+    assert {k.split("/")[2] for k in head_keys(db)} == {"a1"}
+    assert raw_keys(db, s2) == [f"tsr/{(T0 + HOUR) // HOUR:06x}/{s2:08x}/{i * STEP:06x}"
+                                for i in range(3)]
+    assert not any(True for _ in db.store.scan("tslate/", keys_only=True))
+    assert db.read_columns(s2, 0, T0 + 2 * HOUR) == expected(0, 360, 3)
+    assert db.read_columns(s1, 0, T0 + 2 * HOUR) == expected(0, 0, 2)
 
 
 def test_rollups_over_blocks_are_those_over_samples(tmp_path: Path, db: TSDB) -> None:

@@ -143,3 +143,51 @@ def test_data_survives_reopen_and_checkpoint(tmp_path: Path) -> None:
     c = open_store(tmp_path / "copy")
     assert c.get("k/1") == b"v1" and c.get("k/2") is None
     c.close()
+
+
+def _options_value(store_dir: Path, name: str) -> str:
+    """A value from the newest OPTIONS file RocksDB wrote for the store (what it runs with)."""
+    newest = max(store_dir.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+    for line in newest.read_text().splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key == name:
+            return value
+    raise AssertionError(f"{name} not in {newest}")
+
+
+def test_memory_settings_bound_the_memtables_and_the_block_cache(tmp_path: Path) -> None:
+    """set_memory (settings store_write_buffer_mib, store_cache_mib): a store opened after it
+    flushes its memtable at the size given, and the shared block cache holds no more than
+    its capacity however much is read; memory() reports both. The defaults come back after."""
+    from controller.store.rocks import BLOCK_CACHE_BYTES, WRITE_BUFFER_BYTES, set_memory
+
+    big = open_store(tmp_path / "default")
+    try:
+        set_memory(cache_bytes=1 << 20, write_buffer_bytes=1 << 20)
+        small = open_store(tmp_path / "small")
+        try:
+            assert _options_value(tmp_path / "small", "write_buffer_size") == str(1 << 20)
+            assert _options_value(tmp_path / "default", "write_buffer_size") == \
+                str(WRITE_BUFFER_BYTES)
+            value = bytes(range(256)) * 16  # 4 KiB, little to compress
+            for s in (small, big):
+                for n in range(3):  # 3 x 1.2 MiB in separate writes
+                    b = Batch()
+                    b.samples += [(b"blob/%08x" % (n * 300 + i), value) for i in range(300)]
+                    s.write(b)
+            assert small.memory()["memtables"] < 2.5 * 2**20
+            assert big.memory()["memtables"] > 3 * 2**20  # nothing flushed at 32 MiB
+            assert any(tmp_path.joinpath("small").glob("*.sst"))
+            small.flush()
+            for _ in range(2):  # read every block, twice: the cache keeps 1 MiB of them
+                assert sum(len(v) for _, v in small.scan("blob/")) == 900 * 4096
+            used = small.memory()["block_cache"]
+            assert 0 < used <= 1.1 * 2**20, used
+            assert big.memory()["block_cache"] == used  # one cache for the process
+        finally:
+            small.close()
+    finally:
+        set_memory()
+        big.close()
+    assert _options_value(tmp_path / "default", "write_buffer_size") == str(WRITE_BUFFER_BYTES)
+    assert BLOCK_CACHE_BYTES == 64 << 20
