@@ -7,9 +7,12 @@ reads every window in full), and rounds with the organisation's "no data" rule a
 (median and max of 5 rounds; the first of them reads the heartbeats' windows in full).
 1% of the machines break each rule, so incidents open and fire in the first round; 1% stop
 sending their heartbeat (``system_uptime``), which the "no data" rule finds.
+Samples are stored as agents' batches are: one head entry per machine and round, the
+buckets that ended 2 minutes ago sealed into blocks (so windows read blocks and the head);
+``--per-sample`` stores a key per sample instead (agents that send labels with every sample).
 Writes ``bench/results/rules.json``. Target: < 1 s of CPU per round.
 
-    .venv/bin/python bench/rules_bench.py [--machines 10000] [--rounds 6]
+    .venv/bin/python bench/rules_bench.py [--machines 10000] [--rounds 6] [--per-sample]
 """
 
 from __future__ import annotations
@@ -31,6 +34,13 @@ from common import exit_on_sigterm, finish, machine_doc, progress  # noqa: E402
 from controller.accounts.model import Principal  # noqa: E402
 from controller.machines.model import MACHINE  # noqa: E402
 from controller.machines.model import key as machine_key  # noqa: E402
+from controller.monitor.tsdb import (  # noqa: E402
+    BLOCK_MS,
+    SEAL_DELAY_MS,
+    SRC_PREFIX,
+    head_key_bytes,
+    head_value,
+)
 from controller.services import build_services  # noqa: E402
 from controller.settings import Settings  # noqa: E402
 from controller.store import Batch, open_store  # noqa: E402
@@ -60,7 +70,7 @@ def cpu() -> float:
     return time.process_time()
 
 
-def run(machines: int, rounds: int, seed: int) -> dict[str, Any]:
+def run(machines: int, rounds: int, seed: int, per_sample: bool = False) -> dict[str, Any]:
     rng = random.Random(seed)
     tmp = Path(tempfile.mkdtemp(prefix="overcast-rules-bench-"))
     store = open_store(tmp / "store")
@@ -82,7 +92,45 @@ def run(machines: int, rounds: int, seed: int) -> dict[str, Any]:
         now = time.time()
         steps = 300 // INTERVAL_S
 
+        # as the ingest path keeps it: every series sent in a batch has its agent's id
+        # (tssrc/<sid>), the head holds what is not sealed yet
+        sids: dict[str, list[int]] = {}
+        if not per_sample:
+            tsdb.head_from = tsdb.head_closed = int(now * 1000) // BLOCK_MS * BLOCK_MS - 2 * BLOCK_MS
+            b = Batch()
+            for agent in agents:
+                sids[agent] = [tsdb.sid_for(b, ORG, metric, {**labels, "machine_id": agent})
+                               for metric, labels, *_ in SERIES]
+                sids[agent].append(tsdb.sid_for(b, ORG, "system_uptime", {"machine_id": agent}))
+                for sid in sids[agent]:
+                    b.put(f"{SRC_PREFIX}{sid:08x}", agent.encode())
+            store.write(b)
+            tsdb.settle(True)
+        seq = [0]
+
+        def write_head(t: float, history: int) -> None:
+            b = Batch()
+            for i, agent in enumerate(agents):
+                values = [bad if i in breaking else normal for _, _, normal, bad, _ in SERIES]
+                for k in range(history):
+                    t_ms = int((t - k * INTERVAL_S) * 1000)
+                    heart = i not in silent or (t == now and k >= 12)  # silent for 2 minutes
+                    ids = sids[agent] if heart else sids[agent][:-1]
+                    vals = [*values, 1e6 + t_ms / 1000] if heart else values
+                    seq[0] += 1
+                    b.samples.append((head_key_bytes(agent, t_ms, seq[0]), head_value(ids, vals)))
+                if len(b.samples) > 50_000:
+                    store.write(b)
+                    b = Batch()
+            store.write(b)
+            # the compaction task seals every 5 minutes what ended 2 minutes ago
+            while not tsdb.seal(int(t * 1000) - SEAL_DELAY_MS)[1]:
+                pass
+
         def write(t: float, history: int) -> None:
+            if not per_sample:
+                write_head(t, history)
+                return
             b = Batch()
             samples = []
             for i, agent in enumerate(agents):
@@ -146,6 +194,7 @@ def run(machines: int, rounds: int, seed: int) -> dict[str, Any]:
         steady = [o["cpu_s"] for o in out[1:]]
         return {
             "params": {"machines": machines, "rules": len(SERIES), "window_s": 300,
+                       "stored_as": "samples" if per_sample else "head entries and blocks",
                        "interval_s": INTERVAL_S, "series": machines * len(SERIES),
                        "breaking_machines": len(breaking), "rounds": rounds},
             "rounds": out,
@@ -175,7 +224,8 @@ def summary(r: dict[str, Any]) -> list[str]:
     s = r["steady_cpu_s"]
     return [
         f"{p['machines']:,} machines x {p['rules']} rules ({p['series']:,} series, "
-        f"{p['window_s']} s windows of {p['interval_s']} s samples)",
+        f"{p['window_s']} s windows of {p['interval_s']} s samples, stored as "
+        f"{p.get('stored_as', 'samples')})",
         f"CPU per round: median {s['median']} s, max {s['max']} s (target < {r['target_cpu_s']} s: "
         f"{'met' if r['met'] else 'MISSED'}); first round (full windows) {r['first_round_cpu_s']} s",
         f"with the no-data rule as a 6th: median {r['with_nodata_rule_cpu_s']['median']} s, max "
@@ -192,8 +242,10 @@ def main() -> int:
     ap.add_argument("--machines", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seed", type=int, default=9)
+    ap.add_argument("--per-sample", action="store_true",
+                    help="a key per sample instead of the head and blocks agents' batches go to")
     a = ap.parse_args()
-    return finish("rules", run(a.machines, a.rounds, a.seed), summary)
+    return finish("rules", run(a.machines, a.rounds, a.seed, a.per_sample), summary)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain, repeat
 
-from controller.store.base import Batch, Store
+from controller.store.base import Batch, Cursor, Store
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,55 @@ def late_before() -> int:
 def ahead_from() -> int:
     """Samples from this time (ms) on are too far ahead for the head if stored now."""
     return int(time.time() * 1000) + AHEAD_MS
+
+
+class Reader:
+    """Many series read in a row, as the rules do every round: ``with reader:`` opens one
+    store cursor that every read in the block goes through (``tsdb.read_columns(...,
+    reader=reader)``), and the agent each series comes from is remembered between rounds
+    (it never changes). Reads through it see the store as it was when the block began. One
+    thread at a time."""
+
+    def __init__(self, tsdb: TSDB) -> None:
+        self.tsdb = tsdb
+        self.cursor: Cursor | None = None
+        self.head_from = 0
+        self.sources: dict[int, str] = {}  # series id -> the agent whose head entries hold it
+        self.by_source: dict[str, list[int]] = {}  # and the other way
+        # series of an agent read from the head together with another of its series (the
+        # same entries), for when they are read in the same round: sid -> (start, end,
+        # times, values)
+        self.prefetched: dict[int, tuple[int, int, list[int], list[float]]] = {}
+
+    def __enter__(self) -> Reader:
+        # where the head starts, then the cursor: a bucket sealed in between is in the
+        # cursor's blocks, or its head entries are (where the head is read from)
+        self.head_from = self.tsdb.head_from
+        self.cursor = self.tsdb.store.cursor()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cursor, self.cursor = self.cursor, None
+        self.prefetched.clear()
+        if cursor is not None:
+            cursor.close()
+
+    def remember(self, sid: int, src: str) -> None:
+        """``sid`` comes from agent ``src`` ("": it is not in the head: its agent sends
+        labelled samples; forget it to look again)."""
+        if sid not in self.sources:
+            if src:
+                self.by_source.setdefault(src, []).append(sid)
+            self.sources[sid] = src
+
+    def forget(self, sids: Iterable[int]) -> None:
+        for sid in sids:
+            src = self.sources.pop(sid, None)
+            if src:
+                left = self.by_source[src]
+                left.remove(sid)
+                if not left:
+                    del self.by_source[src]
 
 
 class TSDB:
@@ -373,26 +422,29 @@ class TSDB:
         yield from zip(*self.read_columns(sid, start_ms, end_ms), strict=True)
 
     def read_columns(self, sid: int, start_ms: int, end_ms: int,
-                     limit: int | None = None) -> tuple[list[int], list[float]]:
+                     limit: int | None = None,
+                     reader: Reader | None = None) -> tuple[list[int], list[float]]:
         """:meth:`read` as two lists (times, values): what queries read, made faster; at most
         ``limit`` samples (a query's budget). One read per hour of the range, and one per
         bucket of it the head holds (read first: a bucket sealed meanwhile is then found in
-        the blocks, where it is read twice at worst, never missed)."""
+        the blocks, where it is read twice at worst, never missed). Through ``reader``'s
+        cursor when given (many series read in a row)."""
         start_ms = max(start_ms, 0)
         if end_ms < start_ms:
             return [], []
-        head_t, head_v = self.head_columns(sid, start_ms, end_ms)
+        head_t, head_v = self.head_columns(sid, start_ms, end_ms, reader)
         times: list[int] = []
         values: list[float] = []
         left = -1 if limit is None else limit
-        scan_range = self.store.scan_range
+        cursor = reader.cursor if reader is not None else None
+        scan_range = cursor.range if cursor is not None else self.store.scan_range
         hour, last_hour = start_ms // _HOUR_MS, end_ms // _HOUR_MS
         found = False
         while hour <= last_hour:
             if not found and hour < last_hour:
                 # the first hour, or one this series had nothing in: go to the next hour
                 # anything is stored in (a range from 0 is 490,000 hours; a week holds 168)
-                hour = self._stored_hour(hour)
+                hour = self._stored_hour(hour, cursor)
                 if hour > last_hour:
                     break
             base = hour * _HOUR_MS
@@ -421,40 +473,60 @@ class TSDB:
             del times[limit:], values[limit:]
         return times, values
 
-    def head_columns(self, sid: int, start_ms: int, end_ms: int) -> tuple[list[int], list[float]]:
+    def head_columns(self, sid: int, start_ms: int, end_ms: int,
+                     reader: Reader | None = None) -> tuple[list[int], list[float]]:
         """The samples of ``sid`` in ``[start_ms, end_ms]`` that are in the head (not sealed
         yet): one read per bucket, of the batches of the agent that sends the series."""
-        start_ms = max(start_ms, self.head_from)
+        cursor = reader.cursor if reader is not None else None
+        # the head as the cursor sees it (sealing may move head_from meanwhile)
+        start_ms = max(start_ms, reader.head_from if reader is not None and cursor is not None
+                       else self.head_from)
         if end_ms < start_ms:
             return [], []
-        raw_src = self.store.get(f"{SRC_PREFIX}{sid:08x}")
-        if raw_src is None:
+        if reader is not None and reader.prefetched:
+            hit = reader.prefetched.pop(sid, None)
+            if hit is not None and hit[0] == start_ms and hit[1] == end_ms:
+                return hit[2], hit[3]
+        src = reader.sources.get(sid) if reader is not None else None
+        if src is None:
+            key = f"{SRC_PREFIX}{sid:08x}"
+            raw_src = cursor.get(key) if cursor is not None else self.store.get(key)
+            src = "" if raw_src is None else raw_src.decode()
+            if reader is not None:
+                reader.remember(sid, src)
+        if not src:
             return [], []
-        src = raw_src.decode()
+        scan_range = cursor.range if cursor is not None else self.store.scan_range
         times: list[int] = []
         values: list[float] = []
         where: dict[bytes, int] = {}  # a batch's series ids -> the place of sid in them
         b, last = start_ms // BLOCK_MS, end_ms // BLOCK_MS
+        # the entries read, when there is one set of them of one layout (for prefetching)
+        one: tuple[bytes, list[bytes]] | None = None
+        several = False
         while b <= last:
             if last - b > 3:  # the head holds a few buckets: skip to the next one it has
-                nxt = self._head_bucket(b)
+                nxt = self._head_bucket(b, cursor)
                 if nxt is None or nxt > last:
                     break
                 b = nxt
             p = f"{HEAD_PREFIX}{b:08x}/{src}/"
-            keys, raws = self.store.scan_range(p, f"{p}{start_ms:012x}", f"{p}{end_ms:012x}~")
+            keys, raws = scan_range(p, f"{p}{start_ms:012x}", f"{p}{end_ms:012x}~")
             b += 1
             if not raws:
                 continue
             layout = raws[0][:4 + 4 * _U32.unpack_from(raws[0])[0]]
+            several = several or one is not None
             if all(map(bytes.startswith, raws, repeat(layout))):
                 # the agent sent the same series in each batch (nearly always): one place
+                one = (layout, raws)
                 i = _place(layout, sid)
                 if i >= 0:
                     at = len(layout) + 8 * i
                     times += [int(k[-25:-13], 16) for k in keys]
                     values += _from_le("d", b"".join([v[at:at + 8] for v in raws]))
                 continue
+            several = True
             for k, v in zip(keys, raws, strict=True):
                 ids = v[:4 + 4 * _U32.unpack_from(v)[0]]
                 i = where.get(ids, -2)
@@ -467,6 +539,22 @@ class TSDB:
             both = dict(zip(times, values, strict=True))
             times = sorted(both)
             values = [both[t] for t in times]
+        elif reader is not None and one is not None and not several and times:
+            # the agent's other series this reader reads: from the same entries, now
+            others = reader.by_source.get(src, ())
+            if len(others) > 1:
+                layout, raws = one
+                order = _from_le("I", layout[4:])
+                order.reverse()  # the last place of a series there twice, as _place
+                n, unpack = len(order) - 1, _LE_DOUBLE.unpack_from
+                for other in others:
+                    try:
+                        at = len(layout) + 8 * (n - order.index(other))
+                    except ValueError:  # not in these batches
+                        continue
+                    if other != sid:
+                        reader.prefetched[other] = (start_ms, end_ms, times[:],
+                                                    [unpack(v, at)[0] for v in raws])
         return times, values
 
     def head_start(self) -> int | None:
@@ -474,20 +562,23 @@ class TSDB:
         b = self._head_bucket(0)
         return None if b is None else b * BLOCK_MS
 
-    def _head_bucket(self, bucket: int) -> int | None:
+    def _head_bucket(self, bucket: int, cursor: Cursor | None = None) -> int | None:
         """The first bucket from ``bucket`` on that the head holds anything in."""
-        for key, _ in self.store.scan(HEAD_PREFIX, start=f"{HEAD_PREFIX}{bucket:08x}/", limit=1,
-                                      keys_only=True):
-            return int(key[len(HEAD_PREFIX):len(HEAD_PREFIX) + 8], 16)
-        return None
+        key = self._first_key(HEAD_PREFIX, f"{HEAD_PREFIX}{bucket:08x}/", cursor)
+        return None if key is None else int(key[len(HEAD_PREFIX):len(HEAD_PREFIX) + 8], 16)
 
-    def _stored_hour(self, hour: int) -> int:
+    def _stored_hour(self, hour: int, cursor: Cursor | None = None) -> int:
         """The first hour from ``hour`` on that holds samples (of any series); past the
         last one if none does."""
-        for key, _ in self.store.scan(RAW_PREFIX, start=part_prefix(hour), limit=1,
-                                      keys_only=True):
-            return int(key[len(RAW_PREFIX):len(RAW_PREFIX) + 6], 16)
-        return _NO_HOUR
+        key = self._first_key(RAW_PREFIX, part_prefix(hour), cursor)
+        return _NO_HOUR if key is None else int(key[len(RAW_PREFIX):len(RAW_PREFIX) + 6], 16)
+
+    def _first_key(self, prefix: str, start: str, cursor: Cursor | None) -> str | None:
+        if cursor is not None:
+            return cursor.first_key(prefix, start)
+        for key, _ in self.store.scan(prefix, start=start, limit=1, keys_only=True):
+            return key
+        return None
 
     def first_hour(self) -> int | None:
         """The start (ms) of the first hour samples are stored in (hour partitions and the

@@ -203,14 +203,15 @@ class Evaluator:
                         org = c.doc["org"]
                         logs_keep[org] = max(logs_keep.get(org, 0.0), cd.start + 60)
         self.feed.update(now, logs_keep)
-        for c in due:
-            self._due[c.key] = now + c.every
-            try:
-                found, reasons = self.evaluate(c, now)
-                acts += self.incidents.step(c.doc, found, reasons, now)
-            except Exception:
-                log.exception("evaluating rule %s (%s) failed", c.doc["name"], c.doc["id"])
-            self.evaluations += 1
+        with self.samples.round():
+            for c in due:
+                self._due[c.key] = now + c.every
+                try:
+                    found, reasons = self.evaluate(c, now)
+                    acts += self.incidents.step(c.doc, found, reasons, now)
+                except Exception:
+                    log.exception("evaluating rule %s (%s) failed", c.doc["name"], c.doc["id"])
+                self.evaluations += 1
         if self.rounds % 60 == 0:
             self.samples.evict(now)
         if self.rounds % PRUNE_EVERY == 0:

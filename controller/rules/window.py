@@ -2,8 +2,10 @@
 what is new: the series of a metric (their labels never change: looked up once, the list
 refreshed every ``SERIES_REFRESH`` seconds), and per series the samples of the longest window
 a rule asks for (after the first read of a window, each round reads the samples that came
-since, usually one; 10,000 machines x 5 rules cost ~0.3 s a round this way, against ~2 s
-reading each 5-minute window again).
+since, usually one; 10,000 machines x 5 rules cost 0.8-1.0 s a round this way, against ~3 s
+reading each 5-minute window again: bench/rules_bench.py). A round's reads go through one
+store cursor (:class:`controller.monitor.tsdb.Reader`), which also gives a machine's other
+series from the head entries read for the first.
 
 A sample that arrives with a time before one already read (an agent's spool replayed after
 a reconnect, while newer samples came meanwhile) is not seen until the series is read afresh
@@ -16,7 +18,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
-from controller.monitor.tsdb import TSDB
+from controller.monitor.tsdb import TSDB, Reader
 
 SERIES_REFRESH = 5.0     # seconds between looks for new series of a metric
 FULL_EVERY = 3600.0      # seconds (plus up to 10 minutes, spread by series) after which a
@@ -76,6 +78,13 @@ class SampleCache:
     def __init__(self, tsdb: TSDB) -> None:
         self.tsdb = tsdb
         self._bufs: dict[int, _Buf] = {}
+        # a round's reads go through one cursor (see TSDB's Reader): most of them find one
+        # new sample or none, where making a store iterator for each cost more than the read
+        self.reader = Reader(tsdb)
+
+    def round(self) -> Reader:
+        """``with cache.round():`` around a round of rules: their reads through one cursor."""
+        return self.reader
 
     def _update(self, sid: int, start_ms: int, now: float, now_ms: int) -> _Buf:
         b = self._bufs.get(sid)
@@ -83,14 +92,17 @@ class SampleCache:
             b = _Buf(since=start_ms, keep_ms=now_ms - start_ms, read_at=now)
             self._bufs[sid] = b
             first = start_ms
+            self.reader.forget((sid,))  # where its samples are looked for, too
         else:
             first = b.last + 1 if b.last >= b.since else b.since
             if now_ms - start_ms > b.keep_ms:
                 b.keep_ms = now_ms - start_ms
         t, v = b.t, b.v
-        for ts, value in self.tsdb.read(sid, first, now_ms + AHEAD_MS):
-            t.append(ts)
-            v.append(value)
+        reader = self.reader if self.reader.cursor is not None else None
+        times, values = self.tsdb.read_columns(sid, first, now_ms + AHEAD_MS, reader=reader)
+        if times:
+            t.extend(times)
+            v.extend(values)
         if t:
             b.last = t[-1]
             cut = now_ms - b.keep_ms
@@ -122,6 +134,7 @@ class SampleCache:
         old = [sid for sid, b in self._bufs.items() if now - b.used > EVICT_AFTER]
         for sid in old:
             del self._bufs[sid]
+        self.reader.forget(old)
         return len(old)
 
     @property

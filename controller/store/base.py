@@ -49,6 +49,26 @@ class Batch:
         return bool(self.puts or self.deletes or self.samples)
 
 
+class Cursor(Protocol):
+    """Many short reads in a row through one iterator of the store (making an iterator costs
+    more than reading a few keys). It sees the store as it was when it was made: make one
+    for a round of reads, close it after (it holds on to what the store replaced meanwhile).
+    One thread at a time."""
+
+    def range(self, prefix: str, start: str, stop: str,
+              limit: int | None = None) -> tuple[list[bytes], list[bytes]]:
+        """:meth:`Store.scan_range` through the cursor."""
+        ...
+
+    def first_key(self, prefix: str, start: str) -> str | None:
+        """The first key with ``prefix`` from ``start`` on, None if there is none."""
+        ...
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def close(self) -> None: ...
+
+
 class Store(Protocol):
     """A sorted key-value store. Calls block only briefly (memtable writes, cached reads);
     callers on the event loop may call them directly. ``close`` is the owner's job."""
@@ -93,6 +113,10 @@ class Store(Protocol):
         ...
 
     def count(self, prefix: str) -> int: ...
+
+    def cursor(self) -> Cursor:
+        """A :class:`Cursor` on the store as it is now."""
+        ...
 
     def memory(self) -> dict[str, int]:
         """Bytes of memory the backend holds, by part (for the controller's metrics)."""

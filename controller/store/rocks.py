@@ -111,6 +111,57 @@ def _collect(items: Iterable[tuple[Any, Any]], p: bytes, first: bytes, last: byt
     return keys, values
 
 
+class _Cursor:
+    """A Cursor (see base.py): one RocksDB iterator, each read a seek. Making an iterator
+    merges the memtables and every file's: ~3.5 us, against ~1 us for a seek that finds
+    nothing, which is what most reads of a rules round find (a series' last seconds)."""
+
+    def __init__(self, it: Any) -> None:
+        self._it = it
+
+    def range(self, prefix: str, start: str, stop: str,
+              limit: int | None = None) -> tuple[list[bytes], list[bytes]]:
+        p, first, last = prefix.encode(), start.encode(), stop.encode()
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        n = -1 if limit is None else limit
+        if n == 0:
+            return keys, values
+        it = self._it
+        it.seek(first if first > p else p)
+        inside = first.startswith(p) and last.startswith(p)  # then so is every key between
+        while it.valid():
+            k = it.key()
+            if k > last or not (inside or k.startswith(p)):
+                break
+            keys.append(k)
+            values.append(it.value())
+            n -= 1
+            if n == 0:
+                break
+            it.next()
+        return keys, values
+
+    def first_key(self, prefix: str, start: str) -> str | None:
+        p, s = prefix.encode(), start.encode()
+        it = self._it
+        it.seek(s if s > p else p)
+        if it.valid():
+            k = it.key()
+            if k.startswith(p):
+                return cast(str, k.decode())
+        return None
+
+    def get(self, key: str) -> bytes | None:
+        k = key.encode()
+        it = self._it
+        it.seek(k)
+        return cast(bytes, it.value()) if it.valid() and it.key() == k else None
+
+    def close(self) -> None:
+        self._it = None  # RocksDB lets go of what the iterator held
+
+
 class RocksStore:
     """One RocksDB under ``path``. ``mode`` is "rw" (the one writer), "ro" (a snapshot at open)
     or "secondary" (follows the writer through :meth:`catch_up`)."""
@@ -209,6 +260,9 @@ class RocksStore:
         last = stop.encode()
         return _collect(self._db.items(from_key=first if first > p else p), p, first, last,
                         -1 if limit is None else limit)
+
+    def cursor(self) -> _Cursor:
+        return _Cursor(self._db.iter())
 
     def memory(self) -> dict[str, int]:
         """Bytes of memory RocksDB holds: its block cache (shared by the stores of the

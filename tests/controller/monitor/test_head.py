@@ -1,7 +1,9 @@
 """The TSDB's head: an agent's compact batch stored as one entry, read back per series before
 it is sealed, sealed into one block per series and bucket, and read the same afterwards;
 rollups over blocks the same as over samples stored one by one; late samples beside blocks;
-sealing in slices or twice writing the same blocks; batches far ahead of the clock kept out."""
+sealing in slices or twice writing the same blocks; batches far ahead of the clock kept out;
+many series read in a row through a Reader (one cursor, an agent's series taken from the
+same entries) the same as one by one."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from controller.agents.ingest import Compact, Ingestor
 from controller.monitor import rollup
 from controller.monitor.compact import Compactor, run_once
 from controller.monitor.rollup import HOUR, MINUTE
-from controller.monitor.tsdb import BLOCK_MS, TSDB, head_key_bytes, head_value
+from controller.monitor.tsdb import BLOCK_MS, TSDB, Reader, head_key_bytes, head_value
 from controller.store import Batch, open_store
 
 T0 = 1_699_999_200_000  # a whole hour (ms)
@@ -315,3 +317,52 @@ def test_a_head_entry_ahead_of_time_does_not_close_the_head(tmp_path: Path) -> N
     d = TSDB(store)
     assert d.head_from <= time.time() * 1000 and d.head_closed <= time.time() * 1000
     store.close()
+
+
+def test_a_reader_reads_what_single_reads_do(db: TSDB) -> None:
+    """Series of several agents, in the head and in blocks, beside late samples and the
+    samples of an agent that sends labels: read through a Reader (in a row, each agent's
+    series one after the other, the rules' pattern: the first read of an agent gives the
+    others from the same entries) the same as one by one, round after round."""
+    send(db, [("a1", 0, 40), ("a2", 0, 40)])
+    db.seal(T0 + 5 * MINUTE)  # the first bucket in blocks, the rest in the head
+    late = Batch()
+    s_a1 = sids(db, "a1")
+    db.add(late, "o1", [("cpu", {"machine_id": "a1"}, -1.0, T0 + 125_001)])  # a late sample
+    db.add(late, "o1", [("up", {"machine_id": "old"}, 7.0, T0 + 200_000)])  # labelled samples
+    db.store.write(late)
+    db.settle(True)
+    labelled = db.select("o1", "up")[0].sid
+    every = sids(db, "a1") + sids(db, "a2") + [labelled]
+    reader = Reader(db)
+    for start, end in ((0, T0 + HOUR), (T0 + 100_000, T0 + 350_000), (T0 + 320_000, T0 + 330_000)):
+        for _ in range(2):  # the second time with the agents' series known
+            with reader:
+                got = {s: db.read_columns(s, start, end, reader=reader) for s in every}
+            assert got == {s: db.read_columns(s, start, end) for s in every}
+            assert reader.cursor is None and not reader.prefetched
+    with reader:  # a read within one bucket of the head gives the agent's other series
+        db.read_columns(s_a1[0], T0 + 320_000, T0 + 330_000, reader=reader)
+        assert set(reader.prefetched) == set(s_a1[1:])
+    assert (T0 + 125_001, -1.0) in zip(*db.read_columns(s_a1[0], 0, T0 + HOUR, reader=None))
+    assert reader.sources[labelled] == ""  # looked for in the head once, then not
+    assert set(reader.by_source) == {"a1", "a2"}
+    reader.forget(every)
+    assert not reader.sources and not reader.by_source
+
+
+def test_a_reader_sees_the_store_as_it_was_when_it_began(db: TSDB) -> None:
+    """A bucket sealed while a round reads (the compaction task runs in its own thread): the
+    round still finds its samples, in the head entries its cursor sees; a batch stored
+    meanwhile shows in the next round."""
+    send(db, [("a1", 0, 40)])
+    s = sids(db, "a1")[1]
+    reader = Reader(db)
+    with reader:
+        assert db.seal(T0 + 5 * MINUTE)[1]
+        assert db.head_from == T0 + 5 * MINUTE
+        assert db.read_columns(s, 0, T0 + HOUR, reader=reader) == expected(1, 0, 40)
+        send(db, [("a1", 40, 1)], start_seq=41)
+        assert db.read_columns(s, 0, T0 + HOUR, reader=reader) == expected(1, 0, 40)
+    with reader:
+        assert db.read_columns(s, 0, T0 + HOUR, reader=reader) == expected(1, 0, 41)

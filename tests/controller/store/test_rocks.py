@@ -191,3 +191,29 @@ def test_memory_settings_bound_the_memtables_and_the_block_cache(tmp_path: Path)
         big.close()
     assert _options_value(tmp_path / "default", "write_buffer_size") == str(WRITE_BUFFER_BYTES)
     assert BLOCK_CACHE_BYTES == 64 << 20
+
+
+def test_a_cursor_reads_as_the_store_did_when_it_was_made(store) -> None:  # type: ignore[no-untyped-def]
+    """Ranges, first keys and gets through one cursor answer as scan_range, scan and get
+    do, and see the store as it was when the cursor was made."""
+    for k in ("a", "a/1", "a/2", "a/3", "a0", "b/1"):
+        store.put(k, k.encode())
+    c = store.cursor()
+    try:
+        for args in (("a/", "a/", "a/~"), ("a/", "a/2", "a/3"), ("a/", "a", "b"), ("b/", "b/", "b/~"),
+                     ("c/", "c/", "c/~"), ("a/", "a/3", "a/1")):
+            assert c.range(*args) == store.scan_range(*args), args
+        assert c.range("a/", "a/", "a/~", limit=2) == store.scan_range("a/", "a/", "a/~", limit=2)
+        assert c.range("a/", "a/", "a/~", limit=0) == ([], [])
+        assert c.first_key("a/", "a/15") == "a/2"
+        assert c.first_key("a/", "") == "a/1"
+        assert c.first_key("a/", "a/4") is None
+        assert c.get("a/2") == b"a/2"
+        assert c.get("a/22") is None
+        store.put("a/4", b"new")
+        store.delete("a/1")
+        assert c.get("a/4") is None and c.get("a/1") == b"a/1"
+        assert c.range("a/", "a/", "a/~")[0] == [b"a/1", b"a/2", b"a/3"]
+    finally:
+        c.close()
+    assert store.cursor().range("a/", "a/", "a/~")[0] == [b"a/2", b"a/3", b"a/4"]
