@@ -88,7 +88,7 @@ SEAL_DELAY_MS = 2 * LATE_MS  # later batches are late: written as samples, never
 # Batches dated further ahead of the controller's clock than this (an agent whose clock is
 # wrong) are written as samples too: the head holds the last minutes only, and its buckets
 # are sealed in time order (an entry a year ahead would wait there a year).
-AHEAD_MS = BLOCK_MS
+HEAD_AHEAD_MS = BLOCK_MS
 _BLOCK = b"B"  # a block's first byte (a sample's value is 8 bytes: a block never is)
 _U32 = struct.Struct("<I")
 _LE_DOUBLE = struct.Struct("<d")
@@ -189,7 +189,7 @@ def late_before() -> int:
 
 def ahead_from() -> int:
     """Samples from this time (ms) on are too far ahead for the head if stored now."""
-    return int(time.time() * 1000) + AHEAD_MS
+    return int(time.time() * 1000) + HEAD_AHEAD_MS
 
 
 class Reader:
@@ -205,6 +205,10 @@ class Reader:
         self.head_from = 0
         self.sources: dict[int, str] = {}  # series id -> the agent whose head entries hold it
         self.by_source: dict[str, list[int]] = {}  # and the other way
+        # series with no source in this round's store (an agent that sends labelled samples,
+        # or one whose first batch came after the cursor was made): looked for again next round
+        self.missing: set[int] = set()
+        self._names: dict[str, str] = {}  # one string per agent
         # series of an agent read from the head together with another of its series (the
         # same entries), for when they are read in the same round: sid -> (start, end,
         # times, values)
@@ -220,25 +224,25 @@ class Reader:
     def __exit__(self, *exc: object) -> None:
         cursor, self.cursor = self.cursor, None
         self.prefetched.clear()
+        self.missing.clear()
         if cursor is not None:
             cursor.close()
 
     def remember(self, sid: int, src: str) -> None:
-        """``sid`` comes from agent ``src`` ("": it is not in the head: its agent sends
-        labelled samples; forget it to look again)."""
+        """``sid`` comes from agent ``src`` (the agent's name stored once)."""
         if sid not in self.sources:
-            if src:
-                self.by_source.setdefault(src, []).append(sid)
+            src = self._names.setdefault(src, src)
+            self.by_source.setdefault(src, []).append(sid)
             self.sources[sid] = src
 
     def forget(self, sids: Iterable[int]) -> None:
         for sid in sids:
             src = self.sources.pop(sid, None)
-            if src:
+            if src is not None:
                 left = self.by_source[src]
                 left.remove(sid)
                 if not left:
-                    del self.by_source[src]
+                    del self.by_source[src], self._names[src]
 
 
 class TSDB:
@@ -478,24 +482,31 @@ class TSDB:
         """The samples of ``sid`` in ``[start_ms, end_ms]`` that are in the head (not sealed
         yet): one read per bucket, of the batches of the agent that sends the series."""
         cursor = reader.cursor if reader is not None else None
+        if cursor is None:
+            reader = None  # a reader works within its block only
         # the head as the cursor sees it (sealing may move head_from meanwhile)
-        start_ms = max(start_ms, reader.head_from if reader is not None and cursor is not None
-                       else self.head_from)
+        start_ms = max(start_ms, reader.head_from if reader is not None else self.head_from)
         if end_ms < start_ms:
             return [], []
-        if reader is not None and reader.prefetched:
-            hit = reader.prefetched.pop(sid, None)
-            if hit is not None and hit[0] == start_ms and hit[1] == end_ms:
-                return hit[2], hit[3]
-        src = reader.sources.get(sid) if reader is not None else None
+        src: str | None = None
+        if reader is not None:
+            if reader.prefetched:
+                hit = reader.prefetched.pop(sid, None)
+                if hit is not None and hit[0] == start_ms and hit[1] == end_ms:
+                    return hit[2], hit[3]
+            if sid in reader.missing:
+                return [], []
+            src = reader.sources.get(sid)
         if src is None:
             key = f"{SRC_PREFIX}{sid:08x}"
             raw_src = cursor.get(key) if cursor is not None else self.store.get(key)
-            src = "" if raw_src is None else raw_src.decode()
+            if raw_src is None:
+                if reader is not None:
+                    reader.missing.add(sid)
+                return [], []
+            src = raw_src.decode()
             if reader is not None:
                 reader.remember(sid, src)
-        if not src:
-            return [], []
         scan_range = cursor.range if cursor is not None else self.store.scan_range
         times: list[int] = []
         values: list[float] = []

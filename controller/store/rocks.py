@@ -59,6 +59,8 @@ def set_memory(cache_bytes: int = BLOCK_CACHE_BYTES,
     """The block cache's capacity (shared by the stores of the process: changed at once) and
     each memtable's size (for stores opened from now on). Settings store_cache_mib and
     store_write_buffer_mib."""
+    # at least 1 MiB each (settings are checked at 8: this is for callers that skip that)
+    cache_bytes, write_buffer_bytes = max(cache_bytes, 1 << 20), max(write_buffer_bytes, 1 << 20)
     _memory["cache"], _memory["write_buffer"] = cache_bytes, write_buffer_bytes
     if _CACHE is not None:
         _CACHE.set_capacity(cache_bytes)
@@ -268,7 +270,8 @@ class RocksStore:
         """Bytes of memory RocksDB holds: its block cache (shared by the stores of the
         process), this store's memtables, and the files' readers outside the cache."""
         out = {"block_cache": _CACHE.get_usage() if _CACHE is not None else 0}
-        for part, name in (("memtables", "rocksdb.cur-size-all-mem-tables"),
+        # all memtables, flushed ones an iterator still holds too
+        for part, name in (("memtables", "rocksdb.size-all-mem-tables"),
                            ("table_readers", "rocksdb.estimate-table-readers-mem")):
             try:
                 out[part] = int(self._db.property_int_value(name) or 0)

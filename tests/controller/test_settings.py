@@ -97,8 +97,8 @@ def test_tls_auto_follows_the_bind_address(tmp_path: Path) -> None:
     ({"OVERCAST_METRIC_INTERVAL": "0"}, "metric_interval"),
     ({"OVERCAST_METRIC_RETENTION": "-1"}, "metric_retention"),
     ({"OVERCAST_AGENT_GRACE": "0"}, "agent_grace"),
-    ({"OVERCAST_STORE_CACHE_MIB": "0"}, "store_cache_mib"),
-    ({"OVERCAST_STORE_WRITE_BUFFER_MIB": "0"}, "store_write_buffer_mib"),
+    ({"OVERCAST_STORE_CACHE_MIB": "7"}, "store_cache_mib"),
+    ({"OVERCAST_STORE_WRITE_BUFFER_MIB": "4"}, "store_write_buffer_mib"),
     ({"OVERCAST_STORE_WRITE_BUFFER_MIB": "5000"}, "store_write_buffer_mib"),
 ])
 def test_numbers_out_of_range_are_refused_naming_the_setting(tmp_path: Path, env: dict[str, str],
@@ -122,7 +122,7 @@ def test_sensible_numbers_pass(tmp_path: Path) -> None:
     load(_empty(tmp_path), env={"OVERCAST_TOKEN_TTL": "0", "OVERCAST_TOKEN_MAX_TTL": "0",
                                 "OVERCAST_SESSION_TTL": "60", "OVERCAST_LOGIN_MAX_FAILURES": "1",
                                 "OVERCAST_HTTP": "127.0.0.1:65535",
-                                "OVERCAST_STORE_CACHE_MIB": "1",
+                                "OVERCAST_STORE_CACHE_MIB": "8",
                                 "OVERCAST_STORE_WRITE_BUFFER_MIB": "4096"}).validate()
     load(_empty(tmp_path), env={"OVERCAST_TOKEN_TTL": "3600", "OVERCAST_TOKEN_MAX_TTL": "3600"}).validate()
 

@@ -34,7 +34,7 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp: Path = tmp_path_factory.mktemp("metrics")
     # a smaller store memory than the defaults: the settings reach RocksDB (see below)
-    c = Controller(tmp, {"OVERCAST_STORE_WRITE_BUFFER_MIB": "4", "OVERCAST_STORE_CACHE_MIB": "16"})
+    c = Controller(tmp, {"OVERCAST_STORE_WRITE_BUFFER_MIB": "8", "OVERCAST_STORE_CACHE_MIB": "16"})
     c.adduser(ADMIN_EMAIL, ADMIN_PASSWORD, "--admin", "--org", "Acme")
     c.adduser("owner@example.com", "an owner's password", "--org", "Other")
     c.start()
@@ -87,12 +87,14 @@ def test_agents_ingest_and_queries_are_counted(world: World) -> None:
     assert value(first, "overcast_tsdb_rollup_runs_total") == 0  # the first run comes later
     assert value(first, "process_resident_memory_bytes") > 10 * 2**20
     memtables = value(first, "overcast_store_memory_bytes", part="memtables")
-    assert 0 < memtables <= 2 * 4 * 2**20 + 2**20, memtables
+    assert 0 < memtables <= 2 * 8 * 2**20 + 2**20, memtables
     assert 0 <= value(first, "overcast_store_memory_bytes", part="block_cache") <= 16 * 2**20
     assert value(first, "overcast_store_memory_bytes", part="table_readers") >= 0
     options = max((world.c.data_dir / "store").glob("OPTIONS-*"),
                   key=lambda p: int(p.name.split("-")[1])).read_text()
-    assert f"write_buffer_size={4 * 2**20}\n" in options
+    assert f"write_buffer_size={8 * 2**20}\n" in options
+    log = (world.c.data_dir / "store" / "LOG").read_text()  # RocksDB's own account
+    assert f"capacity : {16 * 2**20}\n" in log and "capacity : 67108864\n" not in log
     assert value(first, "process_cpu_seconds_total") > 0
     (version,) = [dict(k[1])["version"] for k in first if k[0] == "overcast_build_info"]
     assert version == world.c.http().get("/api/v2/health").body["version"]

@@ -320,35 +320,54 @@ def test_a_head_entry_ahead_of_time_does_not_close_the_head(tmp_path: Path) -> N
 
 
 def test_a_reader_reads_what_single_reads_do(db: TSDB) -> None:
-    """Series of several agents, in the head and in blocks, beside late samples and the
-    samples of an agent that sends labels: read through a Reader (in a row, each agent's
-    series one after the other, the rules' pattern: the first read of an agent gives the
-    others from the same entries) the same as one by one, round after round."""
-    send(db, [("a1", 0, 40), ("a2", 0, 40)])
-    db.seal(T0 + 5 * MINUTE)  # the first bucket in blocks, the rest in the head
+    """Series of several agents, in the head (over two buckets) and in blocks, beside a late
+    sample, two batches at one time and the samples of an agent that sends labels: read
+    through a Reader (in a row, each agent's series one after the other, the rules' pattern:
+    the first read of an agent gives the others from the same entries) the same as one by
+    one, round after round, and with ranges that differ from series to series."""
+    send(db, [("a1", 0, 70), ("a2", 0, 70)])
+    send(db, [("a2", 65, 1)], start_seq=100)  # a second batch at 650 s
+    db.seal(T0 + 5 * MINUTE)  # the first bucket in blocks, two in the head
     late = Batch()
     s_a1 = sids(db, "a1")
-    db.add(late, "o1", [("cpu", {"machine_id": "a1"}, -1.0, T0 + 125_001)])  # a late sample
+    db.add(late, "o1", [("cpu", {"machine_id": "a1"}, -1.0, T0 + 325_001)])  # a late sample
     db.add(late, "o1", [("up", {"machine_id": "old"}, 7.0, T0 + 200_000)])  # labelled samples
     db.store.write(late)
     db.settle(True)
     labelled = db.select("o1", "up")[0].sid
     every = sids(db, "a1") + sids(db, "a2") + [labelled]
     reader = Reader(db)
-    for start, end in ((0, T0 + HOUR), (T0 + 100_000, T0 + 350_000), (T0 + 320_000, T0 + 330_000)):
-        for _ in range(2):  # the second time with the agents' series known
+    ranges = [(0, T0 + HOUR), (T0 + 100_000, T0 + 350_000), (T0 + 550_000, T0 + 650_000),
+              (T0 + 320_000, T0 + 330_000), (T0 + 620_000, T0 + 690_000)]
+    for start, end in ranges:
+        for shift in (0, 0, 10_000):  # the second time with the agents' series known
             with reader:
-                got = {s: db.read_columns(s, start, end, reader=reader) for s in every}
-            assert got == {s: db.read_columns(s, start, end) for s in every}
+                got = {s: db.read_columns(s, start, end + k * shift, reader=reader)
+                       for k, s in enumerate(every)}
+            assert got == {s: db.read_columns(s, start, end + k * shift)
+                           for k, s in enumerate(every)}, (start, end, shift)
             assert reader.cursor is None and not reader.prefetched
     with reader:  # a read within one bucket of the head gives the agent's other series
         db.read_columns(s_a1[0], T0 + 320_000, T0 + 330_000, reader=reader)
         assert set(reader.prefetched) == set(s_a1[1:])
-    assert (T0 + 125_001, -1.0) in zip(*db.read_columns(s_a1[0], 0, T0 + HOUR, reader=None))
-    assert reader.sources[labelled] == ""  # looked for in the head once, then not
-    assert set(reader.by_source) == {"a1", "a2"}
+    assert (T0 + 325_001, -1.0) in zip(*db.read_columns(s_a1[0], 0, T0 + HOUR), strict=True)
+    assert labelled not in reader.sources and set(reader.by_source) == {"a1", "a2"}
     reader.forget(every)
     assert not reader.sources and not reader.by_source
+
+
+def test_a_series_whose_agent_was_not_known_is_looked_up_again_next_round(db: TSDB) -> None:
+    """A new agent's first batch stored after a round began: the round's cursor does not
+    see its series' source, the next round does (and reads its samples)."""
+    send(db, [("a1", 0, 3)])
+    reader = Reader(db)
+    with reader:
+        send(db, [("a2", 0, 3)])
+        s = sids(db, "a2")[0]
+        assert db.read_columns(s, 0, T0 + HOUR, reader=reader) == ([], [])
+    with reader:
+        assert db.read_columns(s, 0, T0 + HOUR, reader=reader) == expected(0, 0, 3)
+    assert reader.sources[s] == "a2"
 
 
 def test_a_reader_sees_the_store_as_it_was_when_it_began(db: TSDB) -> None:
