@@ -174,20 +174,26 @@ class RocksStore:
         self._lock = threading.Lock()  # serialises batches: compare-and-set, counts
         self._counts: dict[str, int] = {}
         self._secondary_dir: tempfile.TemporaryDirectory[str] | None = None
+        # The column family's options are given too: without them rocksdict reopens an
+        # existing store with the options of its OPTIONS file and a block cache of its own
+        # (RocksDB's default, 8 MiB), so neither these options nor the settings applied to a
+        # store after its first open (found this round: controllers ran with that cache).
+        opts = _options()
+        families = {"default": opts}
         try:
             if mode == "rw":
                 self.path.mkdir(parents=True, exist_ok=True)
                 os.chmod(self.path, 0o700)
-                self._db = Rdict(str(self.path), options=_options())
+                self._db = Rdict(str(self.path), options=opts, column_families=families)
             elif mode == "ro":
-                self._db = Rdict(
-                    str(self.path), options=_options(), access_type=AccessType.read_only()
-                )
+                self._db = Rdict(str(self.path), options=opts, column_families=families,
+                                 access_type=AccessType.read_only())
             elif mode == "secondary":
                 self._secondary_dir = tempfile.TemporaryDirectory(prefix="overcast-secondary-")
                 self._db = Rdict(
                     str(self.path),
-                    options=_options(),
+                    options=opts,
+                    column_families=families,
                     access_type=AccessType.secondary(self._secondary_dir.name),
                 )
                 self._db.try_catch_up_with_primary()

@@ -193,6 +193,43 @@ def test_memory_settings_bound_the_memtables_and_the_block_cache(tmp_path: Path)
     assert BLOCK_CACHE_BYTES == 64 << 20
 
 
+def _logged_capacities(store_dir: Path) -> list[int]:
+    """The block cache capacity RocksDB logged at each open of the store, oldest first."""
+    logs = sorted(store_dir.glob("LOG.old.*"), key=lambda p: int(p.name.rsplit(".", 1)[1]))
+    return [int(line.split(":")[1]) for log in [*logs, store_dir / "LOG"]
+            for line in log.read_text().splitlines() if line.strip().startswith("capacity :")]
+
+
+def test_a_reopened_store_runs_with_the_options_given_not_those_it_was_made_with(
+        tmp_path: Path) -> None:
+    """The settings apply to an existing store too: reopened with other memory settings, it
+    uses them (rocksdict would otherwise reopen it with its stored options and a block
+    cache of RocksDB's default size instead of the process's shared one); the same in
+    read-only and secondary opens."""
+    from controller.store.rocks import set_memory
+
+    try:
+        set_memory(cache_bytes=16 << 20, write_buffer_bytes=8 << 20)
+        open_store(tmp_path / "db").close()
+        set_memory(cache_bytes=32 << 20, write_buffer_bytes=16 << 20)
+        s = open_store(tmp_path / "db")
+        assert _options_value(tmp_path / "db", "write_buffer_size") == str(16 << 20)
+        s.put("k", b"v")
+        s.flush()
+        for mode in ("ro", "secondary"):
+            other = open_store(tmp_path / "db", mode)
+            try:
+                assert other.get("k") == b"v"
+            finally:
+                other.close()
+        s.close()
+    finally:
+        set_memory()
+    capacities = _logged_capacities(tmp_path / "db")
+    assert capacities[:2] == [16 << 20, 32 << 20], capacities
+    assert set(capacities) == {16 << 20, 32 << 20}, capacities  # never a cache of its own
+
+
 def test_a_cursor_reads_as_the_store_did_when_it_was_made(store) -> None:  # type: ignore[no-untyped-def]
     """Ranges, first keys and gets through one cursor answer as scan_range, scan and get
     do, and see the store as it was when the cursor was made."""
