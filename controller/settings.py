@@ -104,7 +104,7 @@ class Settings:
     # files' indexes, shared by the stores of the process) and each of its two memtables
     # (writes not flushed to disk yet). Less memory costs more reads from disk (or the page
     # cache) and more flushes and compaction; see the README's "Memory of the store"
-    store_cache_mib: int = 64
+    store_cache_mib: int = 8
     store_write_buffer_mib: int = 32
     # datapoint queries: the most samples one may need (raw samples and rollup buckets read,
     # plus the points computed: ~0.5 us each here, so 20 million are ~10-15 s of a core) and

@@ -48,7 +48,10 @@ def _options() -> Options:
 # (~70 GiB) would have held ~1.1 GiB of them in memory, growing with the store. Partitioned
 # (two-level) indexes keep the part always in memory small; the top level of each file and
 # the newest files' indexes stay pinned. (bench/tsdb_bench.py: table_readers_mem_bytes.)
-BLOCK_CACHE_BYTES = 64 * 1024 * 1024
+# 8 MiB by default: at 10,000 agents a 64 MiB cache (full) made the controller's RSS ~140 MiB
+# larger for no less CPU (bench/agents_scale_bench.py); controllers before this round ran
+# with RocksDB's own 8 MiB cache anyway (see RocksStore.__init__). Setting: store_cache_mib.
+BLOCK_CACHE_BYTES = 8 * 1024 * 1024
 WRITE_BUFFER_BYTES = 32 * 1024 * 1024
 _CACHE: Cache | None = None  # one for every store of the process
 _memory = {"cache": BLOCK_CACHE_BYTES, "write_buffer": WRITE_BUFFER_BYTES}

@@ -94,7 +94,7 @@ def test_agents_ingest_and_queries_are_counted(world: World) -> None:
                   key=lambda p: int(p.name.split("-")[1])).read_text()
     assert f"write_buffer_size={8 * 2**20}\n" in options
     log = (world.c.data_dir / "store" / "LOG").read_text()  # RocksDB's own account
-    assert f"capacity : {16 * 2**20}\n" in log and "capacity : 67108864\n" not in log
+    assert f"capacity : {16 * 2**20}\n" in log and "capacity : 8388608\n" not in log
     assert value(first, "process_cpu_seconds_total") > 0
     (version,) = [dict(k[1])["version"] for k in first if k[0] == "overcast_build_info"]
     assert version == world.c.http().get("/api/v2/health").body["version"]

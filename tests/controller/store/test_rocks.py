@@ -190,7 +190,7 @@ def test_memory_settings_bound_the_memtables_and_the_block_cache(tmp_path: Path)
         set_memory()
         big.close()
     assert _options_value(tmp_path / "default", "write_buffer_size") == str(WRITE_BUFFER_BYTES)
-    assert BLOCK_CACHE_BYTES == 64 << 20
+    assert BLOCK_CACHE_BYTES == 8 << 20
 
 
 def _logged_capacities(store_dir: Path) -> list[int]:
