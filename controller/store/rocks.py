@@ -117,9 +117,10 @@ def _collect(items: Iterable[tuple[Any, Any]], p: bytes, first: bytes, last: byt
 
 
 class _Cursor:
-    """A Cursor (see base.py): one RocksDB iterator, each read a seek. Making an iterator
-    merges the memtables and every file's: ~3.5 us, against ~1 us for a seek that finds
-    nothing, which is what most reads of a rules round find (a series' last seconds)."""
+    """A Cursor (see base.py): one RocksDB iterator, each read a seek on it. Making an
+    iterator per read (what scan_range does) merges the memtables' and every file's anew:
+    a round of 10,000 machines x 5 rules, whose reads mostly find a sample or none, took
+    1.05 s of CPU that way against 0.86 through a cursor (medians of 3 runs each)."""
 
     def __init__(self, it: Any) -> None:
         self._it = it
