@@ -76,13 +76,16 @@ ROLLUP_METRICS = {"overcast_tsdb_rollup_cpu_seconds_total": "cpu_s",
                   "overcast_tsdb_rollup_samples_total": "samples"}
 
 
+def _metric_lines(http: Any) -> list[str]:
+    """The controller's ``/metrics``, a line each (none if it did not answer)."""
+    r = http.get("/metrics")
+    return r.raw.decode(errors="replace").splitlines() if r.status == 200 else []
+
+
 def rollup_figures(http: Any) -> dict[str, float]:
     """The controller's TSDB rollup counters (its ``/metrics``): CPU seconds, runs, samples."""
-    r = http.get("/metrics")
     out: dict[str, float] = {}
-    if r.status != 200:
-        return out
-    for line in r.raw.decode(errors="replace").splitlines():
+    for line in _metric_lines(http):
         name, _, value = line.partition(" ")
         if name in ROLLUP_METRICS:
             out[ROLLUP_METRICS[name]] = float(value)
@@ -91,15 +94,9 @@ def rollup_figures(http: Any) -> dict[str, float]:
 
 def store_memory(http: Any) -> dict[str, float]:
     """What the controller's store (RocksDB) holds in memory, MiB by part (its ``/metrics``)."""
-    r = http.get("/metrics")
-    out: dict[str, float] = {}
-    if r.status != 200:
-        return out
-    for line in r.raw.decode(errors="replace").splitlines():
-        if line.startswith('overcast_store_memory_bytes{part="'):
-            part = line.split('"', 2)[1]
-            out[part] = round(float(line.rsplit(" ", 1)[1]) / 2**20, 1)
-    return out
+    return {line.split('"', 2)[1]: round(float(line.rsplit(" ", 1)[1]) / 2**20, 1)
+            for line in _metric_lines(http)
+            if line.startswith('overcast_store_memory_bytes{part="')}
 
 
 def measure_level(fleet: AgentFleet, level: int, args: argparse.Namespace,
